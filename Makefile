@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TEST_WORKERS ?= 4
+export LAUNCH_HOME ?= $(CURDIR)/.launch
+
+.PHONY: run test setup setup-test lint bench clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(VENV)/bin/pip install -q -r requirements-test.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+setup-test: $(VENV)/.installed-test
+
+run: setup
+	$(PY) manage.py launch up
+
+# Tests get a LAUNCH_HOME of their own so they never touch the data of `make run`.
+test: setup-test
+	LAUNCH_HOME=$(CURDIR)/.launch-test $(VENV)/bin/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+lint: setup-test
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .launch-test

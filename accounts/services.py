@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import ApiKey, Membership, Team, hash_key
+
+
+@transaction.atomic
+def team_get_or_create_for_user(*, username: str, team_name: str | None = None, password: str | None = None) -> tuple:
+    """The user (created if missing) and the team it acts for (created if missing)."""
+    User = get_user_model()
+    user, created = User.objects.get_or_create(username=username)
+    if created or password:
+        if password:
+            user.set_password(password)
+        else:
+            user.set_unusable_password()
+        user.save()
+    team, _ = Team.objects.get_or_create(name=team_name or username)
+    Membership.objects.get_or_create(
+        user=user, team=team, defaults={"role": Membership.Role.OWNER}
+    )
+    return user, team
+
+
+@transaction.atomic
+def api_key_create(*, user, team: Team, name: str = "") -> tuple[ApiKey, str]:
+    """A new API key; the raw key is returned once and only its hash is stored."""
+    raw_key, prefix = ApiKey.generate()
+    api_key = ApiKey(user=user, team=team, name=name, prefix=prefix, hashed_key=hash_key(raw_key))
+    api_key.full_clean()
+    api_key.save()
+    return api_key, raw_key
+
+
+def api_key_revoke(*, api_key: ApiKey) -> None:
+    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from launch_site.ids import new_id
+
+GPU_TYPES = (
+    "nvidia-tesla-t4",
+    "nvidia-ampere-a10",
+    "nvidia-ampere-a100",
+    "nvidia-ampere-a100e",
+    "nvidia-hopper-h100",
+    "nvidia-hopper-h100-1g20gb",
+    "nvidia-hopper-h100-3g40gb",
+)
+
+
+def new_endpoint_id() -> str:
+    return new_id("end")
+
+
+class ModelEndpoint(models.Model):
+    """Desired state of a deployment; replicas (workers.Replica) are the observed state."""
+
+    class EndpointType(models.TextChoices):
+        SYNC = "sync"
+        ASYNC = "async"
+
+    class Status(models.TextChoices):
+        READY = "READY"
+        UPDATE_PENDING = "UPDATE_PENDING"
+        UPDATE_IN_PROGRESS = "UPDATE_IN_PROGRESS"
+        UPDATE_FAILED = "UPDATE_FAILED"
+        DELETE_IN_PROGRESS = "DELETE_IN_PROGRESS"
+
+    id = models.CharField(max_length=32, primary_key=True, default=new_endpoint_id, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="endpoints")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    name = models.CharField(max_length=63)
+    bundle = models.ForeignKey("bundles.ModelBundle", on_delete=models.PROTECT, related_name="endpoints")
+    endpoint_type = models.CharField(max_length=8, choices=EndpointType.choices)
+    min_workers = models.PositiveIntegerField()
+    max_workers = models.PositiveIntegerField()
+    per_worker = models.PositiveIntegerField()
+    # Resources as the user wrote them ("8Gi", 2, "500m") and parsed for placement.
+    cpus = models.CharField(max_length=32)
+    cpus_millis = models.PositiveIntegerField()
+    memory = models.CharField(max_length=32)
+    memory_bytes = models.BigIntegerField()
+    storage = models.CharField(max_length=32, null=True, blank=True)
+    storage_bytes = models.BigIntegerField(null=True, blank=True)
+    gpus = models.PositiveIntegerField(default=0)
+    gpu_type = models.CharField(max_length=40, null=True, blank=True, choices=[(t, t) for t in GPU_TYPES])
+    labels = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    post_inference_hooks = models.JSONField(null=True, blank=True)
+    default_callback_url = models.CharField(max_length=1000, null=True, blank=True)
+    default_callback_auth = models.JSONField(null=True, blank=True)
+    task_expires_seconds = models.PositiveIntegerField(null=True, blank=True)
+    queue_message_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.UPDATE_PENDING)
+    status_reason = models.TextField(blank=True)
+    # Bumped by every edit that changes what replicas run; replicas of an older generation
+    # are rolled over.
+    generation = models.PositiveIntegerField(default=1)
+    # The autoscaler's current target, between min_workers and max_workers.
+    desired_workers = models.PositiveIntegerField(default=0)
+    # When demand first fell below desired_workers (scale down waits scale_down_delay).
+    low_demand_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # A deleted endpoint keeps its row while it drains; its name is free again once gone.
+            models.UniqueConstraint(fields=["team", "name"], name="unique_endpoint_name_per_team"),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"

@@ -1,0 +1,125 @@
+"""One error shape for the API.
+
+Services raise ApplicationError subclasses (or Django's ValidationError from full_clean);
+the exception handler turns every error into JSON. Field errors follow the contract's
+HTTPValidationError: 422 with `detail` a list of {loc, msg, type}, where `msg` starts with
+the field name so a human reading only the message still knows what to fix. Other errors
+are {"detail": "message"}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+
+class ApplicationError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str, *, status_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class NotFoundError(ApplicationError):
+    status_code = 404
+
+
+class ConflictError(ApplicationError):
+    status_code = 409
+
+
+class PayloadTooLargeError(ApplicationError):
+    status_code = 413
+
+
+class UnavailableError(ApplicationError):
+    status_code = 503
+
+
+class FieldError(ApplicationError):
+    """A bad value in one named field of the request."""
+
+    status_code = 422
+
+    def __init__(self, field: str, message: str, *, location: str = "body"):
+        super().__init__(f"{field}: {message}")
+        self.errors = [field_error(field, message, location=location)]
+
+
+def field_error(field: str | list, message: str, *, location: str = "body", kind: str = "value_error") -> dict:
+    path = [str(p) for p in (field if isinstance(field, list) else [field])]
+    name = ".".join(p for p in path if p) or location
+    return {"loc": [location, *path], "msg": f"{name}: {message}", "type": kind}
+
+
+def _flatten(detail: Any, path: list[str], location: str) -> list[dict]:
+    if isinstance(detail, dict):
+        out: list[dict] = []
+        for key, value in detail.items():
+            sub = [] if key in ("non_field_errors", "__all__") else [str(key)]
+            out.extend(_flatten(value, path + sub, location))
+        return out
+    if isinstance(detail, list):
+        if all(not isinstance(item, (dict, list)) for item in detail):
+            return [field_error(path, str(item), location=location) for item in detail]
+        out = []
+        for index, item in enumerate(detail):
+            out.extend(_flatten(item, path + [str(index)] if isinstance(item, (dict, list)) and item else path, location))
+        return out
+    return [field_error(path, str(detail), location=location)]
+
+
+def validation_response(errors: list[dict]) -> Response:
+    return Response({"detail": errors}, status=422)
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, FieldError):
+        return validation_response(exc.errors)
+    if isinstance(exc, ApplicationError):
+        return Response({"detail": exc.message}, status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        return validation_response(_flatten(detail, [], "body"))
+    if isinstance(exc, drf.ParseError):
+        return validation_response([field_error([], f"malformed request body ({exc.detail})", kind="json_invalid")])
+    if isinstance(exc, drf.ValidationError):
+        request = context.get("request")
+        location = "query" if getattr(exc, "location", None) == "query" else "body"
+        del request
+        return validation_response(_flatten(exc.detail, [], location))
+    if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed)):
+        return Response(
+            {"detail": str(exc.detail)},
+            status=401,
+            headers={"WWW-Authenticate": 'Basic realm="launch"'},
+        )
+    if isinstance(exc, (Http404, drf.NotFound)):
+        return Response({"detail": str(getattr(exc, "detail", "")) or "Not found."}, status=404)
+    if isinstance(exc, (PermissionDenied, drf.PermissionDenied)):
+        return Response({"detail": str(getattr(exc, "detail", "")) or "Permission denied."}, status=403)
+    if isinstance(exc, drf.APIException):
+        return Response({"detail": str(exc.detail)}, status=exc.status_code)
+    return None
+
+
+def query_error(field: str, message: str) -> drf.ValidationError:
+    error = drf.ValidationError({field: [message]})
+    error.location = "query"  # type: ignore[attr-defined]
+    return error
+
+
+def json_not_found(request, exception=None):  # noqa: ARG001 - Django's handler404 signature
+    return JsonResponse({"detail": "Not found."}, status=404)
+
+
+def json_server_error(request):  # noqa: ARG001
+    return JsonResponse({"detail": "Internal server error."}, status=500)

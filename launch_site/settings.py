@@ -1,0 +1,167 @@
+"""Settings, all from environment variables (DESIGN §5)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from launch_site.env import (
+    ConfigError,
+    database_from_url,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LAUNCH_HOME = Path(env_str("LAUNCH_HOME") or BASE_DIR / ".launch").resolve()
+LAUNCH_HOME.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DEBUG", False)
+# The embedded stack (no DATABASE_URL) is a single-machine developer setup; production sets
+# DATABASE_URL and then must also set SECRET_KEY and ALLOWED_HOSTS.
+EMBEDDED = not env_str("DATABASE_URL")
+
+
+def _secret_key() -> str:
+    key = env_str("SECRET_KEY")
+    if key:
+        return key
+    if not EMBEDDED:
+        raise ConfigError("SECRET_KEY is required when DATABASE_URL is set")
+    key_file = LAUNCH_HOME / "secret_key"
+    if not key_file.exists():
+        # Write then rename: concurrent first starts (test workers) must not read a half file.
+        tmp = key_file.with_name(f"secret_key.{secrets.token_hex(4)}")
+        tmp.write_text(secrets.token_urlsafe(50))
+        tmp.chmod(0o600)
+        tmp.rename(key_file)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = (env_str("ALLOWED_HOSTS") or ("*" if EMBEDDED else "")).split(",")
+CSRF_TRUSTED_ORIGINS = [o for o in (env_str("CSRF_TRUSTED_ORIGINS") or "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_rq",
+    "django_htmx",
+    "launch_site",
+    "accounts",
+    "bundles",
+    "endpoints",
+    "batchjobs",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "launch_site.urls"
+WSGI_APPLICATION = "launch_site.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{LAUNCH_HOME / 'launch.sqlite3'}"
+DATABASES = {"default": database_from_url(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Without REDIS_URL the embedded redis-server (started by `manage.py launch up`) listens on a
+# unix socket under LAUNCH_HOME.
+EMBEDDED_REDIS_SOCKET = LAUNCH_HOME / "redis.sock"
+REDIS_URL = env_str("REDIS_URL") or f"unix://{EMBEDDED_REDIS_SOCKET}"
+RQ_QUEUES = {
+    "control": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+    "batch": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 24 * 3600},
+}
+RQ = {"COMMIT_MODE": "on_db_commit"}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = LAUNCH_HOME / "staticfiles"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+
+PORT = env_int("PORT", 8000, minimum=1)
+# Where replicas reach this server (bundle downloads, result uploads).
+LAUNCH_INTERNAL_URL = env_str("LAUNCH_INTERNAL_URL") or f"http://127.0.0.1:{PORT}"
+LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker"))
+BUNDLE_STORE_DIR = Path(env_str("BUNDLE_STORE_DIR") or LAUNCH_HOME / "store")
+BUNDLE_STORE_BUCKET = env_str("BUNDLE_STORE_BUCKET") or "launch-bundles"
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", 10 * 1024**2, minimum=1)
+UPLOAD_URL_TTL_SECONDS = env_int("UPLOAD_URL_TTL_SECONDS", 3600, minimum=1)
+SYNC_TASK_TIMEOUT_SECONDS = env_float("SYNC_TASK_TIMEOUT_SECONDS", 60.0)
+TASK_EXPIRES_SECONDS = env_int("TASK_EXPIRES_SECONDS", 24 * 3600, minimum=1)
+TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 3, minimum=1)
+SCALE_DOWN_DELAY_SECONDS = env_float("SCALE_DOWN_DELAY_SECONDS", 60.0)
+HEARTBEAT_TIMEOUT_SECONDS = env_float("HEARTBEAT_TIMEOUT_SECONDS", 10.0)
+TICK_SECONDS = env_float("TICK_SECONDS", 1.0)
+# Django reads the whole body for JSON; uploads stream through their own views.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "launch_site.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Launch",
+    "DESCRIPTION": "Self-hosted model deployment: bundles, endpoints, tasks, batch jobs.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "INFO"},
+    "loggers": {"django.server": {"level": "WARNING"}},
+}

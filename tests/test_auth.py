@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import base64
+
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey
+from accounts.services import api_key_revoke
+
+pytestmark = pytest.mark.django_db
+
+
+def _basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def test_basic_auth_with_key_as_username_is_accepted(owner):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=_basic(owner.key))
+    response = client.get("/v1/model-bundles")
+    assert response.status_code == 200, response.content
+
+
+def test_bearer_auth_is_accepted(owner):
+    response = owner.client.get("/v1/model-bundles")
+    assert response.status_code == 200
+
+
+def test_no_key_is_401_with_json_error():
+    response = APIClient().get("/v1/model-bundles")
+    assert response.status_code == 401
+    assert "detail" in response.json()
+
+
+@pytest.mark.parametrize("header", ["Bearer lk_nope_nope", "Bearer garbage", "Basic !!!notbase64", "Token abc"])
+def test_bad_key_is_401(header, owner):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    response = client.get("/v1/model-bundles")
+    assert response.status_code == 401
+    assert response.json()["detail"]
+
+
+def test_key_with_right_prefix_but_wrong_secret_is_401(owner):
+    prefix = owner.key.split("_")[1]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer lk_{prefix}_{'x' * 43}")
+    assert client.get("/v1/model-bundles").status_code == 401
+
+
+def test_revoked_key_is_401(owner):
+    api_key = ApiKey.objects.get(team=owner.team)
+    api_key_revoke(api_key=api_key)
+    assert owner.client.get("/v1/model-bundles").status_code == 401
+
+
+def test_key_is_stored_hashed_with_visible_prefix_and_last_used_time(owner):
+    api_key = ApiKey.objects.get(team=owner.team)
+    assert owner.key not in (api_key.hashed_key, api_key.prefix)
+    assert owner.key.startswith(f"lk_{api_key.prefix}_")
+    assert api_key.last_used_at is None
+    owner.client.get("/v1/model-bundles")
+    api_key.refresh_from_db()
+    assert api_key.last_used_at is not None
+
+
+def test_create_api_key_command_prints_a_working_key_last(capsys):
+    call_command("create_api_key", "newbie", "--team", "research")
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=_basic(key))
+    assert client.get("/v1/model-bundles").status_code == 200
+    assert ApiKey.objects.get(prefix=key.split("_")[1]).team.name == "research"
+
+
+def test_health_routes_answer_without_auth():
+    client = APIClient()
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok"}
+
+
+def test_openapi_schema_and_swagger_page_are_served():
+    client = APIClient()
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    assert b"/v1/model-bundles" in schema.content
+    assert client.get("/api/docs/").status_code == 200
