@@ -1,0 +1,71 @@
+"""The runtime interface: how a replica process comes to life and goes away.
+
+Implementations: `local` (subprocesses on this machine) and `docker` (containers on
+registered hosts). The controller calls these from RQ jobs and the tick; every method must
+be idempotent and must not block for long (stop sends the signal and returns; the tick
+checks `is_alive` later and calls `kill` once the grace period is over).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a runtime needs to start one replica of `workers.serve`."""
+
+    replica_id: str
+    owner_kind: str  # "endpoint" or "batch_job"
+    owner_id: str
+    team: str
+    # LAUNCH_* variables read by workers.serve (see its module docstring).
+    env: dict[str, str]
+    cpus: float
+    memory_bytes: int
+    gpus: int = 0
+    gpu_type: str | None = None
+    framework: dict = field(default_factory=dict)
+    requirements: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a replica goes (docker runtime): a host and the GPU device ids bound to it."""
+
+    host_id: int | None = None
+    gpu_device_ids: tuple[str, ...] = ()
+
+
+class PlacementError(Exception):
+    """No capacity now; the message says why ("no healthy host with 1 free nvidia-ampere-a10")."""
+
+
+class Runtime(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def place(self, spec: ReplicaSpec) -> Placement:
+        """Choose where the replica runs, or raise PlacementError."""
+
+    @abc.abstractmethod
+    def start(self, spec: ReplicaSpec, placement: Placement) -> str:
+        """Launch the replica; returns its handle (pid, container id)."""
+
+    @abc.abstractmethod
+    def stop(self, replica) -> None:
+        """Ask the replica to finish its in-flight work and exit (SIGTERM). Returns at once."""
+
+    @abc.abstractmethod
+    def kill(self, replica) -> None:
+        """Stop it now (SIGKILL) and free what it held. Safe to call on a dead replica."""
+
+    @abc.abstractmethod
+    def is_alive(self, replica) -> bool:
+        """Whether the process or container is still running."""
+
+    @abc.abstractmethod
+    def logs(self, replica, tail_lines: int = 200) -> str:
+        """The tail of the replica's output (stdout and stderr)."""
