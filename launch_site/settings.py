@@ -94,6 +94,9 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{LAUNCH_HOME / 'launch.sqlite3'}"
 DATABASES = {"default": database_from_url(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # A file, not the in-memory default: live-server tests share it with the controller thread.
+    DATABASES["default"]["TEST"] = {"NAME": str(LAUNCH_HOME / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Without REDIS_URL the embedded redis-server (started by `manage.py launch up`) listens on a
@@ -121,6 +124,10 @@ PORT = env_int("PORT", 8000, minimum=1)
 # Where replicas reach this server (bundle downloads, result uploads).
 LAUNCH_INTERNAL_URL = env_str("LAUNCH_INTERNAL_URL") or f"http://127.0.0.1:{PORT}"
 LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker"))
+# The Redis URL handed to replicas, when they reach Redis by another address than this process.
+LAUNCH_REPLICA_REDIS_URL = env_str("LAUNCH_REPLICA_REDIS_URL") or ""
+REPLICA_STOP_GRACE_SECONDS = env_float("REPLICA_STOP_GRACE_SECONDS", 60.0)
+REPLICA_START_TIMEOUT_SECONDS = env_float("REPLICA_START_TIMEOUT_SECONDS", 600.0)
 BUNDLE_STORE_DIR = Path(env_str("BUNDLE_STORE_DIR") or LAUNCH_HOME / "store")
 BUNDLE_STORE_BUCKET = env_str("BUNDLE_STORE_BUCKET") or "launch-bundles"
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)

@@ -95,3 +95,6 @@ def redis_client():
     from launch_site.redis_client import get_redis
 
     return get_redis()
+
+
+from tests.stack import live_stack  # noqa: E402,F401 - shared fixture

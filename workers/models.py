@@ -73,3 +73,7 @@ class Replica(models.Model):
     @property
     def is_live(self) -> bool:
         return self.state in (self.State.STARTING, self.State.READY, self.State.DRAINING)
+
+
+# States in which a replica holds a process or container.
+LIVE_STATES = (Replica.State.STARTING, Replica.State.READY, Replica.State.DRAINING)

@@ -1,13 +1,35 @@
-"""The controller: an RQ worker on the control queues plus the periodic tick."""
+"""The controller process: an RQ worker on the control queues plus the periodic tick."""
 
 from __future__ import annotations
 
-from django.core.management import call_command
+import logging
+import signal
+import threading
+
+import django_rq
 from django.core.management.base import BaseCommand
+from rq import SimpleWorker
+
+from workers.controller import run_tick_loop
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Run the controller (RQ worker on the control queues and the tick)."
+    help = "Run the controller: RQ worker on the control queues and the tick (autoscale, heal, expire)."
 
     def handle(self, *args, **options):
-        call_command("rqworker", "control", "batch", with_scheduler=False)
+        stop = threading.Event()
+        ticker = threading.Thread(target=run_tick_loop, args=(stop,), name="tick", daemon=True)
+        ticker.start()
+        # Control-plane jobs are short and run our own code only, so no fork per job:
+        # SimpleWorker keeps the local runtime's child processes in this process.
+        queues = [django_rq.get_queue(name) for name in ("control", "batch")]
+        worker = SimpleWorker(queues, connection=queues[0].connection)
+        try:
+            worker.work(with_scheduler=False, logging_level="WARNING")
+        finally:
+            stop.set()
+            ticker.join(timeout=10)
+        # Replicas keep running: a restarted controller adopts them by their rows.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

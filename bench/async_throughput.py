@@ -1,0 +1,114 @@
+"""Async throughput on a trivial bundle.
+
+1. Submit rate: 10,000 POST /v1/async-tasks over HTTP (keep-alive, 8 client threads).
+2. Completion rate with 1 and 2 replicas: 10,000 tasks pushed onto the endpoint's queue with
+   the gateway's protocol (pipelined, far faster than replicas drain it), rate =
+   tasks / (last finished_at - first started_at) read from the task records.
+Usage: .venv/bin/python bench/async_throughput.py [--tasks 10000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import redis
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _stack import Stack, identity_bundle, machine  # noqa: E402
+
+from workers import protocol  # noqa: E402
+
+
+def submit_rate(stack: Stack, endpoint_id: str, tasks: int, threads: int = 8) -> float:
+    url = f"{stack.url}/v1/async-tasks?model_endpoint_id={endpoint_id}"
+    per_thread = tasks // threads
+
+    def worker():
+        session = requests.Session()
+        session.auth = (stack.key, "")
+        for i in range(per_thread):
+            response = session.post(url, json={"args": {"x": i}})
+            assert response.status_code == 200, response.text
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    start = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return per_thread * threads / (time.perf_counter() - start)
+
+
+def completion_rate(redis_client, endpoint_id: str, tasks: int) -> float:
+    keys = protocol.Keys(protocol.endpoint_prefix(endpoint_id))
+    ids = [protocol.task_id_for(endpoint_id, uuid.uuid4().hex) for _ in range(tasks)]
+    payload = json.dumps({"args": {"x": 1}, "return_pickled": False})
+    with redis_client.pipeline(transaction=False) as pipe:
+        for task_id in ids:
+            pipe.hset(keys.task(task_id), mapping={"payload": payload, "status": "PENDING", "attempts": 0,
+                                                   "created_at": time.time()})
+            pipe.expire(keys.task(task_id), 3600)
+        pipe.execute()
+    with redis_client.pipeline(transaction=False) as pipe:
+        for start in range(0, tasks, 1000):
+            pipe.lpush(keys.queue, *ids[start:start + 1000])
+        pipe.execute()
+    deadline = time.monotonic() + 300
+    while redis_client.llen(keys.queue) or any(redis_client.scan_iter(keys.inflight_pattern)):
+        if time.monotonic() > deadline:
+            raise RuntimeError("tasks did not finish")
+        time.sleep(0.05)
+    time.sleep(0.2)
+    with redis_client.pipeline(transaction=False) as pipe:
+        for task_id in ids:
+            pipe.hmget(keys.task(task_id), ["status", "started_at", "finished_at"])
+        rows = pipe.execute()
+    done = [(float(s), float(f)) for status, s, f in rows if status == b"SUCCESS"]
+    assert len(done) == tasks, f"only {len(done)} of {tasks} succeeded"
+    first = min(s for s, _ in done)
+    last = max(f for _, f in done)
+    return tasks / (last - first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=10000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    results: dict[str, list[float]] = {"submit": [], "1": [], "2": []}
+    with Stack() as stack:
+        redis_client = redis.Redis(unix_socket_path=str(stack.home / "redis.sock"))
+        bundle_id = stack.bundle(identity_bundle(), "identity")
+        submit_endpoint = stack.endpoint(bundle_id, "submit", endpoint_type="async", min_workers=2, max_workers=2,
+                                         per_worker=1)
+        for replicas in (1, 2):
+            endpoint_id = stack.endpoint(bundle_id, f"drain-{replicas}", endpoint_type="async",
+                                         min_workers=replicas, max_workers=replicas, per_worker=1)
+            for run in range(args.runs):
+                rate = completion_rate(redis_client, endpoint_id, args.tasks)
+                results[str(replicas)].append(rate)
+                print(f"{replicas} replica(s) run {run + 1}: {rate:,.0f} tasks/s", file=sys.stderr)
+            stack.api("DELETE", f"/v1/model-endpoints/{endpoint_id}")
+        for run in range(args.runs):
+            rate = submit_rate(stack, submit_endpoint, args.tasks)
+            results["submit"].append(rate)
+            print(f"submit run {run + 1}: {rate:,.0f} tasks/s", file=sys.stderr)
+    print(f"machine: {machine()}")
+    print(f"| measure | median of {args.runs} runs x {args.tasks} tasks |")
+    print("| --- | --- |")
+    print(f"| HTTP submit rate (8 client threads) | {statistics.median(results['submit']):,.0f} tasks/s |")
+    print(f"| completion rate, 1 replica | {statistics.median(results['1']):,.0f} tasks/s |")
+    print(f"| completion rate, 2 replicas | {statistics.median(results['2']):,.0f} tasks/s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Sequential sync requests to an identity bundle over HTTP with a keep-alive client.
+
+Reports p50/p99 end to end and the same call made directly in-process (the baseline).
+Usage: .venv/bin/python bench/sync_latency.py [--requests 2000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stack import Stack, identity_bundle, machine  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def direct_call_ms(n: int) -> list[float]:
+    bundle = identity_bundle()
+    predict = bundle["load_predict_fn"](bundle["model"])
+    timings = []
+    for i in range(n):
+        start = time.perf_counter()
+        predict(x=i)
+        timings.append((time.perf_counter() - start) * 1000)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with Stack() as stack:
+        endpoint_id = stack.endpoint(stack.bundle(identity_bundle(), "identity"), "identity")
+        url = f"{stack.url}/v1/sync-tasks?model_endpoint_id={endpoint_id}"
+        p50s, p99s = [], []
+        for run in range(args.runs):
+            for i in range(200):  # warm up connections and caches
+                stack.session.post(url, json={"args": {"x": i}})
+            timings = []
+            for i in range(args.requests):
+                start = time.perf_counter()
+                response = stack.session.post(url, json={"args": {"x": i}})
+                timings.append((time.perf_counter() - start) * 1000)
+                assert response.status_code == 200 and response.json()["status"] == "SUCCESS", response.text
+            p50s.append(percentile(timings, 0.5))
+            p99s.append(percentile(timings, 0.99))
+            print(f"run {run + 1}: p50 {p50s[-1]:.3f} ms, p99 {p99s[-1]:.3f} ms", file=sys.stderr)
+    direct = direct_call_ms(args.requests)
+    p50, p99 = statistics.median(p50s), statistics.median(p99s)
+    base50 = percentile(direct, 0.5)
+    print(f"machine: {machine()}")
+    print(f"| measure | median of {args.runs} runs x {args.requests} requests |")
+    print("| --- | --- |")
+    print(f"| HTTP sync p50 | {p50:.3f} ms |")
+    print(f"| HTTP sync p99 | {p99:.3f} ms |")
+    print(f"| direct in-process call p50 | {base50 * 1000:.2f} µs |")
+    print(f"| overhead p50 (HTTP - direct) | {p50 - base50:.3f} ms |")
+
+
+if __name__ == "__main__":
+    main()

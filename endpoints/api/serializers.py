@@ -1,0 +1,73 @@
+"""Request parsing for the endpoint and task routes (types and required fields only; the
+rules between fields live in endpoints.services)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from endpoints.models import GPU_TYPES
+
+NAME_HELP = "letters, digits, '-', '_' and '.', starting with a letter or digit"
+
+
+class QuantityField(serializers.Field):
+    """cpus, memory, storage: a number or a string ("8Gi", "500m"); parsed by the service."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (str, int, float)):
+            raise serializers.ValidationError("must be a number or a string such as \"8Gi\" or \"500m\"")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+class CallbackAuthField(serializers.DictField):
+    pass
+
+
+class EndpointCreateSerializer(serializers.Serializer):
+    name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63,
+                                  error_messages={"invalid": f"use {NAME_HELP}"})
+    model_bundle_id = serializers.CharField()
+    endpoint_type = serializers.ChoiceField(choices=["sync", "async"])
+    metadata = serializers.DictField(required=False, default=dict)
+    post_inference_hooks = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)
+    cpus = QuantityField()
+    gpus = serializers.IntegerField(min_value=0)
+    memory = QuantityField()
+    gpu_type = serializers.ChoiceField(choices=GPU_TYPES, required=False, allow_null=True)
+    storage = QuantityField(required=False, allow_null=True)
+    min_workers = serializers.IntegerField(min_value=0)
+    max_workers = serializers.IntegerField(min_value=0)
+    per_worker = serializers.IntegerField(min_value=1)
+    labels = serializers.DictField(child=serializers.CharField(), required=False, default=dict)
+    default_callback_url = serializers.CharField(required=False, allow_null=True)
+    default_callback_auth = CallbackAuthField(required=False, allow_null=True)
+    task_expires_seconds = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    queue_message_timeout_seconds = serializers.IntegerField(min_value=1, max_value=43200, required=False,
+                                                             allow_null=True)
+
+
+class EndpointUpdateSerializer(serializers.Serializer):
+    model_bundle_id = serializers.CharField(required=False, allow_null=True)
+    metadata = serializers.DictField(required=False, allow_null=True)
+    post_inference_hooks = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)
+    cpus = QuantityField(required=False, allow_null=True)
+    gpus = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    memory = QuantityField(required=False, allow_null=True)
+    gpu_type = serializers.ChoiceField(choices=GPU_TYPES, required=False, allow_null=True)
+    storage = QuantityField(required=False, allow_null=True)
+    min_workers = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    max_workers = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    per_worker = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    labels = serializers.DictField(child=serializers.CharField(), required=False, allow_null=True)
+    default_callback_url = serializers.CharField(required=False, allow_null=True)
+    default_callback_auth = CallbackAuthField(required=False, allow_null=True)
+    task_expires_seconds = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    queue_message_timeout_seconds = serializers.IntegerField(min_value=1, max_value=43200, required=False,
+                                                             allow_null=True)
+
+
+class SyncTaskSerializer(serializers.Serializer):
+    timeout_seconds = serializers.FloatField(min_value=0.001, required=False, allow_null=True)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from accounts.models import Team
+from endpoints.models import ModelEndpoint
+from launch_site.errors import NotFoundError
+from workers.models import Replica
+
+
+def endpoint_get(*, team: Team, endpoint_id: str) -> ModelEndpoint:
+    endpoint = ModelEndpoint.objects.select_related("bundle", "created_by").filter(team=team, pk=endpoint_id).first()
+    if endpoint is None:
+        raise NotFoundError(f"no model endpoint {endpoint_id!r}")
+    return endpoint
+
+
+def endpoint_get_by_name(*, team: Team, name: str) -> ModelEndpoint:
+    endpoint = ModelEndpoint.objects.select_related("bundle", "created_by").filter(team=team, name=name).first()
+    if endpoint is None:
+        raise NotFoundError(f"no model endpoint named {name!r}")
+    return endpoint
+
+
+def endpoint_list(*, team: Team, name: str | None = None, order_by: str | None = None):
+    endpoints = ModelEndpoint.objects.select_related("bundle", "created_by").filter(team=team)
+    if name is not None:
+        endpoints = endpoints.filter(name=name)
+    return endpoints.order_by("created_at" if order_by == "oldest" else "-created_at")
+
+
+def replica_counts(endpoints) -> dict[str, dict[str, int]]:
+    """{endpoint id: {"available": ready replicas, "unavailable": starting or draining}}."""
+    counts: dict[str, dict[str, int]] = {e.id: {"available": 0, "unavailable": 0} for e in endpoints}
+    rows = Replica.objects.filter(
+        owner_kind=Replica.Owner.ENDPOINT,
+        owner_id__in=list(counts),
+        state__in=[Replica.State.STARTING, Replica.State.READY, Replica.State.DRAINING],
+    ).values_list("owner_id", "state")
+    for owner_id, state in rows:
+        counts[owner_id]["available" if state == Replica.State.READY else "unavailable"] += 1
+    return counts

@@ -1,0 +1,178 @@
+"""Writes of endpoints: desired state only. The controller (workers.controller) makes the
+replicas match, from an RQ job enqueued on commit and from the tick."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from accounts.models import Quota, Team
+from bundles.models import ModelBundle
+from endpoints.models import GPU_TYPES, ModelEndpoint
+from endpoints.quantities import parse_bytes, parse_cpus
+from launch_site.errors import ConflictError, FieldError
+
+# Fields an edit may change; the ones in ROLLOVER_FIELDS change what replicas run.
+EDITABLE_FIELDS = (
+    "bundle", "min_workers", "max_workers", "per_worker", "cpus", "memory", "storage", "gpus", "gpu_type",
+    "labels", "metadata", "post_inference_hooks", "default_callback_url", "default_callback_auth",
+    "task_expires_seconds", "queue_message_timeout_seconds",
+)
+ROLLOVER_FIELDS = ("bundle", "cpus", "memory", "storage", "gpus", "gpu_type", "per_worker")
+
+
+def _bundle_for(team: Team, bundle_id: str, field: str = "model_bundle_id") -> ModelBundle:
+    bundle = ModelBundle.objects.filter(team=team, pk=bundle_id).first()
+    if bundle is None:
+        raise FieldError(field, f"no model bundle {bundle_id!r} in your team")
+    return bundle
+
+
+def _apply_resources(endpoint: ModelEndpoint, values: dict[str, Any]) -> None:
+    if "cpus" in values:
+        try:
+            endpoint.cpus_millis = parse_cpus(values["cpus"])
+        except ValueError as error:
+            raise FieldError("cpus", str(error)) from None
+        endpoint.cpus = str(values["cpus"])
+    if "memory" in values:
+        try:
+            endpoint.memory_bytes = parse_bytes(values["memory"])
+        except ValueError as error:
+            raise FieldError("memory", str(error)) from None
+        endpoint.memory = str(values["memory"])
+    if "storage" in values:
+        storage = values["storage"]
+        if storage in (None, ""):
+            endpoint.storage, endpoint.storage_bytes = None, None
+        else:
+            try:
+                endpoint.storage_bytes = parse_bytes(storage)
+            except ValueError as error:
+                raise FieldError("storage", str(error)) from None
+            endpoint.storage = str(storage)
+
+
+def _validate_rules(endpoint: ModelEndpoint) -> None:
+    if endpoint.endpoint_type == ModelEndpoint.EndpointType.SYNC and endpoint.min_workers < 1:
+        raise FieldError("min_workers", "a sync endpoint keeps at least one worker: min_workers must be >= 1")
+    if endpoint.max_workers < endpoint.min_workers:
+        raise FieldError("max_workers", f"must be >= min_workers ({endpoint.min_workers})")
+    if endpoint.max_workers < 1:
+        raise FieldError("max_workers", "must be at least 1")
+    if endpoint.per_worker < 1:
+        raise FieldError("per_worker", "must be at least 1")
+    if endpoint.gpus > 0:
+        if not endpoint.gpu_type:
+            raise FieldError("gpu_type", "is required when gpus > 0")
+        if endpoint.gpu_type not in GPU_TYPES:
+            raise FieldError("gpu_type", f"must be one of {', '.join(GPU_TYPES)}")
+        if settings.LAUNCH_RUNTIME == "local":
+            raise FieldError(
+                "gpus",
+                "this server runs replicas as local processes and has no GPU hosts; "
+                "use gpus: 0, or register a GPU host and run with LAUNCH_RUNTIME=docker",
+            )
+    elif endpoint.gpu_type:
+        raise FieldError("gpu_type", "must be empty when gpus is 0")
+
+
+def _check_quota(team: Team, *, extra_endpoints: int, endpoint: ModelEndpoint) -> None:
+    # Lock the team row so two concurrent creates cannot both pass the check.
+    Team.objects.select_for_update().get(pk=team.pk)
+    quota = Quota.objects.filter(team=team).first()
+    if quota is None:
+        return
+    others = ModelEndpoint.objects.filter(team=team).exclude(pk=endpoint.pk)
+    if quota.max_endpoints is not None and others.count() + extra_endpoints > quota.max_endpoints:
+        raise ConflictError(f"quota: your team may have at most {quota.max_endpoints} endpoints")
+    if quota.max_workers is not None:
+        used = sum(others.values_list("max_workers", flat=True))
+        if used + endpoint.max_workers > quota.max_workers:
+            raise FieldError(
+                "max_workers",
+                f"quota: your team may run {quota.max_workers} workers in all; {used} are taken by other endpoints",
+            )
+    if quota.max_gpus is not None and endpoint.gpus:
+        used = sum(e.gpus * e.max_workers for e in others)
+        if used + endpoint.gpus * endpoint.max_workers > quota.max_gpus:
+            raise FieldError("gpus", f"quota: your team may use {quota.max_gpus} GPUs in all; {used} are taken")
+
+
+def _enqueue_reconcile(endpoint_id: str) -> None:
+    from workers.jobs import enqueue_reconcile
+
+    transaction.on_commit(lambda: enqueue_reconcile("endpoint", endpoint_id))
+
+
+@transaction.atomic
+def endpoint_create(*, team: Team, user, name: str, model_bundle_id: str, endpoint_type: str, min_workers: int,
+                    max_workers: int, per_worker: int, cpus: Any, memory: Any, storage: Any = None, gpus: int = 0,
+                    gpu_type: str | None = None, labels: dict | None = None, metadata: dict | None = None,
+                    post_inference_hooks: list | None = None, default_callback_url: str | None = None,
+                    default_callback_auth: dict | None = None, task_expires_seconds: int | None = None,
+                    queue_message_timeout_seconds: int | None = None) -> ModelEndpoint:
+    """Record a new endpoint (UPDATE_PENDING) and ask the controller to deploy it."""
+    if endpoint_type not in ModelEndpoint.EndpointType.values:
+        raise FieldError("endpoint_type", "must be sync or async")
+    endpoint = ModelEndpoint(
+        team=team, created_by=user, name=name, bundle=_bundle_for(team, model_bundle_id),
+        endpoint_type=endpoint_type, min_workers=min_workers, max_workers=max_workers, per_worker=per_worker,
+        gpus=gpus or 0, gpu_type=gpu_type or None, labels=labels or {}, metadata=metadata or {},
+        post_inference_hooks=post_inference_hooks, default_callback_url=default_callback_url,
+        default_callback_auth=default_callback_auth, task_expires_seconds=task_expires_seconds,
+        queue_message_timeout_seconds=queue_message_timeout_seconds,
+        status=ModelEndpoint.Status.UPDATE_PENDING, desired_workers=min_workers,
+    )
+    _apply_resources(endpoint, {"cpus": cpus, "memory": memory, "storage": storage})
+    _validate_rules(endpoint)
+    _check_quota(team, extra_endpoints=1, endpoint=endpoint)
+    if ModelEndpoint.objects.filter(team=team, name=name).exists():
+        raise FieldError("name", f"your team already has an endpoint named {name!r}")
+    endpoint.full_clean()
+    endpoint.save()
+    _enqueue_reconcile(endpoint.id)
+    return endpoint
+
+
+@transaction.atomic
+def endpoint_update(*, endpoint: ModelEndpoint, changes: dict[str, Any]) -> ModelEndpoint:
+    """Apply an edit; a change to what replicas run bumps the generation (a rollover)."""
+    endpoint = ModelEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+    if endpoint.status == ModelEndpoint.Status.DELETE_IN_PROGRESS:
+        raise ConflictError(f"endpoint {endpoint.name!r} is being deleted")
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if "model_bundle_id" in changes:
+        changes["bundle"] = _bundle_for(endpoint.team, changes.pop("model_bundle_id"))
+    before = {field: getattr(endpoint, field) for field in ROLLOVER_FIELDS}
+    _apply_resources(endpoint, changes)
+    for field in EDITABLE_FIELDS:
+        if field in changes and field not in ("cpus", "memory", "storage"):
+            setattr(endpoint, field, changes[field])
+    if endpoint.gpus == 0 and "gpus" in changes and "gpu_type" not in changes:
+        endpoint.gpu_type = None
+    _validate_rules(endpoint)
+    _check_quota(endpoint.team, extra_endpoints=0, endpoint=endpoint)
+    endpoint.desired_workers = min(max(endpoint.desired_workers, endpoint.min_workers), endpoint.max_workers)
+    if any(getattr(endpoint, field) != value for field, value in before.items()) or (
+        endpoint.status == ModelEndpoint.Status.UPDATE_FAILED
+    ):
+        endpoint.generation += 1
+        endpoint.status_reason = ""
+    endpoint.status = ModelEndpoint.Status.UPDATE_PENDING
+    endpoint.full_clean()
+    endpoint.save()
+    _enqueue_reconcile(endpoint.id)
+    return endpoint
+
+
+@transaction.atomic
+def endpoint_delete(*, endpoint: ModelEndpoint) -> None:
+    """Mark for deletion; the controller drains and stops the replicas, then removes the row."""
+    updated = ModelEndpoint.objects.filter(pk=endpoint.pk).exclude(
+        status=ModelEndpoint.Status.DELETE_IN_PROGRESS
+    ).update(status=ModelEndpoint.Status.DELETE_IN_PROGRESS, desired_workers=0, status_reason="")
+    if updated:
+        _enqueue_reconcile(endpoint.id)

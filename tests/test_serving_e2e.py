@@ -1,0 +1,186 @@
+"""Endpoints served by real replica processes over real HTTP and real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import cloudpickle
+import pytest
+
+from tests.stack import api_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def echo_bundle():
+    def load_model():
+        return {"scale": 2}
+
+    def load_predict_fn(model):
+        def predict(x, y=""):
+            return {"value": x * model["scale"], "y_len": len(y)}
+
+        return predict
+
+    return {"load_model_fn": load_model, "load_predict_fn": load_predict_fn}
+
+
+def slow_bundle(seconds: float):
+    def load_predict_fn(model):
+        def predict(x):
+            import time as _time
+
+            _time.sleep(seconds)
+            return x + model
+
+        return predict
+
+    return {"model": 1, "load_predict_fn": load_predict_fn}
+
+
+def raising_load_bundle():
+    def load_model():
+        raise RuntimeError("weights file is corrupt")
+
+    def load_predict_fn(model):
+        return lambda **kwargs: None
+
+    return {"load_model_fn": load_model, "load_predict_fn": load_predict_fn}
+
+
+def raising_predict_bundle():
+    def load_predict_fn(model):
+        def predict(x):
+            raise ValueError(f"cannot handle {x}")
+
+        return predict
+
+    return {"model": None, "load_predict_fn": load_predict_fn}
+
+
+def test_sync_endpoint_becomes_ready_and_answers(live_stack, owner):
+    api = api_for(live_stack, owner)
+    bundle_id = api.upload_bundle(echo_bundle(), "echo")
+    endpoint_id = api.create_endpoint(bundle_id, "echo-sync")
+    endpoint = api.wait_endpoint(endpoint_id, "READY", available_workers=1)
+    assert endpoint["deployment_state"]["unavailable_workers"] == 0
+
+    response = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 21, "y": "ab"}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "SUCCESS"
+    assert body["result"] == {"result": '{"value": 42, "y_len": 2}'}
+
+
+def test_async_endpoint_scales_from_zero_answers_and_returns_to_zero(live_stack, owner, settings):
+    settings.SCALE_DOWN_DELAY_SECONDS = 1.0
+    api = api_for(live_stack, owner)
+    bundle_id = api.upload_bundle(echo_bundle(), "echo")
+    endpoint_id = api.create_endpoint(bundle_id, "echo-async", endpoint_type="async", min_workers=0, max_workers=2)
+    api.wait_endpoint(endpoint_id, "READY", available_workers=0)
+
+    task_id = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 5}}).json()["task_id"]
+    task = api.wait_task(task_id)
+    assert task == {
+        "task_id": task_id, "status": "SUCCESS", "result": {"result": '{"value": 10, "y_len": 0}'},
+        "traceback": None, "status_code": None,
+    }
+    api.wait_endpoint(endpoint_id, "READY", timeout=20, available_workers=0, unavailable_workers=0)
+
+
+def test_bundle_that_raises_at_load_ends_update_failed_with_traceback(live_stack, owner):
+    api = api_for(live_stack, owner)
+    bundle_id = api.upload_bundle(raising_load_bundle(), "broken")
+    endpoint_id = api.create_endpoint(bundle_id, "broken")
+    endpoint = api.wait_endpoint(endpoint_id, "UPDATE_FAILED")
+    assert "weights file is corrupt" in endpoint["status_reason"]
+    assert "Traceback" in endpoint["status_reason"]
+    logs = api.get("/v1/hosted_inference/endpoints/creation_logs/broken").json()["content"]
+    assert "RuntimeError: weights file is corrupt" in logs
+
+
+def test_predict_that_raises_gives_failure_with_traceback(live_stack, owner):
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(raising_predict_bundle(), "bad"), "bad")
+    api.wait_endpoint(endpoint_id, "READY")
+    body = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 7}}).json()
+    assert body["status"] == "FAILURE"
+    assert body["result"] is None
+    assert "ValueError: cannot handle 7" in body["traceback"]
+
+
+def test_replica_killed_mid_task_still_ends_in_success(live_stack, owner):
+    from workers.models import Replica
+
+    api = api_for(live_stack, owner)
+    bundle_id = api.upload_bundle(slow_bundle(1.5), "slow")
+    endpoint_id = api.create_endpoint(bundle_id, "slow", endpoint_type="async", min_workers=1)
+    api.wait_endpoint(endpoint_id, "READY", available_workers=1)
+    task_id = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 41}}).json()["task_id"]
+    deadline = time.monotonic() + 10
+    while api.get(f"/v1/async-tasks/{task_id}").json()["status"] != "STARTED":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    victim = Replica.objects.get(owner_id=endpoint_id, state=Replica.State.READY)
+    os.kill(int(victim.handle), signal.SIGKILL)
+
+    task = api.wait_task(task_id, timeout=30)
+    assert task["status"] == "SUCCESS"
+    assert task["result"] == {"result": "42"}
+    victim.refresh_from_db()
+    assert victim.state == Replica.State.FAILED
+
+
+def test_sync_request_that_times_out_gets_a_clear_504(live_stack, owner):
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(slow_bundle(3), "slow"), "slow-sync")
+    api.wait_endpoint(endpoint_id, "READY")
+    response = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 1}, "timeout_seconds": 0.3})
+    assert response.status_code == 504
+    assert "did not answer within 0.3 s" in response.json()["detail"]
+
+
+def test_return_pickled_gives_a_result_url_with_the_pickled_output(live_stack, owner):
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(echo_bundle(), "echo"), "echo-pickled")
+    api.wait_endpoint(endpoint_id, "READY")
+    body = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}",
+                    json={"args": {"x": 3}, "return_pickled": True}).json()
+    assert body["status"] == "SUCCESS"
+    result_url = body["result"]["result_url"]
+    fetched = api.session.get(result_url)
+    assert fetched.status_code == 200
+    assert cloudpickle.loads(fetched.content) == {"value": 6, "y_len": 0}
+
+
+def test_edit_rolls_replicas_over_to_the_new_bundle(live_stack, owner):
+    from workers.models import Replica
+
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(echo_bundle(), "echo"), "rolling")
+    api.wait_endpoint(endpoint_id, "READY", available_workers=1)
+    first = Replica.objects.get(owner_id=endpoint_id, state=Replica.State.READY)
+
+    new_bundle = api.upload_bundle(slow_bundle(0), "plus-one")
+    assert api.put(f"/v1/model-endpoints/{endpoint_id}", json={"model_bundle_id": new_bundle}).status_code == 200
+    api.wait_endpoint(endpoint_id, "READY", available_workers=1, unavailable_workers=0, timeout=30)
+    first.refresh_from_db()
+    assert first.state == Replica.State.STOPPED
+    body = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 1}}).json()
+    assert body["result"] == {"result": "2"}
+
+
+def test_delete_drains_replicas_and_removes_the_endpoint(live_stack, owner):
+    from workers.models import Replica
+
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(echo_bundle(), "echo"), "doomed")
+    api.wait_endpoint(endpoint_id, "READY", available_workers=1)
+    assert api.delete(f"/v1/model-endpoints/{endpoint_id}").json() == {"deleted": True}
+    deadline = time.monotonic() + 20
+    while api.get(f"/v1/model-endpoints/{endpoint_id}").status_code != 404:
+        assert time.monotonic() < deadline, "endpoint was never removed"
+        time.sleep(0.1)
+    assert not Replica.objects.filter(owner_id=endpoint_id, state__in=["starting", "ready", "draining"]).exists()
