@@ -26,7 +26,7 @@ run: setup
 
 # Tests get a LAUNCH_HOME of their own so they never touch the data of `make run`.
 test: setup-test
-	LAUNCH_HOME=$(CURDIR)/.launch-test $(VENV)/bin/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	LAUNCH_HOME=$(CURDIR)/.launch-test $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup-test
 	$(VENV)/bin/ruff check .
