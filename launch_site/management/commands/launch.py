@@ -65,6 +65,8 @@ class Command(BaseCommand):
             "--worker-class", "gthread", "--workers", str(web_workers), "--threads", str(web_threads),
             "--keep-alive", "75", "--timeout", "0", "--graceful-timeout", "20",
             "--log-level", "warning", "--access-logfile", "-",
+            # No %(u)s: with Basic auth the "user" is the API key, which must not reach logs.
+            "--access-logformat", '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
             "--chdir", str(settings.BASE_DIR),
         ]
         self._spawn("web", web, env)
