@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class BatchjobsConfig(AppConfig):
     name = "batchjobs"
     verbose_name = "Batch jobs"
+
+    def ready(self) -> None:
+        # The controller's tick runs every active job's loop and tears finished ones down.
+        from batchjobs.runner import batch_tick
+        from workers.controller import register_tick_hook
+
+        register_tick_hook(batch_tick)

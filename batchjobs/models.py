@@ -1,1 +1,102 @@
+from __future__ import annotations
 
+from django.conf import settings
+from django.db import models
+
+from launch_site.ids import new_id
+
+
+def new_batch_job_id() -> str:
+    return new_id("btch")
+
+
+class BatchJob(models.Model):
+    """A bundle run over a file of inputs by its own replicas.
+
+    The input is never held in one row or one Redis value: the controller streams it into
+    chunks of `chunk_size` items (task `<id>-<index>` on the job's queue) and keeps a cursor
+    here. `chunks_collected` and `results_bytes` move together in one UPDATE, after the
+    collected chunks were appended to the results file, so a controller that dies between
+    the two truncates the file back to `results_bytes` and collects those chunks again.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING"
+        RUNNING = "RUNNING"
+        SUCCESS = "SUCCESS"
+        FAILURE = "FAILURE"
+        CANCELLED = "CANCELLED"
+        UNDEFINED = "UNDEFINED"
+        TIMEOUT = "TIMEOUT"
+
+    class SerializationFormat(models.TextChoices):
+        JSON = "JSON"
+        PICKLE = "PICKLE"
+
+    id = models.CharField(max_length=32, primary_key=True, default=new_batch_job_id, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="batch_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    bundle = models.ForeignKey("bundles.ModelBundle", on_delete=models.PROTECT, related_name="batch_jobs")
+    input = models.ForeignKey("bundles.StoredObject", on_delete=models.PROTECT, related_name="+")
+    input_path = models.CharField(max_length=512)
+    serialization_format = models.CharField(max_length=8, choices=SerializationFormat.choices)
+    labels = models.JSONField(default=dict, blank=True)
+
+    # Resources of each replica, as given and parsed (endpoints.quantities).
+    cpus = models.CharField(max_length=32, default="1")
+    cpus_millis = models.PositiveIntegerField(default=1000)
+    memory = models.CharField(max_length=32, default="1Gi")
+    memory_bytes = models.BigIntegerField(default=2**30)
+    storage = models.CharField(max_length=32, null=True, blank=True)
+    storage_bytes = models.BigIntegerField(null=True, blank=True)
+    gpus = models.PositiveIntegerField(default=0)
+    gpu_type = models.CharField(max_length=40, null=True, blank=True)
+    max_workers = models.PositiveIntegerField(default=1)
+    per_worker = models.PositiveIntegerField(default=1)
+    timeout_seconds = models.FloatField(default=43200.0)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Progress. total_items is a line count until the input has been read to its end.
+    total_items = models.PositiveIntegerField(null=True, blank=True)
+    items_completed = models.PositiveIntegerField(default=0)
+    items_failed = models.PositiveIntegerField(default=0)
+    result = models.ForeignKey(
+        "bundles.StoredObject", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    desired_workers = models.PositiveIntegerField(default=0)
+
+    # The resume cursor (see the class docstring).
+    chunk_size = models.PositiveIntegerField(default=0)
+    chunks_enqueued = models.PositiveIntegerField(default=0)
+    items_enqueued = models.PositiveIntegerField(default=0)
+    chunks_collected = models.PositiveIntegerField(default=0)
+    input_exhausted = models.BooleanField(default=False)
+    results_bytes = models.BigIntegerField(default=0)
+    # Replicas stopped and Redis keys removed after the job ended.
+    released = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "-created_at"]), models.Index(fields=["status", "released"])]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = (
+    BatchJob.Status.SUCCESS,
+    BatchJob.Status.FAILURE,
+    BatchJob.Status.CANCELLED,
+    BatchJob.Status.TIMEOUT,
+    BatchJob.Status.UNDEFINED,
+)
+ACTIVE_STATUSES = (BatchJob.Status.PENDING, BatchJob.Status.RUNNING)

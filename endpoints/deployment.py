@@ -27,6 +27,7 @@ def bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> dic
         "LAUNCH_BUNDLE_URL": download_url_for(bundle.artifact, ttl_seconds=24 * 3600),
         "LAUNCH_BUNDLE_CONFIG": json.dumps(config),
         "LAUNCH_CONCURRENCY": str(concurrency),
+        "LAUNCH_HEARTBEAT_TTL_SECONDS": str(settings.HEARTBEAT_TIMEOUT_SECONDS),
     }
 
 

@@ -60,6 +60,23 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def env_mounts(name: str) -> list[tuple[str, str, str]]:
+    """Bind mounts "/src:/dst[:ro|rw],..." as (source, target, mode); mode defaults to ro."""
+    mounts = []
+    for item in (os.environ.get(name) or "").split(","):
+        if not item.strip():
+            continue
+        parts = item.strip().split(":")
+        if len(parts) == 2:
+            parts.append("ro")
+        if len(parts) != 3 or parts[2] not in ("ro", "rw"):
+            raise ConfigError(f"{name}: {item!r} is not /source:/target[:ro|rw]")
+        if not parts[0].startswith("/") or not parts[1].startswith("/"):
+            raise ConfigError(f"{name}: {item!r} needs absolute paths")
+        mounts.append((parts[0], parts[1], parts[2]))
+    return mounts
+
+
 def database_from_url(url: str) -> dict:
     """Django DATABASES entry from sqlite:///path or postgres://user:pw@host:port/name."""
     parsed = urlparse(url)
@@ -73,8 +90,14 @@ def database_from_url(url: str) -> dict:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": path or ":memory:",
             # WAL and a busy timeout: the web server, the controller and management
-            # commands share the file in the embedded stack.
-            "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+            # commands share the file in the embedded stack. IMMEDIATE transactions take the
+            # write lock up front: a deferred one that reads and then writes fails at once
+            # with "database is locked" when another writer got in between (no busy wait).
+            "OPTIONS": {
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL;",
+                "transaction_mode": "IMMEDIATE",
+            },
         }
     if parsed.scheme in ("postgres", "postgresql", "pgsql"):
         return {

@@ -12,6 +12,7 @@ from launch_site.env import (
     env_choice,
     env_float,
     env_int,
+    env_mounts,
     env_str,
 )
 
@@ -139,6 +140,18 @@ TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 3, minimum=1)
 SCALE_DOWN_DELAY_SECONDS = env_float("SCALE_DOWN_DELAY_SECONDS", 60.0)
 HEARTBEAT_TIMEOUT_SECONDS = env_float("HEARTBEAT_TIMEOUT_SECONDS", 10.0)
 TICK_SECONDS = env_float("TICK_SECONDS", 1.0)
+# Docker runtime (LAUNCH_RUNTIME=docker). Worker images per framework are set in the admin
+# (WorkerImage); these are the defaults when no row matches.
+DOCKER_WORKER_IMAGE = env_str("LAUNCH_DOCKER_WORKER_IMAGE") or "launch-worker:cpu"
+DOCKER_WORKER_IMAGE_GPU = env_str("LAUNCH_DOCKER_WORKER_IMAGE_GPU") or "launch-worker:cuda"
+DOCKER_PYTHON = env_str("LAUNCH_DOCKER_PYTHON") or "python"
+DOCKER_WORKDIR = env_str("LAUNCH_DOCKER_WORKDIR") or "/app"
+# Read-only (or :rw) bind mounts added to every replica container, e.g. a model cache.
+DOCKER_EXTRA_MOUNTS = env_mounts("LAUNCH_DOCKER_EXTRA_MOUNTS")
+DOCKER_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_TIMEOUT_SECONDS", 5.0)
+DOCKER_BUILD_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_BUILD_TIMEOUT_SECONDS", 1800.0)
+DOCKER_GPU_PROBE_IMAGE = env_str("LAUNCH_DOCKER_GPU_PROBE_IMAGE") or "nvidia/cuda:12.4.1-base-ubuntu22.04"
+HOST_UNHEALTHY_AFTER_FAILURES = env_int("LAUNCH_HOST_UNHEALTHY_AFTER_FAILURES", 3, minimum=1)
 # Django reads the whole body for JSON; uploads stream through their own views.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 

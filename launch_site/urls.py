@@ -15,6 +15,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("", include("bundles.urls")),
     path("", include("endpoints.urls")),
+    path("", include("batchjobs.urls")),
+    path("", include("workers.urls")),
+    path("", include("launch_site.dashboard_urls")),
     # Collected static files (vendored htmx, css); the embedded stack has no separate server.
     re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT}),
 ]

@@ -97,4 +97,5 @@ def redis_client():
     return get_redis()
 
 
+from tests.docker_harness import docker_engines, docker_hosts  # noqa: E402,F401 - shared fixtures
 from tests.stack import live_stack  # noqa: E402,F401 - shared fixture

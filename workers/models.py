@@ -31,9 +31,17 @@ class Host(models.Model):
     last_probe_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    docker_version = models.CharField(max_length=64, blank=True, help_text="Probed from docker info.")
+    nvidia_runtime = models.BooleanField(default=False, help_text="Probed: the host has the NVIDIA runtime.")
+    # GPUs not declared at registration are probed once (nvidia-smi -L in a container).
+    gpus_probed_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def schedulable(self) -> bool:
+        return self.healthy and not self.cordoned and not self.draining
 
 
 class Replica(models.Model):
@@ -58,6 +66,10 @@ class Replica(models.Model):
     host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.SET_NULL, related_name="replicas")
     handle = models.CharField(max_length=128, blank=True, help_text="pid or container id")
     gpu_device_ids = models.JSONField(default=list, blank=True)
+    # What the replica asked for, recorded at placement so a host's free capacity is its
+    # capacity minus what its live replicas hold (docker runtime).
+    cpus = models.FloatField(null=True, blank=True)
+    memory_bytes = models.BigIntegerField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.STARTING, db_index=True)
     reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -73,6 +85,32 @@ class Replica(models.Model):
     @property
     def is_live(self) -> bool:
         return self.state in (self.State.STARTING, self.State.READY, self.State.DRAINING)
+
+
+class WorkerImage(models.Model):
+    """The worker image for a bundle framework (docker runtime): a CPU and a CUDA variant."""
+
+    class Accelerator(models.TextChoices):
+        CPU = "cpu"
+        CUDA = "cuda"
+
+    framework_type = models.CharField(
+        max_length=40, help_text='pytorch, tensorflow, custom_base_image, or "*" for any framework.'
+    )
+    accelerator = models.CharField(max_length=8, choices=Accelerator.choices, default=Accelerator.CPU)
+    image = models.CharField(
+        max_length=300, blank=True, help_text="e.g. registry.example.com/launch-worker:cpu (blank for custom_base_image)"
+    )
+    python = models.CharField(max_length=300, default="python", help_text="The Python command inside the image.")
+    workdir = models.CharField(max_length=300, default="/app", help_text="Where the image holds workers/serve.py.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["framework_type", "accelerator"], name="worker_image_framework_accelerator")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.framework_type}/{self.accelerator}: {self.image or '(bundle image)'}"
 
 
 # States in which a replica holds a process or container.

@@ -1,0 +1,74 @@
+"""A batch job as the controller deploys it (workers.deployments.Deployment)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.utils import timezone
+
+from batchjobs.models import ACTIVE_STATUSES, BatchJob
+from endpoints.deployment import bundle_env
+from workers.deployments import Deployment
+from workers.protocol import job_prefix
+from workers.runtimes.base import ReplicaSpec
+
+LOAD_ERROR_PREFIX = "the bundle could not be loaded: "
+
+
+class BatchJobDeployment(Deployment):
+    kind = "batch_job"
+
+    def __init__(self, job: BatchJob):
+        self.job = job
+        self.id = job.id
+        self.prefix = job_prefix(job.id)
+        self.generation = 1
+        # A finished job keeps its row; "deleting" here means: stop every replica.
+        self.deleting = job.status not in ACTIVE_STATUSES
+        self.desired = 0 if self.deleting else job.desired_workers
+        self.min_ready = 0
+        self.failed_generation = False
+        self.runtime_name = settings.LAUNCH_RUNTIME
+
+    def replica_spec(self, replica_id: str) -> ReplicaSpec:
+        job = self.job
+        bundle = job.bundle
+        return ReplicaSpec(
+            replica_id=replica_id,
+            owner_kind=self.kind,
+            owner_id=job.id,
+            team=job.team.name,
+            env=bundle_env(bundle, prefix=self.prefix, replica_id=replica_id, concurrency=job.per_worker),
+            cpus=job.cpus_millis / 1000,
+            memory_bytes=job.memory_bytes,
+            gpus=job.gpus,
+            gpu_type=job.gpu_type,
+            framework=bundle.framework or bundle.env_params or {},
+            requirements=tuple(bundle.requirements or ()),
+            labels={"launch.batch_job": job.id, **{f"user.{k}": str(v) for k, v in job.labels.items()}},
+        )
+
+    def report(self, *, ready: int, starting: int, old: int, load_error: str | None, waiting: str | None) -> None:
+        if self.deleting:
+            return
+        if load_error is not None:
+            # Every item would fail the same way: end the job with the reason instead.
+            BatchJob.objects.filter(pk=self.id, status__in=ACTIVE_STATUSES).update(
+                status=BatchJob.Status.FAILURE,
+                status_reason=LOAD_ERROR_PREFIX + load_error,
+                finished_at=timezone.now(),
+                desired_workers=0,
+            )
+        elif waiting:
+            BatchJob.objects.filter(pk=self.id, status__in=ACTIVE_STATUSES).exclude(status_reason=waiting).update(
+                status_reason=waiting
+            )
+        elif self.job.status_reason:
+            BatchJob.objects.filter(pk=self.id, status__in=ACTIVE_STATUSES).update(status_reason="")
+
+    def finalize(self) -> None:
+        BatchJob.objects.filter(pk=self.id).exclude(status__in=ACTIVE_STATUSES).update(released=True)
+
+
+def load_deployment(job_id: str) -> BatchJobDeployment | None:
+    job = BatchJob.objects.select_related("bundle__artifact", "team").filter(pk=job_id).first()
+    return BatchJobDeployment(job) if job else None

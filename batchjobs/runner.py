@@ -1,0 +1,472 @@
+"""Running a batch job: the loop that feeds its queue, collects its chunks in input order and
+writes the results file (DESIGN §3 "Batch jobs").
+
+One loop per active job, in a thread of the controller process, started by the tick hook
+(`batch_tick`). A Redis lease keeps a job's loop in one place: a loop renews it every
+iteration, so when a controller dies its jobs are taken up by the next tick of a controller
+once the lease has lapsed (LEASE_SECONDS). Everything the loop does is keyed by the cursor
+on the job row (see BatchJob), so a new loop carries on where the dead one stopped:
+
+  1. prepare (once): count the inputs, choose the chunk size, write the file's header;
+  2. feed: stream the input from the cursor, push chunks until WINDOW chunks are out;
+  3. collect: the finished chunks at the head of the window, in order; append their entries
+     to the results file, then record the file length and the cursor in one UPDATE, then
+     delete their tasks from Redis;
+  4. size replicas from the chunks left (0..max_workers), like an async endpoint;
+  5. end: footer, results into the store, SUCCESS; or TIMEOUT / CANCELLED / FAILURE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections, connections
+from django.utils import timezone
+from redis.exceptions import LockError
+
+from batchjobs import storage
+from batchjobs.inputs import InputError, count_items, iter_items
+from batchjobs.models import ACTIVE_STATUSES, BatchJob
+from batchjobs.results import ResultsFile
+from launch_site.redis_client import get_redis
+from workers import controller, protocol
+from workers.models import LIVE_STATES, Replica
+
+logger = logging.getLogger(__name__)
+
+LEASE_SECONDS = 10
+TARGET_CHUNKS = 200  # 100,000 inputs -> 200 chunks of 500
+MAX_CHUNK_ITEMS = 1000
+MAX_CHUNK_BYTES = 2 * 1024 * 1024  # no Redis value above this, whatever the items hold
+MIN_WINDOW = 16
+POLL_SECONDS = 0.1
+
+
+def chunk_size_for(total: int) -> int:
+    return max(1, min(MAX_CHUNK_ITEMS, math.ceil(total / TARGET_CHUNKS)))
+
+
+def window_for(job: BatchJob) -> int:
+    """Chunks out at once: enough to keep every replica busy, few enough to stay small."""
+    return max(MIN_WINDOW, 8 * job.max_workers * job.per_worker)
+
+
+def results_path(job_id: str) -> Path:
+    return Path(settings.LAUNCH_HOME) / "batch" / f"{job_id}.results"
+
+
+def chunk_task_id(job_id: str, index: int) -> str:
+    return protocol.task_id_for(job_id, f"c{index}")
+
+
+class JobEnded(Exception):
+    """The job left RUNNING under us (cancelled, failed to load, timed out)."""
+
+
+# --- the tick hook ------------------------------------------------------------------------
+
+_loops: dict[str, threading.Thread] = {}
+_loops_lock = threading.Lock()
+
+
+def batch_tick() -> None:
+    """Registered as a controller tick hook: a loop for every active job, and replicas
+    reconciled for every job that still has some (finished jobs: torn down)."""
+    for job_id in BatchJob.objects.filter(status__in=ACTIVE_STATUSES).values_list("id", flat=True):
+        ensure_loop(job_id)
+        _reconcile(job_id)
+    for job_id in (
+        BatchJob.objects.exclude(status__in=ACTIVE_STATUSES).filter(released=False).values_list("id", flat=True)
+    ):
+        _reconcile(job_id)
+    # Replicas whose job row is gone (its team was deleted): reconcile kills them.
+    owners = set(
+        Replica.objects.filter(owner_kind="batch_job", state__in=LIVE_STATES).values_list("owner_id", flat=True)
+    )
+    for job_id in owners - set(BatchJob.objects.filter(pk__in=owners).values_list("id", flat=True)):
+        _reconcile(job_id)
+
+
+def _reconcile(job_id: str) -> None:
+    try:
+        controller.reconcile("batch_job", job_id)
+    except Exception:  # noqa: BLE001 - one job must not stop the others
+        logger.exception("reconcile of batch job %s failed", job_id)
+
+
+def ensure_loop(job_id: str) -> bool:
+    """Start this process's loop for a job unless one runs (here, or elsewhere: the lease)."""
+    with _loops_lock:
+        thread = _loops.get(job_id)
+        if thread is not None and thread.is_alive():
+            return False
+        lease = get_redis().lock(_lease_key(job_id), timeout=LEASE_SECONDS, blocking=False, thread_local=False)
+        if not lease.acquire():
+            return False
+        thread = threading.Thread(target=_run_loop, args=(job_id, lease), name=f"batch-{job_id}", daemon=True)
+        _loops[job_id] = thread
+        thread.start()
+        return True
+
+
+def _lease_key(job_id: str) -> str:
+    return f"launch:batch:lease:{job_id}"
+
+
+def _run_loop(job_id: str, lease) -> None:
+    try:
+        JobLoop(job_id, lease).run()
+    except Exception:  # noqa: BLE001 - logged; the next tick starts a new loop
+        logger.exception("batch job %s loop failed", job_id)
+    finally:
+        try:
+            lease.release()
+        except Exception:  # noqa: BLE001 - lapsed lease: nothing to release
+            pass
+        connections.close_all()
+
+
+# --- preparing ----------------------------------------------------------------------------
+
+
+def batch_job_prepare(job_id: str) -> None:
+    """Count the inputs, fix the chunk size, start the results file, mark RUNNING.
+
+    Idempotent (only a PENDING job without a chunk size is prepared); runs from the RQ job
+    enqueued when the job is created, or from the job's loop if that comes first."""
+    job = BatchJob.objects.filter(pk=job_id, status=BatchJob.Status.PENDING, chunk_size=0).first()
+    if job is None:
+        return
+    try:
+        with storage.open_input(job.input) as stream:
+            total = count_items(stream)
+    except InputError as error:
+        _fail(job_id, f"input_path: {error}")
+        return
+    except storage.StoreError as error:
+        _fail(job_id, f"input_path: cannot read the input file: {error}")
+        return
+    results = ResultsFile(results_path(job.id), job.serialization_format)
+    length = results.start()
+    BatchJob.objects.filter(pk=job_id, status=BatchJob.Status.PENDING, chunk_size=0).update(
+        status=BatchJob.Status.RUNNING,
+        started_at=timezone.now(),
+        total_items=total,
+        chunk_size=chunk_size_for(total),
+        results_bytes=length,
+        status_reason="",
+    )
+
+
+def _fail(job_id: str, reason: str, status: str = BatchJob.Status.FAILURE) -> bool:
+    return bool(
+        BatchJob.objects.filter(pk=job_id, status__in=ACTIVE_STATUSES).update(
+            status=status, status_reason=reason, finished_at=timezone.now(), desired_workers=0
+        )
+    )
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
+class JobLoop:
+    def __init__(self, job_id: str, lease):
+        self.job_id = job_id
+        self.lease = lease
+        self.redis = get_redis()
+        self.keys = protocol.Keys(protocol.job_prefix(job_id))
+        self.items: Iterator[dict] | None = None
+        self.open_files = contextlib.ExitStack()
+        self.pending_item: dict | None = None
+
+    def run(self) -> None:
+        batch_job_prepare(self.job_id)
+        job = self._job()
+        if job is None or job.status != BatchJob.Status.RUNNING:
+            return
+        self.results = ResultsFile(results_path(job.id), job.serialization_format)
+        if not self.results.exists_with(job.results_bytes):
+            _fail(job.id, f"the results file {self.results.path} was lost; the job cannot resume")
+            return
+        self._check_window(job)
+        try:
+            while True:
+                close_old_connections()
+                if not self._renew_lease():
+                    return  # the lease lapsed: another loop may own the job now
+                job = self._job()
+                if job is None:
+                    return
+                if job.status != BatchJob.Status.RUNNING:
+                    self._drop_queue()
+                    return
+                if self._timed_out(job):
+                    return
+                self._feed(job)
+                collected = self._collect(job)
+                job = self._job()
+                if job is None or job.status != BatchJob.Status.RUNNING:
+                    continue
+                self._size(job)
+                if job.input_exhausted and job.chunks_collected == job.chunks_enqueued:
+                    self._finish(job)
+                    return
+                if not collected:
+                    # The replica pushes each finished chunk's record on its done list.
+                    self.redis.blpop([self.keys.done(chunk_task_id(job.id, job.chunks_collected))], POLL_SECONDS)
+        except JobEnded:
+            self._drop_queue()
+        finally:
+            self.open_files.close()
+
+    def _renew_lease(self) -> bool:
+        try:
+            return bool(self.lease.reacquire())
+        except LockError:
+            return False
+
+    def _job(self) -> BatchJob | None:
+        return BatchJob.objects.filter(pk=self.job_id).first()
+
+    def _timed_out(self, job: BatchJob) -> bool:
+        if timezone.now() - job.created_at <= timedelta(seconds=job.timeout_seconds):
+            return False
+        if _fail(
+            job.id, f"the job ran longer than timeout_seconds ({job.timeout_seconds:g} s)", BatchJob.Status.TIMEOUT
+        ):
+            self._drop_queue()
+            _reconcile(job.id)
+        return True
+
+    def _drop_queue(self) -> None:
+        # Replicas finish the chunk in hand; nothing new is taken. The keys go when the
+        # controller has stopped the replicas (reconcile of a finished job).
+        self.redis.delete(self.keys.queue)
+
+    # feeding
+
+    def _check_window(self, job: BatchJob) -> None:
+        """After a restart: if Redis lost chunks in the window (it restarted without
+        persistence), feed again from the first uncollected chunk."""
+        indexes = range(job.chunks_collected, job.chunks_enqueued)
+        if not indexes:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for index in indexes:
+                pipe.exists(self.keys.task(chunk_task_id(job.id, index)))
+            present = pipe.execute()
+        if all(present):
+            return
+        logger.warning(
+            "batch job %s: chunks lost from Redis, feeding again from chunk %s", job.id, job.chunks_collected
+        )
+        BatchJob.objects.filter(pk=job.id, status=BatchJob.Status.RUNNING).update(
+            chunks_enqueued=job.chunks_collected,
+            items_enqueued=job.items_completed + job.items_failed,
+            input_exhausted=False,
+        )
+
+    def _open_items(self, skip: int) -> Iterator[dict]:
+        job = self._job()
+        items = iter_items(self.open_files.enter_context(storage.open_input(job.input)))
+        for _ in range(skip):
+            next(items)
+        return items
+
+    def _feed(self, job: BatchJob) -> None:
+        window = window_for(job)
+        if job.input_exhausted or job.chunks_enqueued - job.chunks_collected >= window:
+            return
+        if self.items is None:
+            try:
+                self.items = self._open_items(job.items_enqueued)
+            except InputError as error:
+                self._input_failed(job, error)
+            except StopIteration:
+                self.items = iter(())
+        enqueued, items_enqueued = job.chunks_enqueued, job.items_enqueued
+        exhausted = False
+        ttl = int(job.timeout_seconds) + 3600
+        with self.redis.pipeline(transaction=False) as pipe:
+            while enqueued - job.chunks_collected < window:
+                try:
+                    chunk = self._next_chunk(job.chunk_size)
+                except InputError as error:
+                    self._input_failed(job, error)
+                if not chunk:
+                    exhausted = True
+                    break
+                payload = json.dumps({"items": chunk, "serialization_format": job.serialization_format})
+                task_id = chunk_task_id(job.id, enqueued)
+                task_key = self.keys.task(task_id)
+                pipe.hset(
+                    task_key,
+                    mapping={
+                        "payload": payload,
+                        "status": protocol.PENDING,
+                        "attempts": 0,
+                        "created_at": time.time(),
+                        "item_count": len(chunk),
+                    },
+                )
+                pipe.expire(task_key, ttl)
+                pipe.lpush(self.keys.queue, task_id)
+                enqueued += 1
+                items_enqueued += len(chunk)
+            pipe.execute()
+        changes = {"chunks_enqueued": enqueued, "items_enqueued": items_enqueued}
+        if exhausted:
+            changes.update(input_exhausted=True, total_items=items_enqueued)
+        updated = BatchJob.objects.filter(
+            pk=job.id, status=BatchJob.Status.RUNNING, chunks_enqueued=job.chunks_enqueued
+        ).update(**changes)
+        if not updated:
+            raise JobEnded
+        for name, value in changes.items():
+            setattr(job, name, value)
+
+    def _next_chunk(self, size: int) -> list[dict]:
+        chunk: list[dict] = []
+        chunk_bytes = 0
+        while len(chunk) < size:
+            item = self.pending_item
+            self.pending_item = None
+            if item is None:
+                item = next(self.items, None)
+                if item is None:
+                    break
+            item_bytes = len(json.dumps(item)) if len(chunk) else 0
+            if chunk and chunk_bytes + item_bytes > MAX_CHUNK_BYTES:
+                self.pending_item = item  # starts the next chunk
+                break
+            chunk.append(item)
+            chunk_bytes += item_bytes
+        return chunk
+
+    def _input_failed(self, job: BatchJob, error: InputError):
+        _fail(job.id, f"input_path: {error}")
+        raise JobEnded
+
+    # collecting
+
+    def _collect(self, job: BatchJob) -> bool:
+        """Append the finished chunks at the head of the window; returns whether any."""
+        start, end = job.chunks_collected, job.chunks_enqueued
+        if start == end:
+            return False
+        task_ids = [chunk_task_id(job.id, index) for index in range(start, end)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(self.keys.task(task_id), "status")
+            statuses = pipe.execute()
+        ready = []
+        for task_id, status in zip(task_ids, statuses, strict=True):
+            if status not in (protocol.SUCCESS.encode(), protocol.FAILURE.encode()):
+                break
+            ready.append(task_id)
+        if not ready:
+            return False
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ready:
+                pipe.hmget(self.keys.task(task_id), ["status", "result", "traceback", "item_count"])
+            records = pipe.execute()
+        data = []
+        completed = failed = 0
+        first = job.items_completed + job.items_failed == 0
+        for task_id, (status, result, traceback, item_count) in zip(ready, records, strict=True):
+            entries = self._entries(task_id, status, result, traceback, int(item_count or 0))
+            for entry in entries:
+                if "error" in entry:
+                    failed += 1
+                else:
+                    completed += 1
+            encoded = self.results.encode(entries, first=first)
+            first = first and not entries
+            data.append(encoded)
+        length = self.results.append(b"".join(data), expected_length=job.results_bytes)
+        updated = BatchJob.objects.filter(pk=job.id, status=BatchJob.Status.RUNNING, chunks_collected=start).update(
+            chunks_collected=start + len(ready),
+            results_bytes=length,
+            items_completed=job.items_completed + completed,
+            items_failed=job.items_failed + failed,
+        )
+        if not updated:
+            raise JobEnded
+        # Only now: a crash before this line collects these chunks again from Redis.
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ready:
+                pipe.delete(self.keys.task(task_id), self.keys.done(task_id))
+            pipe.execute()
+        return True
+
+    def _entries(
+        self, task_id: str, status: bytes, result: bytes | None, traceback: bytes | None, item_count: int
+    ) -> list[dict]:
+        if status == protocol.SUCCESS.encode() and result is not None:
+            try:
+                entries = json.loads(result)
+            except json.JSONDecodeError:
+                entries = None
+            if (
+                isinstance(entries, list)
+                and (not item_count or len(entries) == item_count)
+                and all(isinstance(e, dict) and "id" in e for e in entries)
+            ):
+                return entries
+            reason = f"the replica returned a malformed result for chunk {task_id}"
+        else:
+            reason = (traceback or b"").decode(errors="replace") or f"chunk {task_id} failed"
+        # The whole chunk failed (e.g. its replica died three times): every item gets the reason.
+        payload = self.redis.hget(self.keys.task(task_id), "payload")
+        items = json.loads(payload)["items"] if payload else []
+        return [{"id": item["id"], "error": reason} for item in items]
+
+    # sizing and ending
+
+    def _size(self, job: BatchJob) -> None:
+        left = job.chunks_enqueued - job.chunks_collected
+        if not job.input_exhausted and job.total_items is not None:
+            not_fed = max(job.total_items - job.items_enqueued, 0)
+            left += math.ceil(not_fed / max(job.chunk_size, 1))
+        replica_ids = list(
+            Replica.objects.filter(owner_kind="batch_job", owner_id=job.id, state__in=LIVE_STATES).values_list(
+                "id", flat=True
+            )
+        )
+        queued, in_flight = controller.queue_depth(self.keys.prefix, replica_ids)
+        # Chunks not yet fed count as queued: scale for the whole remaining job at once.
+        target = controller.desired_workers(
+            queued=max(left - in_flight, queued),
+            in_flight=in_flight,
+            per_worker=job.per_worker,
+            min_workers=0,
+            max_workers=job.max_workers,
+        )
+        if target != job.desired_workers:
+            BatchJob.objects.filter(pk=job.id, status=BatchJob.Status.RUNNING).update(desired_workers=target)
+            job.desired_workers = target
+            _reconcile(job.id)
+
+    def _finish(self, job: BatchJob) -> None:
+        length = self.results.append(self.results.footer(), expected_length=job.results_bytes)
+        stored = storage.save_results(job, self.results.path, length)
+        updated = BatchJob.objects.filter(pk=job.id, status=BatchJob.Status.RUNNING).update(
+            status=BatchJob.Status.SUCCESS,
+            finished_at=timezone.now(),
+            result=stored,
+            desired_workers=0,
+            results_bytes=length,
+            status_reason="",
+        )
+        if updated:
+            self.results.path.unlink(missing_ok=True)
+        _reconcile(job.id)

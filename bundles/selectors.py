@@ -1,0 +1,44 @@
+"""Reads of the bundles app. Everything is scoped to one team: another team's bundle or
+object is simply not found."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from accounts.models import Team
+from bundles import store
+from bundles.models import ModelBundle, StoredObject
+from launch_site.errors import NotFoundError
+
+ORDERINGS = {"newest": ("-created_at",), "oldest": ("created_at",)}
+
+
+def bundle_list(*, team: Team, model_name: str | None = None, order_by: str | None = None) -> QuerySet[ModelBundle]:
+    bundles = ModelBundle.objects.filter(team=team).select_related("artifact")
+    if model_name:
+        bundles = bundles.filter(name=model_name)
+    return bundles.order_by(*ORDERINGS[order_by or "newest"])
+
+
+def bundle_get(*, team: Team, bundle_id: str) -> ModelBundle:
+    bundle = ModelBundle.objects.filter(team=team, id=bundle_id).first()
+    if bundle is None:
+        raise NotFoundError(f"No model bundle with id {bundle_id!r}.")
+    return bundle
+
+
+def bundle_latest(*, team: Team, name: str) -> ModelBundle:
+    """The newest bundle of that name (bundles are versioned by name)."""
+    bundle = ModelBundle.objects.filter(team=team, name=name).order_by("-created_at").first()
+    if bundle is None:
+        raise NotFoundError(f"No model bundle named {name!r}.")
+    return bundle
+
+
+def stored_object_for_token(token: str, *, salt: str) -> StoredObject:
+    """The object a signed token names (store.TokenError when the token is bad or expired)."""
+    key = store.read_token(token, salt=salt)
+    stored = StoredObject.objects.select_related("team").filter(key=key).first()
+    if stored is None:
+        raise NotFoundError("No such object.")
+    return stored

@@ -1,0 +1,411 @@
+"""Writes of the bundles app: stored objects (upload URLs, received bytes) and model bundles.
+
+Every route that makes a bundle (native v1 and v2, our multipart upload, the legacy dialect,
+the dashboard) goes through bundle_create or bundle_create_from_upload, so the rules live
+here once. Nothing here unpickles: the web process only stores and hashes the bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import ProtectedError, Sum
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import Quota, Team
+from bundles import store
+from bundles.models import ModelBundle, StoredObject
+from launch_site.errors import ConflictError, FieldError, NotFoundError, PayloadTooLargeError
+
+FLAVOR_FOR_PACKAGING_TYPE = {
+    ModelBundle.PackagingType.CLOUDPICKLE: ModelBundle.Flavor.CLOUDPICKLE_ARTIFACT,
+    ModelBundle.PackagingType.ZIP: ModelBundle.Flavor.ZIP_ARTIFACT,
+}
+PACKAGING_TYPE_FOR_FLAVOR = {flavor: packaging for packaging, flavor in FLAVOR_FOR_PACKAGING_TYPE.items()}
+FRAMEWORK_TYPES = ("pytorch", "tensorflow", "custom_base_image")
+# Routes where the user cannot say (multipart upload, dashboard) get what the client examples use.
+DEFAULT_ENV_PARAMS = {"framework_type": "pytorch", "pytorch_image_tag": "latest"}
+UPLOAD_KINDS = (StoredObject.Kind.BUNDLE, StoredObject.Kind.BATCH_INPUT)
+_LOCATION = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.+)$")
+_PYTHON_VERSION = re.compile(r"^(?P<minor>3\.[0-9]+)(\.[0-9]+)?$")
+# Sentinel: "keep the original's app_config" (None is a real value: no app_config).
+UNCHANGED: Any = object()
+
+
+# Stored objects and signed URLs
+
+
+def new_object_key(team: Team, kind: str) -> str:
+    return f"{team.id}/{kind}/{uuid.uuid4().hex}"
+
+
+def _object_url(base_url: str, token: str) -> str:
+    return base_url.rstrip("/") + reverse("store-object", args=[token])
+
+
+@transaction.atomic
+def upload_url_create(*, team: Team, kind: str, request) -> tuple[StoredObject, str]:
+    """A new, empty stored object and an absolute URL that takes one raw PUT of its bytes,
+    without an API key, until UPLOAD_URL_TTL_SECONDS have passed."""
+    if kind not in UPLOAD_KINDS:
+        raise FieldError("kind", f"must be one of {', '.join(UPLOAD_KINDS)}")
+    stored = StoredObject(key=new_object_key(team, kind), team=team, kind=kind)
+    stored.full_clean()
+    stored.save()
+    token = store.make_token(stored.key, salt=store.UPLOAD_SALT, ttl_seconds=settings.UPLOAD_URL_TTL_SECONDS)
+    return stored, request.build_absolute_uri(reverse("store-object", args=[token]))
+
+
+def download_url_for(stored_object: StoredObject, *, ttl_seconds: int) -> str:
+    """A URL on LAUNCH_INTERNAL_URL that streams this one object's bytes, without an API key,
+    for `ttl_seconds`: what a replica gets to fetch its bundle."""
+    token = store.make_token(stored_object.key, salt=store.DOWNLOAD_SALT, ttl_seconds=ttl_seconds)
+    return _object_url(settings.LAUNCH_INTERNAL_URL, token)
+
+
+def upload_url_for(stored_object: StoredObject, *, ttl_seconds: int) -> str:
+    """Like download_url_for, for one PUT of the object's bytes (a replica's pickled result)."""
+    token = store.make_token(stored_object.key, salt=store.UPLOAD_SALT, ttl_seconds=ttl_seconds)
+    return _object_url(settings.LAUNCH_INTERNAL_URL, token)
+
+
+def _storage_left(team_id: int, *, lock: bool) -> int | None:
+    """Bytes the team may still store, or None without a storage quota. With `lock`, holds the
+    quota row until the transaction ends so that two uploads cannot both take the last bytes."""
+    quotas = Quota.objects.filter(team_id=team_id)
+    quota = (quotas.select_for_update() if lock else quotas).first()
+    if quota is None or quota.max_bundle_storage_bytes is None:
+        return None
+    used = StoredObject.objects.filter(team_id=team_id, size__isnull=False).aggregate(total=Sum("size"))["total"]
+    return quota.max_bundle_storage_bytes - (used or 0)
+
+
+def stored_object_upload(*, stored: StoredObject, stream: IO[bytes], content_length: int | None = None) -> StoredObject:
+    """Receive the bytes of `stored` (saved or not yet saved) from `stream`, in chunks.
+
+    Over MAX_UPLOAD_BYTES is a 413 and over the team's storage quota a 409; either way, and
+    on any other error, no file is left and the row is unchanged. An object takes its bytes
+    once: a bundle made from it must not change under its endpoints.
+    """
+    if stored.uploaded_at is not None:
+        raise ConflictError("this upload URL was already used; ask for a new one")
+    if content_length is not None and content_length > settings.MAX_UPLOAD_BYTES:
+        # Refuse before reading anything when the client says up front that it is too big.
+        raise PayloadTooLargeError(store.too_large_message(settings.MAX_UPLOAD_BYTES))
+    received = store.receive(stored.key, stream, quota_bytes=_storage_left(stored.team_id, lock=False))
+    try:
+        with transaction.atomic():
+            left = _storage_left(stored.team_id, lock=True)
+            if left is not None and received.size > left:
+                raise store.QuotaExceededError(store.quota_message(left))
+            if stored._state.adding is False:
+                current = StoredObject.objects.select_for_update().get(pk=stored.pk)
+                if current.uploaded_at is not None:
+                    raise ConflictError("this upload URL was already used; ask for a new one")
+            stored.size, stored.sha256, stored.uploaded_at = received.size, received.sha256, timezone.now()
+            stored.full_clean()
+            stored.save()
+            received.commit()
+    except BaseException:
+        received.discard()
+        raise
+    return stored
+
+
+def stored_object_resolve(*, team: Team, location: Any, kind: str | None, field: str) -> StoredObject:
+    """The stored object behind `s3://<bucket>/<key>` (what the upload routes hand out), with
+    its bytes uploaded; a FieldError naming `field` otherwise. Another team's object reads as
+    unknown."""
+    bucket = settings.BUNDLE_STORE_BUCKET
+    if not isinstance(location, str):
+        raise FieldError(field, f"must be a string like s3://{bucket}/<key>")
+    match = _LOCATION.match(location.strip())
+    if match is None:
+        raise FieldError(field, f"must look like s3://{bucket}/<key>, as given by the upload route")
+    if match["bucket"] != bucket:
+        raise FieldError(field, f"unknown bucket {match['bucket']!r}: this server stores uploads in {bucket!r}")
+    stored = StoredObject.objects.filter(key=match["key"], team=team).first()
+    if stored is None:
+        raise FieldError(field, f"no uploaded object at {location}")
+    if kind is not None and stored.kind != kind:
+        raise FieldError(field, f"{location} holds a {stored.kind} upload, not a {kind}")
+    if stored.uploaded_at is None:
+        raise FieldError(field, f"nothing was uploaded to {location} yet: PUT the bytes to its signedUrl first")
+    return stored
+
+
+# Model bundles
+
+
+def flavor_for_packaging_type(packaging_type: Any, *, field: str = "packaging_type") -> str:
+    if packaging_type in FLAVOR_FOR_PACKAGING_TYPE:
+        return FLAVOR_FOR_PACKAGING_TYPE[packaging_type]
+    raise FieldError(field, f"{packaging_type!r} is not supported here; use cloudpickle or zip")
+
+
+def env_params_from_framework(framework: dict) -> dict:
+    framework_type = framework.get("framework_type")
+    if framework_type == "custom_base_image":
+        return {
+            "framework_type": framework_type,
+            "ecr_repo": framework.get("image_repository"),
+            "image_tag": framework.get("image_tag"),
+        }
+    return {key: value for key, value in framework.items() if key != "image_repository"}
+
+
+def framework_from_env_params(env_params: dict) -> dict:
+    framework_type = env_params.get("framework_type")
+    keys = {
+        "pytorch": ("pytorch_image_tag",),
+        "tensorflow": ("tensorflow_version",),
+        "custom_base_image": ("image_repository", "image_tag"),
+    }.get(framework_type, ())
+    values = {**env_params, "image_repository": env_params.get("ecr_repo")}
+    return {"framework_type": framework_type, **{key: values.get(key) for key in keys}}
+
+
+def _python_version(value: Any, *, field: str) -> str:
+    match = _PYTHON_VERSION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise FieldError(field, 'must be a Python version like "3.11"')
+    return match["minor"]
+
+
+def _new_bundle(
+    *,
+    team: Team,
+    user,
+    name: Any,
+    flavor: Any,
+    requirements: Any,
+    env_params: dict | None,
+    framework: dict | None,
+    metadata: Any,
+    app_config: Any,
+    schema_location: str | None,
+    load_predict_fn: str,
+    load_model_fn: str,
+    load_predict_fn_module_path: str,
+    load_model_fn_module_path: str,
+    python_version: str,
+) -> ModelBundle:
+    """An unsaved bundle with every field but its artifact checked."""
+    if not isinstance(name, str) or not name.strip():
+        raise FieldError("name", "must be a non-empty string")
+    if "/" in name:
+        raise FieldError("name", "must not contain '/' (the name is part of URLs)")
+    if flavor not in PACKAGING_TYPE_FOR_FLAVOR:
+        raise FieldError("flavor", f"{flavor!r} is not supported here; use cloudpickle_artifact or zip_artifact")
+    if not isinstance(requirements, list) or not all(isinstance(item, str) for item in requirements):
+        raise FieldError("requirements", "must be a list of strings")
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise FieldError("metadata", "must be a JSON object")
+    if app_config is not None and not isinstance(app_config, dict):
+        raise FieldError("app_config", "must be a JSON object or null")
+    if env_params is None and framework is None:
+        env_params = DEFAULT_ENV_PARAMS
+    if framework is None:
+        framework = framework_from_env_params(env_params)
+    if env_params is None:
+        env_params = env_params_from_framework(framework)
+    if framework.get("framework_type") not in FRAMEWORK_TYPES:
+        raise FieldError("env_params.framework_type", f"must be one of {', '.join(FRAMEWORK_TYPES)}")
+
+    # The legacy client and the v1 dialect put these in metadata; v2 and our upload route
+    # send them as fields.
+    if python_version:
+        python_version = _python_version(python_version, field="python_version")
+    elif "python_version" in metadata:
+        python_version = _python_version(metadata["python_version"], field="metadata.python_version")
+    if flavor == ModelBundle.Flavor.ZIP_ARTIFACT:
+        load_predict_fn_module_path = load_predict_fn_module_path or metadata.get("load_predict_fn_module_path") or ""
+        load_model_fn_module_path = load_model_fn_module_path or metadata.get("load_model_fn_module_path") or ""
+        for field, value in (
+            ("load_predict_fn_module_path", load_predict_fn_module_path),
+            ("load_model_fn_module_path", load_model_fn_module_path),
+        ):
+            if not isinstance(value, str) or not value:
+                raise FieldError(field, "is required for zip bundles (a dotted path such as 'model.predict')")
+
+    bundle = ModelBundle(
+        team=team,
+        created_by=user if getattr(user, "pk", None) else None,
+        name=name,
+        packaging_type=PACKAGING_TYPE_FOR_FLAVOR[flavor],
+        flavor=flavor,
+        requirements=requirements,
+        env_params=env_params,
+        framework=framework,
+        metadata=metadata,
+        app_config=app_config,
+        schema_location=schema_location or None,
+        load_predict_fn=load_predict_fn or "",
+        load_model_fn=load_model_fn or "",
+        load_predict_fn_module_path=load_predict_fn_module_path or "",
+        load_model_fn_module_path=load_model_fn_module_path or "",
+        python_version=python_version or "",
+    )
+    bundle.full_clean(exclude=["artifact", "location"])
+    return bundle
+
+
+def _save_with_artifact(bundle: ModelBundle, artifact: StoredObject) -> ModelBundle:
+    bundle.artifact, bundle.location = artifact, artifact.location
+    bundle.full_clean()
+    bundle.save()
+    return bundle
+
+
+@transaction.atomic
+def bundle_create(
+    *,
+    team: Team,
+    user,
+    name: str,
+    location: str,
+    flavor: str,
+    requirements: list[str],
+    env_params: dict | None = None,
+    framework: dict | None = None,
+    metadata: dict | None = None,
+    app_config: dict | None = None,
+    schema_location: str | None = None,
+    load_predict_fn: str = "",
+    load_model_fn: str = "",
+    load_predict_fn_module_path: str = "",
+    load_model_fn_module_path: str = "",
+    python_version: str = "",
+    location_field: str = "location",
+) -> ModelBundle:
+    """A new version of the bundle `name` over bytes already uploaded to `location`
+    (s3://<bucket>/<key> from an upload route). Several bundles may share a name; the
+    newest is the name's latest."""
+    bundle = _new_bundle(
+        team=team,
+        user=user,
+        name=name,
+        flavor=flavor,
+        requirements=requirements,
+        env_params=env_params,
+        framework=framework,
+        metadata=metadata,
+        app_config=app_config,
+        schema_location=schema_location,
+        load_predict_fn=load_predict_fn,
+        load_model_fn=load_model_fn,
+        load_predict_fn_module_path=load_predict_fn_module_path,
+        load_model_fn_module_path=load_model_fn_module_path,
+        python_version=python_version,
+    )
+    artifact = stored_object_resolve(team=team, location=location, kind=StoredObject.Kind.BUNDLE, field=location_field)
+    return _save_with_artifact(bundle, artifact)
+
+
+def bundle_create_from_upload(
+    *,
+    team: Team,
+    user,
+    name: str,
+    file: IO[bytes],
+    size: int | None = None,
+    packaging_type: str = ModelBundle.PackagingType.CLOUDPICKLE,
+    requirements: list[str] | None = None,
+    env_params: dict | None = None,
+    metadata: dict | None = None,
+    app_config: dict | None = None,
+    python_version: str = "",
+    load_predict_fn_module_path: str = "",
+    load_model_fn_module_path: str = "",
+) -> ModelBundle:
+    """Store `file` and make a bundle of it in one step (our multipart route, the dashboard).
+
+    The fields are checked before any byte is stored, and a failure after that removes both
+    the stored object's row and its file: nothing is half created."""
+    bundle = _new_bundle(
+        team=team,
+        user=user,
+        name=name,
+        flavor=flavor_for_packaging_type(packaging_type),
+        requirements=[] if requirements is None else requirements,
+        env_params=env_params,
+        framework=None,
+        metadata=metadata,
+        app_config=app_config,
+        schema_location=None,
+        load_predict_fn="",
+        load_model_fn="",
+        load_predict_fn_module_path=load_predict_fn_module_path,
+        load_model_fn_module_path=load_model_fn_module_path,
+        python_version=python_version,
+    )
+    stored = StoredObject(key=new_object_key(team, StoredObject.Kind.BUNDLE), team=team, kind=StoredObject.Kind.BUNDLE)
+    try:
+        with transaction.atomic():
+            stored_object_upload(stored=stored, stream=file, content_length=size)
+            return _save_with_artifact(bundle, stored)
+    except BaseException:
+        # The rename happened inside the rolled-back transaction; take the file back out.
+        store.delete_object(stored.key)
+        raise
+
+
+@transaction.atomic
+def bundle_clone_with_changes(
+    *, bundle: ModelBundle, user, app_config: Any = UNCHANGED, name: str | None = None
+) -> ModelBundle:
+    """A new bundle over the same artifact with the same fields, except `app_config` (when
+    given, None included) and `name` (when given: the legacy dialect's new_bundle_name)."""
+    if app_config is not UNCHANGED and app_config is not None and not isinstance(app_config, dict):
+        raise FieldError("app_config", "must be a JSON object or null")
+    clone = ModelBundle(
+        **{
+            field.attname: getattr(bundle, field.attname)
+            for field in ModelBundle._meta.concrete_fields
+            if field.name not in ("id", "created_at", "created_by")
+        }
+    )
+    clone.created_by = user if getattr(user, "pk", None) else None
+    if app_config is not UNCHANGED:
+        clone.app_config = app_config
+    if name is not None:
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise FieldError("name", "must be a non-empty string without '/'")
+        clone.name = name
+    clone.full_clean()
+    clone.save()
+    return clone
+
+
+def bundle_delete_by_name(*, team: Team, name: str) -> int:
+    """Delete every version of the bundle `name` (the legacy DELETE), refusing with 409 while an
+    endpoint or batch job uses one; artifacts no other bundle uses go too. Returns the count."""
+    keys: list[str] = []
+    with transaction.atomic():
+        bundles = ModelBundle.objects.filter(team=team, name=name)
+        artifact_keys = set(bundles.values_list("artifact_id", flat=True))
+        if not artifact_keys:
+            raise NotFoundError(f"No model bundle named {name!r}.")
+        count = bundles.count()
+        try:
+            with transaction.atomic():
+                bundles.delete()
+        except ProtectedError as error:
+            users = sorted(str(obj) for obj in error.protected_objects)
+            raise ConflictError(f"model bundle {name!r} is in use by {', '.join(users)}; delete or update those first")
+        orphans = StoredObject.objects.filter(key__in=artifact_keys, bundles__isnull=True)
+        keys = list(orphans.values_list("key", flat=True))
+        try:
+            with transaction.atomic():
+                orphans.delete()
+        except ProtectedError:
+            keys = []  # something else still points at them: keep rows and files
+        # Files go only once the rows are gone for good.
+        transaction.on_commit(lambda: [store.delete_object(key) for key in keys])
+    return count

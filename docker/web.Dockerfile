@@ -1,0 +1,19 @@
+# The web server and the controller (one image, two commands; see docker-compose.yml).
+#   docker build -f docker/web.Dockerfile -t launch-web .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    LAUNCH_HOME=/data
+
+WORKDIR /app
+COPY requirements.txt /app/requirements.txt
+RUN python -m pip install --no-cache-dir -r requirements.txt \
+    && useradd --uid 10001 --create-home --shell /usr/sbin/nologin launch \
+    && mkdir -p /data && chown launch /data
+COPY . /app
+
+USER launch
+EXPOSE 8000
+CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py collectstatic --noinput && exec gunicorn launch_site.wsgi:application --bind 0.0.0.0:${PORT:-8000} --workers ${WEB_WORKERS:-4} --timeout 120"]

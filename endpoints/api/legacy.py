@@ -1,0 +1,218 @@
+"""Endpoint and task routes of the older dialect under /v1/hosted_inference/, spoken by the
+public scale-launch 0.3.3 client (shared/reference/legacy-dialect.md).
+
+Same services, selectors and gateway as the native routes; only names and shapes differ:
+the client addresses endpoints and bundles by name, sends `{}` as a body on GET and DELETE
+(GET and DELETE views here never read the body), asks for pickled results unless told
+otherwise, and knows only the task states PENDING, SUCCESS and FAILURE.
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Team
+from accounts.selectors import request_team
+from bundles import selectors as bundle_selectors
+from bundles.models import ModelBundle
+from endpoints import gateway, selectors, services
+from endpoints.api.serializers import NAME_HELP, QuantityField
+from endpoints.api.views import endpoints_representation, task_result_shape
+from endpoints.models import GPU_TYPES
+from launch_site.errors import FieldError, NotFoundError
+from workers import protocol
+
+# The client only knows these three; STARTED is still "not finished" to it, and it raises on
+# any other value.
+LEGACY_TASK_STATES = {
+    protocol.PENDING: "PENDING",
+    protocol.STARTED: "PENDING",
+    protocol.SUCCESS: "SUCCESS",
+    protocol.FAILURE: "FAILURE",
+}
+
+
+def bundle_latest_by_name(*, team: Team, name: str, field: str = "bundle_name") -> ModelBundle:
+    """The newest bundle of that name; a missing one is a bad value of `field` (422)."""
+    try:
+        return bundle_selectors.bundle_latest(team=team, name=name)
+    except NotFoundError:
+        raise FieldError(field, f"no model bundle named {name!r} in your team") from None
+
+
+def legacy_endpoint(native: dict) -> dict:
+    """The endpoint object the old client reads, built from the native representation so the
+    two dialects cannot drift apart."""
+    deployment, resources = native["deployment_state"], native["resource_state"]
+    return {
+        "name": native["name"],
+        "id": native["id"],
+        "bundle_name": native["bundle_name"],
+        "status": native["status"],
+        "status_reason": native["status_reason"],
+        "endpoint_type": native["endpoint_type"],
+        "destination": native["destination"],
+        "metadata": native["metadata"],
+        "resource_settings": {
+            "cpus": resources["cpus"],
+            "gpus": resources["gpus"],
+            "memory": resources["memory"],
+            "gpu_type": resources["gpu_type"],
+            "storage": resources["storage"],
+        },
+        "worker_settings": {
+            "min_workers": deployment["min_workers"],
+            "max_workers": deployment["max_workers"],
+            "per_worker": deployment["per_worker"],
+            "available_workers": deployment["available_workers"],
+            "unavailable_workers": deployment["unavailable_workers"],
+        },
+        "configs": {
+            "labels": native["labels"],
+            "post_inference_hooks": native["post_inference_hooks"],
+            "task_expires_seconds": native["task_expires_seconds"],
+        },
+        "num_queued_items": native["num_queued_items"],
+        "created_at": native["created_at"],
+        "last_updated_at": native["last_updated_at"],
+    }
+
+
+def _renamed_field_error(error: FieldError, renames: dict[str, str]) -> FieldError:
+    """Name the legacy field (endpoint_name, bundle_name) in errors the services raise."""
+    location, *path = error.errors[0]["loc"]
+    if path and path[0] in renames:
+        message = error.errors[0]["msg"].split(": ", 1)[-1]
+        return FieldError(renames[path[0]], message, location=location)
+    return error
+
+
+class LegacyEndpointCreateSerializer(serializers.Serializer):
+    endpoint_name = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63, error_messages={"invalid": f"use {NAME_HELP}"}
+    )
+    bundle_name = serializers.CharField()
+    endpoint_type = serializers.ChoiceField(choices=["sync", "async"], default="sync")
+    cpus = QuantityField(default=3)
+    memory = QuantityField(default="8Gi")
+    storage = QuantityField(required=False, allow_null=True)
+    gpus = serializers.IntegerField(min_value=0, default=0)
+    gpu_type = serializers.ChoiceField(choices=GPU_TYPES, required=False, allow_null=True)
+    min_workers = serializers.IntegerField(min_value=0, default=1)
+    max_workers = serializers.IntegerField(min_value=0, default=1)
+    per_worker = serializers.IntegerField(min_value=1, default=10)
+    post_inference_hooks = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)
+    labels = serializers.DictField(child=serializers.CharField(), required=False, allow_null=True)
+    metadata = serializers.DictField(required=False, allow_null=True)
+
+
+class LegacyEndpointUpdateSerializer(serializers.Serializer):
+    bundle_name = serializers.CharField(required=False, allow_null=True)
+    cpus = QuantityField(required=False, allow_null=True)
+    memory = QuantityField(required=False, allow_null=True)
+    storage = QuantityField(required=False, allow_null=True)
+    gpus = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    gpu_type = serializers.ChoiceField(choices=GPU_TYPES, required=False, allow_null=True)
+    min_workers = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    max_workers = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    per_worker = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    post_inference_hooks = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)
+    labels = serializers.DictField(child=serializers.CharField(), required=False, allow_null=True)
+    metadata = serializers.DictField(required=False, allow_null=True)
+
+
+class LegacyEndpointListView(APIView):
+    def get(self, request):
+        endpoints = list(selectors.endpoint_list(team=request_team(request)))
+        return Response({"endpoints": [legacy_endpoint(e) for e in endpoints_representation(endpoints)]})
+
+    def post(self, request):
+        serializer = LegacyEndpointCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        team = request_team(request)
+        bundle = bundle_latest_by_name(team=team, name=data.pop("bundle_name"))
+        try:
+            endpoint = services.endpoint_create(
+                team=team, user=request.user, name=data.pop("endpoint_name"), model_bundle_id=bundle.id, **data
+            )
+        except FieldError as error:
+            raise _renamed_field_error(error, {"name": "endpoint_name"}) from None
+        return Response({"endpoint_creation_task_id": endpoint.id})
+
+
+class LegacyEndpointDetailView(APIView):
+    def get(self, request, name: str):
+        endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
+        return Response(legacy_endpoint(endpoints_representation([endpoint])[0]))
+
+    def put(self, request, name: str):
+        team = request_team(request)
+        endpoint = selectors.endpoint_get_by_name(team=team, name=name)
+        serializer = LegacyEndpointUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        changes = dict(serializer.validated_data)
+        bundle_name = changes.pop("bundle_name", None)
+        if bundle_name is not None:
+            changes["model_bundle_id"] = bundle_latest_by_name(team=team, name=bundle_name).id
+        services.endpoint_update(endpoint=endpoint, changes=changes)
+        return Response({"endpoint_creation_task_id": endpoint.id})
+
+    def delete(self, request, name: str):
+        endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
+        services.endpoint_delete(endpoint=endpoint)
+        return Response({"deleted": True})
+
+
+def legacy_task_payload(data) -> dict:
+    """The old client defaults return_pickled to true, and with both url and args it means url
+    (it warns "args will be ignored")."""
+    if not isinstance(data, dict):
+        return gateway.task_payload(data)
+    data = dict(data)
+    data.setdefault("return_pickled", True)
+    if data.get("url") is not None:
+        data.pop("args", None)
+    return gateway.task_payload(data)
+
+
+def legacy_task_answer(request, task_id: str, record: dict) -> dict:
+    shape = task_result_shape(request, task_id, record) or {}
+    state = LEGACY_TASK_STATES.get(record["status"])
+    traceback = record.get("traceback")
+    if state is None:
+        state, traceback = "FAILURE", traceback or f"the task ended in state {record['status']}"
+    return {
+        "task_id": task_id,
+        "state": state,
+        "result": shape.get("result"),
+        "result_url": shape.get("result_url"),
+        "traceback": traceback,
+    }
+
+
+class LegacySyncTaskView(APIView):
+    def post(self, request, endpoint_name: str):
+        endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=endpoint_name)
+        payload = legacy_task_payload(request.data)
+        task_id, record = gateway.task_run_sync(endpoint=endpoint, payload=payload, timeout_seconds=None)
+        return Response(legacy_task_answer(request, task_id, record))
+
+
+class LegacyAsyncTaskCreateView(APIView):
+    def post(self, request, endpoint_name: str):
+        endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=endpoint_name)
+        task_id = gateway.task_submit(endpoint=endpoint, payload=legacy_task_payload(request.data))
+        return Response({"task_id": task_id})
+
+
+class LegacyAsyncTaskDetailView(APIView):
+    def get(self, request, endpoint_name: str, task_id: str):
+        team = request_team(request)
+        endpoint = selectors.endpoint_get_by_name(team=team, name=endpoint_name)
+        if protocol.endpoint_id_of_task(task_id) != endpoint.id:
+            raise NotFoundError(f"no task {task_id!r} on endpoint {endpoint_name!r}")
+        record = gateway.task_get(team=team, task_id=task_id)
+        return Response(legacy_task_answer(request, task_id, record))

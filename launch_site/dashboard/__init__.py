@@ -1,0 +1,1 @@
+"""The web dashboard: server-rendered pages with htmx for the live parts (CONVENTIONS "Dashboard")."""

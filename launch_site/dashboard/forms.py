@@ -1,0 +1,162 @@
+"""Dashboard forms: types and required fields only; the rules live in the services, whose
+errors are put back next to the field they name (common.add_service_error)."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+
+from endpoints.models import GPU_TYPES
+from endpoints.quantities import parse_bytes, parse_cpus
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_HELP = "Letters, digits, '-', '_' and '.', starting with a letter or digit."
+
+
+class JSONTextField(forms.CharField):
+    """A textarea holding JSON of one expected type (list or dict); empty means `empty`."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono"})
+
+    def __init__(self, *, expected: type, empty: object = None, **kwargs):
+        self.expected, self.empty = expected, empty
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def to_python(self, value):
+        text = super().to_python(value).strip()
+        if not text:
+            return self.empty
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise forms.ValidationError(f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})")
+        if not isinstance(parsed, self.expected):
+            kind = "a JSON list" if self.expected is list else "a JSON object"
+            raise forms.ValidationError(f"must be {kind}")
+        return parsed
+
+    def validate(self, value):
+        # Django counts {} and [] as "empty"; here they are real values (a predict with no args).
+        if self.required and value is None:
+            raise forms.ValidationError(self.error_messages["required"], code="required")
+
+
+class BundleUploadForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    file = forms.FileField(help_text="A cloudpickled bundle (.pkl) or a zip bundle.")
+    packaging_type = forms.ChoiceField(
+        choices=[("cloudpickle", "cloudpickle"), ("zip", "zip")], initial="cloudpickle", required=False
+    )
+    requirements = JSONTextField(
+        expected=list, empty=[], help_text='Optional JSON list of pip requirements, e.g. ["numpy==2.1.0"].'
+    )
+    app_config = JSONTextField(expected=dict, empty=None, help_text="Optional JSON object passed to your functions.")
+    python_version = forms.CharField(
+        required=False,
+        max_length=16,
+        help_text='The Python that pickled it, e.g. "3.11": replicas on another version refuse it with a clear reason.',
+    )
+    load_predict_fn_module_path = forms.CharField(
+        required=False, max_length=300, help_text="Zip bundles: dotted path of load_predict_fn."
+    )
+    load_model_fn_module_path = forms.CharField(
+        required=False, max_length=300, help_text="Zip bundles: dotted path of load_model_fn."
+    )
+
+    def clean_requirements(self):
+        requirements = self.cleaned_data["requirements"]
+        if not all(isinstance(item, str) for item in requirements):
+            raise forms.ValidationError("must be a list of strings")
+        return requirements
+
+
+def bundle_choices(bundles) -> list[tuple[str, str]]:
+    return [(b.id, f"{b.name} · {b.id} · {b.created_at:%Y-%m-%d %H:%M}") for b in bundles]
+
+
+class EndpointForm(forms.Form):
+    name = forms.RegexField(
+        NAME_PATTERN,
+        max_length=63,
+        help_text=NAME_HELP,
+        error_messages={"invalid": "This name has characters that are not allowed."},
+    )
+    bundle = forms.ChoiceField(choices=[])
+    endpoint_type = forms.ChoiceField(
+        choices=[("sync", "sync: answers while the caller waits"), ("async", "async: returns a task id")],
+        initial="sync",
+        widget=forms.RadioSelect,
+    )
+    min_workers = forms.IntegerField(min_value=0, initial=1)
+    max_workers = forms.IntegerField(min_value=0, initial=1)
+    per_worker = forms.IntegerField(min_value=1, initial=1, help_text="Requests one worker handles at once.")
+    cpus = forms.CharField(max_length=32, initial="1", label="CPUs", help_text='1, 0.5 or "500m".')
+    memory = forms.CharField(max_length=32, initial="1Gi", help_text='"1Gi", "512Mi".')
+    gpus = forms.IntegerField(min_value=0, initial=0, label="GPUs")
+    gpu_type = forms.ChoiceField(choices=[("", "none"), *[(t, t) for t in GPU_TYPES]], required=False, label="GPU type")
+
+    def __init__(self, *args, bundles=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["bundle"].choices = bundle_choices(bundles)
+
+    # The quantity parsers are the services' own; checking here shows every bad field at once.
+    def clean_cpus(self):
+        return _quantity(self.cleaned_data["cpus"], parse_cpus)
+
+    def clean_memory(self):
+        return _quantity(self.cleaned_data["memory"], parse_bytes)
+
+
+def _quantity(value: str, parse) -> str:
+    try:
+        parse(value)
+    except ValueError as error:
+        raise forms.ValidationError(str(error))
+    return value
+
+
+class EndpointEditForm(forms.Form):
+    bundle = forms.ChoiceField(choices=[])
+    min_workers = forms.IntegerField(min_value=0)
+    max_workers = forms.IntegerField(min_value=0)
+
+    def __init__(self, *args, bundles=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["bundle"].choices = bundle_choices(bundles)
+
+
+class TryItForm(forms.Form):
+    args = JSONTextField(
+        expected=dict,
+        required=True,
+        help_text='Keyword arguments of your predict function, as a JSON object: {"x": 21}.',
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono"}),
+    )
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100, required=False, help_text="What the key is for, e.g. ci or laptop.")
+
+
+class BatchJobForm(forms.Form):
+    bundle = forms.ChoiceField(choices=[])
+    input_file = forms.FileField(
+        help_text='A JSON list of items such as {"args": {"x": 1}} (or {"url": ...}), the same as JSON lines, '
+        "or the client's CSV with an id and an args column."
+    )
+    max_workers = forms.IntegerField(min_value=1, initial=1)
+    per_worker = forms.IntegerField(min_value=1, initial=1)
+    cpus = forms.CharField(max_length=32, initial="1", label="CPUs")
+    memory = forms.CharField(max_length=32, initial="1Gi")
+
+    def __init__(self, *args, bundles=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["bundle"].choices = bundle_choices(bundles)
+
+    def clean_cpus(self):
+        return _quantity(self.cleaned_data["cpus"], parse_cpus)
+
+    def clean_memory(self):
+        return _quantity(self.cleaned_data["memory"], parse_bytes)

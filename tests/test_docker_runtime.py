@@ -1,0 +1,293 @@
+"""The docker runtime against two real engines (d1, d2) started by tests/docker_harness.py.
+
+Replicas are real containers running the real serve loop (`python -m workers.serve`) on a
+cloudpickle bundle file, with this machine's Python mounted read-only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+
+from tests.docker_harness import PIP_RECORD, TEST_IMAGE
+from workers import hosts, protocol
+from workers.models import Replica
+from workers.runtimes.base import PlacementError, ReplicaSpec
+from workers.runtimes.docker import DERIVED_REPOSITORY, DockerRuntime
+
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
+
+A10 = "nvidia-ampere-a10"
+MIB = 1024**2
+SERVE_LOOP = Path(settings.BASE_DIR) / "workers" / "serve.py"
+needs_serve_loop = pytest.mark.skipif(
+    not SERVE_LOOP.exists(), reason="workers/serve.py (the replica serve loop) is not there yet"
+)
+
+
+@pytest.fixture
+def bundle_url() -> str:
+    """A cloudpickle bundle file; file:// bundles are mounted into containers on local hosts."""
+
+    def load_predict_fn(model):
+        def predict(x):
+            return x * model
+
+        return predict
+
+    directory = Path(settings.BUNDLE_STORE_DIR) / f"bundle-{uuid.uuid4().hex[:8]}"
+    directory.mkdir(parents=True)
+    path = directory / "bundle.pkl"
+    path.write_bytes(cloudpickle.dumps({"model": 3, "load_predict_fn": load_predict_fn}))
+    return f"file://{path}"
+
+
+@pytest.fixture
+def runtime() -> DockerRuntime:
+    return DockerRuntime()
+
+
+def make_spec(
+    bundle_url: str,
+    *,
+    owner_id: str = "end_docker",
+    cpus: float = 0.25,
+    memory_mib: int = 256,
+    gpus: int = 0,
+    requirements=(),
+):
+    """Like the controller: the replica row (STARTING) exists before placement."""
+    replica = Replica.objects.create(owner_kind="endpoint", owner_id=owner_id, runtime="docker")
+    env = {
+        "LAUNCH_REDIS_URL": settings.REDIS_URL,
+        "LAUNCH_PREFIX": protocol.endpoint_prefix(owner_id),
+        "LAUNCH_REPLICA_ID": replica.id,
+        "LAUNCH_BUNDLE_URL": bundle_url,
+        "LAUNCH_BUNDLE_CONFIG": json.dumps(
+            {
+                "packaging_type": "cloudpickle",
+                "app_config": None,
+                "load_predict_fn_module_path": "",
+                "load_model_fn_module_path": "",
+                "python_version": "",
+            }
+        ),
+        "LAUNCH_CONCURRENCY": "1",
+    }
+    spec = ReplicaSpec(
+        replica_id=replica.id,
+        owner_kind="endpoint",
+        owner_id=owner_id,
+        team="acme",
+        env=env,
+        cpus=cpus,
+        memory_bytes=memory_mib * MIB,
+        gpus=gpus,
+        gpu_type=A10 if gpus else None,
+        requirements=tuple(requirements),
+        labels={"launch.endpoint": "my-endpoint"},
+    )
+    return replica, spec
+
+
+def start(runtime: DockerRuntime, bundle_url: str, **kwargs) -> Replica:
+    replica, spec = make_spec(bundle_url, **kwargs)
+    placement = runtime.place(spec)
+    handle = runtime.start(spec, placement)
+    replica.refresh_from_db()
+    replica.handle = handle
+    replica.save(update_fields=["handle"])
+    return replica
+
+
+def container_of(docker_engines, replica: Replica):
+    return docker_engines.client(replica.host.name).containers.get(replica.handle)
+
+
+def wait_for(predicate, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_replica_container_has_limits_labels_host_network_and_no_privileges(
+    docker_hosts, docker_engines, runtime, bundle_url
+):
+    replica = start(runtime, bundle_url, cpus=0.5, memory_mib=300)
+    attrs = container_of(docker_engines, replica).attrs
+    host_config, config = attrs["HostConfig"], attrs["Config"]
+    assert host_config["NanoCpus"] == 500_000_000
+    assert host_config["Memory"] == 300 * MIB
+    assert host_config["NetworkMode"] == "host"
+    assert host_config["Privileged"] is False
+    assert host_config["RestartPolicy"]["Name"] in ("", "no")
+    assert host_config["CapDrop"] == ["ALL"]
+    assert host_config["Init"] is True
+    assert "no-new-privileges" in host_config["SecurityOpt"]
+    assert config["Labels"]["launch.replica"] == replica.id
+    assert config["Labels"]["launch.owner_kind"] == "endpoint"
+    assert config["Labels"]["launch.owner_id"] == "end_docker"
+    assert config["Labels"]["launch.team"] == "acme"
+    assert config["Labels"]["launch.endpoint"] == "my-endpoint"
+    assert config["Image"] == TEST_IMAGE
+    assert f"LAUNCH_REPLICA_ID={replica.id}" in config["Env"]
+    sources = [mount["Source"] for mount in attrs["Mounts"]]
+    engine_dir = str(docker_engines.directory)
+    assert not any(s.endswith("docker.sock") or s.startswith(engine_dir) for s in sources), sources
+    assert all(mount["RW"] is False for mount in attrs["Mounts"] if mount["Source"] == str(settings.BASE_DIR))
+    assert replica.cpus == 0.5 and replica.memory_bytes == 300 * MIB
+
+
+def test_gpu_replicas_use_the_second_host_when_the_first_is_full_and_wait_for_capacity(
+    docker_hosts, docker_engines, runtime, bundle_url
+):
+    hosts.host_update(host=docker_hosts["d1"], gpu_type=A10, gpus=1, gpus_via_env_only=True)
+    hosts.host_update(host=docker_hosts["d2"], gpu_type=A10, gpu_device_ids=["GPU-a", "GPU-b"], gpus_via_env_only=True)
+    replicas = [start(runtime, bundle_url, gpus=1) for _ in range(3)]
+
+    seen = set()
+    for replica in replicas:
+        env = dict(item.split("=", 1) for item in container_of(docker_engines, replica).attrs["Config"]["Env"])
+        assert env["NVIDIA_VISIBLE_DEVICES"] == replica.gpu_device_ids[0]
+        seen.add((replica.host.name, env["NVIDIA_VISIBLE_DEVICES"]))
+    assert seen == {("d1", "0"), ("d2", "GPU-a"), ("d2", "GPU-b")}
+
+    with pytest.raises(PlacementError, match="no healthy host with 1 free nvidia-ampere-a10"):
+        runtime.place(make_spec(bundle_url, gpus=1)[1])
+
+    # Capacity appears when a replica goes away: the next placement takes its device.
+    freed = next(r for r in replicas if r.host.name == "d2")
+    runtime.kill(freed)
+    Replica.objects.filter(pk=freed.pk).update(state=Replica.State.STOPPED)
+    replica = start(runtime, bundle_url, gpus=1)
+    assert (replica.host.name, replica.gpu_device_ids) == ("d2", freed.gpu_device_ids)
+
+
+@needs_serve_loop
+def test_a_killed_container_is_not_alive(docker_hosts, docker_engines, runtime, bundle_url):
+    replica = start(runtime, bundle_url)
+    assert runtime.is_alive(replica)
+    container_of(docker_engines, replica).kill()
+    assert wait_for(lambda: not runtime.is_alive(replica))
+    runtime.kill(replica)
+    runtime.kill(replica)  # idempotent on a container that is gone
+    assert not runtime.is_alive(replica)
+
+
+@needs_serve_loop
+def test_stop_sends_sigterm_and_the_replica_exits(docker_hosts, runtime, bundle_url):
+    replica = start(runtime, bundle_url)
+    assert wait_for(lambda: runtime.is_alive(replica))
+    runtime.stop(replica)
+    assert wait_for(lambda: not runtime.is_alive(replica))
+
+
+def test_a_stopped_daemon_makes_its_host_unhealthy_after_three_probes_and_placement_moves_on(
+    docker_hosts, docker_engines, runtime, bundle_url
+):
+    hosts.host_set_cordoned(host=docker_hosts["d1"], cordoned=True)
+    on_d2 = start(runtime, bundle_url)
+    assert on_d2.host.name == "d2"
+    hosts.host_set_cordoned(host=docker_hosts["d1"], cordoned=False)
+
+    docker_engines.stop("d2")
+    try:
+        for failures in (1, 2):
+            d2 = {h.name: h for h in hosts.hosts_probe_all()}["d2"]
+            assert (d2.healthy, d2.consecutive_failures) == (True, failures)
+            assert d2.last_error
+        d2 = {h.name: h for h in hosts.hosts_probe_all()}["d2"]
+        assert d2.healthy is False
+        assert not runtime.is_alive(on_d2)
+        assert list(hosts.replicas_to_move()) == [on_d2]
+        _, spec = make_spec(bundle_url)
+        assert runtime.place(spec).host_id == docker_hosts["d1"].pk
+    finally:
+        docker_engines.start("d2")
+    d2 = {h.name: h for h in hosts.hosts_probe_all()}["d2"]
+    assert (d2.healthy, d2.consecutive_failures, d2.last_error) == (True, 0, "")
+
+
+def test_a_restarted_controller_finds_running_containers_and_orphans_are_removed(
+    docker_hosts, docker_engines, runtime, bundle_url
+):
+    kept, orphan, starting = (start(runtime, bundle_url) for _ in range(3))
+    if SERVE_LOOP.exists():
+        assert wait_for(lambda: {kept.id, orphan.id} <= DockerRuntime().running_replica_ids())
+
+    Replica.objects.filter(pk=orphan.pk).update(state=Replica.State.STOPPED)
+    # `starting` is live in the database but missing from the caller's (older) snapshot.
+    removed = DockerRuntime().reconcile_orphans({kept.id})
+    assert removed == [orphan.id]
+    remaining = {
+        c.labels["launch.replica"]
+        for name in docker_engines.names
+        for c in docker_engines.client(name).containers.list(all=True, filters={"label": "launch.replica"})
+    }
+    assert remaining == {kept.id, starting.id}
+
+
+def test_requirements_become_a_derived_image_built_once_and_reused(docker_hosts, docker_engines, runtime, bundle_url):
+    if docker_engines.client("d1").containers.run(TEST_IMAGE, ["/launch-test/busybox", "true"], remove=True) is None:
+        pytest.fail("the test image cannot run its build shell")
+    hosts.host_set_cordoned(host=docker_hosts["d2"], cordoned=True)
+    first = start(runtime, bundle_url, requirements=["tiny-model==1.0"])
+    second = start(runtime, bundle_url, requirements=["tiny-model==1.0"])
+    other = start(runtime, bundle_url, requirements=["tiny-model==2.0"])
+    client = docker_engines.client("d1")
+    image_of = {r.id: client.containers.get(r.handle).attrs["Config"]["Image"] for r in (first, second, other)}
+    assert image_of[first.id].startswith(f"{DERIVED_REPOSITORY}:")
+    assert image_of[first.id] == image_of[second.id] != image_of[other.id]
+    assert len(client.images.list(name=DERIVED_REPOSITORY)) == 2
+
+    archive, _ = client.containers.get(first.handle).get_archive(PIP_RECORD)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(archive))) as tar:
+        recorded = tar.extractfile(Path(PIP_RECORD).name).read().decode()
+    assert recorded.strip() == "-m pip install --no-cache-dir -r /tmp/launch-requirements.txt"
+
+
+@needs_serve_loop
+def test_a_replica_container_serves_a_task_end_to_end(docker_hosts, runtime, bundle_url, redis_client):
+    replica = start(runtime, bundle_url, owner_id="end_e2e")
+    keys = protocol.Keys(protocol.endpoint_prefix("end_e2e"))
+    task_id = protocol.task_id_for("end_e2e", uuid.uuid4().hex)
+    redis_client.hset(
+        keys.task(task_id),
+        mapping={
+            "payload": json.dumps({"args": {"x": 2}}),
+            "status": protocol.PENDING,
+            "attempts": 0,
+            "created_at": time.time(),
+        },
+    )
+    redis_client.lpush(keys.queue, task_id)
+    answer = redis_client.blpop([keys.done(task_id)], timeout=60)
+    assert answer is not None, runtime.logs(replica)
+    record = json.loads(answer[1])
+    assert record["status"] == protocol.SUCCESS, record
+    assert json.loads(record["result"]) == 6
+    assert redis_client.hget(keys.task(task_id), "replica").decode() == replica.id
+
+
+def test_register_host_command_probes_a_real_engine(docker_engines, db):
+    out = io.StringIO()
+    call_command(
+        "register_host", "engine-one", "--docker-url", docker_engines.url("d1"), "--label", "zone=test", stdout=out
+    )
+    assert "healthy" in out.getvalue()
+    host = hosts.Host.objects.get(name="engine-one")
+    assert host.healthy and host.cpus >= 1 and host.memory_bytes > 0 and host.docker_version
+    assert host.labels == {"zone": "test"}
+    hosts.forget_client(host.pk)

@@ -1,0 +1,382 @@
+"""The docker runtime: each replica is a container of the worker image on a registered host.
+
+The container runs `python -m workers.serve` with the replica's LAUNCH_* environment, CPU and
+memory limits, GPU device requests for the device ids placement bound (or only
+NVIDIA_VISIBLE_DEVICES on a host set to gpus_via_env_only), host networking, no Docker
+socket, no privileges and no restart policy: the controller, not Docker, replaces replicas
+that die. Every container is labelled `launch.replica=<id>`, which is how a restarted
+controller finds its running replicas (`running_replica_ids`) and how containers nobody owns
+are found and removed (`reconcile_orphans`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import docker
+from django.conf import settings
+from docker.types import DeviceRequest, LogConfig
+
+from workers.hosts import docker_client
+from workers.models import LIVE_STATES, Host, Replica, WorkerImage
+from workers.placement import place_replica
+from workers.runtimes.base import Placement, ReplicaSpec, Runtime
+
+logger = logging.getLogger(__name__)
+
+REPLICA_LABEL = "launch.replica"
+DERIVED_REPOSITORY = "launch-worker-derived"
+# What the serve loop needs besides the standard library, for images built on a user's
+# custom base image (our own worker images have them already).
+SERVE_REQUIREMENTS = ("redis==8.1.0", "cloudpickle==3.1.2")
+SERVE_FILES = ("workers/__init__.py", "workers/protocol.py", "workers/serve.py")
+
+
+@dataclass(frozen=True)
+class WorkerImageChoice:
+    image: str
+    python: str
+    workdir: str
+    # A user's own image: the serve loop and its requirements are added in a derived image.
+    custom: bool = False
+
+
+def worker_image_for(spec: ReplicaSpec) -> WorkerImageChoice:
+    """The image for the bundle's framework: a WorkerImage row for (framework, cpu|cuda),
+    else the row for "*", else the settings' defaults."""
+    framework = spec.framework or {}
+    framework_type = str(framework.get("framework_type") or "*")
+    accelerator = WorkerImage.Accelerator.CUDA if spec.gpus else WorkerImage.Accelerator.CPU
+    rows = {
+        row.framework_type: row
+        for row in WorkerImage.objects.filter(framework_type__in=[framework_type, "*"], accelerator=accelerator)
+    }
+    row = rows.get(framework_type) or rows.get("*")
+    python = row.python if row else settings.DOCKER_PYTHON
+    workdir = row.workdir if row else settings.DOCKER_WORKDIR
+    if framework_type == "custom_base_image":
+        if not framework.get("image_repository"):
+            raise RuntimeError("a custom_base_image framework needs image_repository (and image_tag)")
+        image = f"{framework['image_repository']}:{framework.get('image_tag') or 'latest'}"
+        return WorkerImageChoice(image=image, python=python, workdir=workdir, custom=True)
+    if row and row.image:
+        return WorkerImageChoice(image=row.image, python=python, workdir=workdir)
+    default = settings.DOCKER_WORKER_IMAGE_GPU if spec.gpus else settings.DOCKER_WORKER_IMAGE
+    return WorkerImageChoice(image=default, python=python, workdir=workdir)
+
+
+def derived_image_tag(choice: WorkerImageChoice, requirements: tuple[str, ...]) -> str:
+    material = json.dumps([choice.image, choice.python, choice.workdir, choice.custom, sorted(requirements)])
+    return f"{DERIVED_REPOSITORY}:{hashlib.sha256(material.encode()).hexdigest()[:20]}"
+
+
+def _derived_context(choice: WorkerImageChoice, requirements: tuple[str, ...]) -> io.BytesIO:
+    """A build context (tar): FROM the base, the serve loop for custom images, then pip."""
+    pip = [choice.python, "-m", "pip", "install", "--no-cache-dir"]
+    lines = [f"FROM {choice.image}"]
+    files: dict[str, bytes] = {}
+    if choice.custom:
+        for name in SERVE_FILES:
+            files[name] = (Path(settings.BASE_DIR) / name).read_bytes()
+        lines += [
+            f"COPY workers/ {choice.workdir}/workers/",
+            f"WORKDIR {choice.workdir}",
+            f"RUN {json.dumps([*pip, *SERVE_REQUIREMENTS])}",
+        ]
+    if requirements:
+        files["requirements.txt"] = ("\n".join(requirements) + "\n").encode()
+        lines += [
+            "COPY requirements.txt /tmp/launch-requirements.txt",
+            f"RUN {json.dumps([*pip, '-r', '/tmp/launch-requirements.txt'])}",
+        ]
+    files["Dockerfile"] = ("\n".join(lines) + "\n").encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+# One build per (host, tag) at a time within this process.
+_build_locks: dict[tuple[int, str], threading.Lock] = {}
+_build_locks_guard = threading.Lock()
+
+
+def ensure_image(
+    host: Host, client: docker.DockerClient, choice: WorkerImageChoice, requirements: tuple[str, ...]
+) -> str:
+    """The image to run: the base image itself, or the derived image for these requirements,
+    built on this host the first time and reused after."""
+    if not requirements and not choice.custom:
+        return choice.image
+    tag = derived_image_tag(choice, requirements)
+    with _build_locks_guard:
+        lock = _build_locks.setdefault((host.pk, tag), threading.Lock())
+    with lock:
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        logger.info("building %s on %s (FROM %s)", tag, host.name, choice.image)
+        try:
+            client.images.build(
+                fileobj=_derived_context(choice, requirements),
+                custom_context=True,
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                network_mode="host",
+                timeout=settings.DOCKER_BUILD_TIMEOUT_SECONDS,
+                labels={"launch.derived-from": choice.image},
+            )
+        except docker.errors.BuildError as error:
+            output = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in error.build_log)
+            raise RuntimeError(
+                f"building the image for requirements {list(requirements)} failed:\n{output[-3000:]}"
+            ) from None
+    return tag
+
+
+def _local_paths(spec: ReplicaSpec) -> dict[str, dict]:
+    """On a host reached through a local socket (the machine the controller runs on), the
+    embedded Redis socket and a file:// bundle are reachable by path: mount them."""
+    volumes: dict[str, dict] = {}
+    redis_url = urlparse(spec.env.get("LAUNCH_REDIS_URL", ""))
+    if redis_url.scheme == "unix" and redis_url.path:
+        directory = str(Path(redis_url.path).parent)
+        volumes[directory] = {"bind": directory, "mode": "rw"}
+    bundle_url = urlparse(spec.env.get("LAUNCH_BUNDLE_URL", ""))
+    if bundle_url.scheme == "file" and bundle_url.path:
+        directory = str(Path(bundle_url.path).parent)
+        volumes.setdefault(directory, {"bind": directory, "mode": "ro"})
+    return volumes
+
+
+def container_name(replica_id: str) -> str:
+    return f"launch-{replica_id}"
+
+
+class DockerRuntime(Runtime):
+    name = "docker"
+
+    def place(self, spec: ReplicaSpec) -> Placement:
+        return place_replica(spec)
+
+    def start(self, spec: ReplicaSpec, placement: Placement) -> str:
+        host = Host.objects.get(pk=placement.host_id)
+        client = docker_client(host)
+        existing = self._container(client, spec.replica_id)
+        if existing is not None:
+            # A retried start (the controller died after creating it): keep a running one.
+            if existing.status == "running":
+                return existing.id
+            existing.remove(force=True)
+        choice = worker_image_for(spec)
+        image = ensure_image(host, client, choice, tuple(spec.requirements))
+        gpu_ids = list(placement.gpu_device_ids)
+        environment = {"PYTHONUNBUFFERED": "1", **spec.env}
+        device_requests = []
+        if gpu_ids:
+            environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+            if not host.gpus_via_env_only:
+                device_requests = [DeviceRequest(device_ids=gpu_ids, capabilities=[["gpu"]])]
+        volumes = {source: {"bind": target, "mode": mode} for source, target, mode in settings.DOCKER_EXTRA_MOUNTS}
+        if urlparse(host.docker_url).scheme == "unix":
+            volumes.update(_local_paths(spec))
+        labels = {
+            **spec.labels,
+            REPLICA_LABEL: spec.replica_id,
+            "launch.owner_kind": spec.owner_kind,
+            "launch.owner_id": spec.owner_id,
+            "launch.team": spec.team,
+        }
+        limits = {"nano_cpus": int(spec.cpus * 1e9)} if spec.cpus else {}
+        if spec.memory_bytes:
+            limits["mem_limit"] = spec.memory_bytes
+        try:
+            container = client.containers.run(
+                image,
+                [choice.python, "-m", "workers.serve"],
+                name=container_name(spec.replica_id),
+                detach=True,
+                # docker-init as PID 1 forwards SIGTERM: Python as PID 1 would ignore a
+                # SIGTERM that arrives before the serve loop installs its handler.
+                init=True,
+                environment=environment,
+                labels=labels,
+                working_dir=choice.workdir,
+                network_mode="host",
+                privileged=False,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                restart_policy={"Name": "no"},
+                device_requests=device_requests,
+                volumes=volumes,
+                log_config=LogConfig(type="json-file", config={"max-size": "50m", "max-file": "2"}),
+                **limits,
+            )
+        except docker.errors.APIError:
+            # Created but not started (e.g. no GPU driver on the host): leave nothing behind.
+            self._remove_quietly(client, container_name(spec.replica_id))
+            raise
+        # Placement records these when the row exists already; make sure they are there.
+        Replica.objects.filter(id=spec.replica_id).update(
+            host_id=host.pk, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
+        )
+        return container.id
+
+    @staticmethod
+    def _remove_quietly(client, name: str) -> None:
+        try:
+            client.api.remove_container(name, force=True)
+        except docker.errors.DockerException:
+            pass
+
+    def stop(self, replica) -> None:
+        client = self._client_of(replica)
+        if client is None:
+            return
+        try:
+            client.api.kill(self._ref(replica), signal="SIGTERM")
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:
+            if error.status_code != 409:  # 409: not running any more
+                logger.warning("SIGTERM to replica %s failed: %s", replica.id, error)
+        except Exception as error:  # noqa: BLE001 - host unreachable: the probe handles it
+            logger.warning("SIGTERM to replica %s failed: %s", replica.id, error)
+
+    def kill(self, replica) -> None:
+        client = self._client_of(replica)
+        if client is None:
+            return
+        try:
+            client.api.remove_container(self._ref(replica), force=True)
+        except docker.errors.NotFound:
+            pass
+        except Exception as error:  # noqa: BLE001 - unreachable: reconcile_orphans removes it later
+            logger.warning("removing replica %s failed: %s", replica.id, error)
+
+    def is_alive(self, replica) -> bool:
+        host = self._host(replica)
+        if host is None or not host.healthy:
+            return False
+        try:
+            state = docker_client(host).api.inspect_container(self._ref(replica))["State"]
+        except docker.errors.NotFound:
+            return False
+        except Exception:  # noqa: BLE001
+            # A blip is not a death: the probe marks the host unhealthy after a few failures.
+            return True
+        return bool(state.get("Running"))
+
+    def logs(self, replica, tail_lines: int = 200) -> str:
+        client = self._client_of(replica)
+        if client is None:
+            return ""
+        try:
+            data = client.api.logs(self._ref(replica), stdout=True, stderr=True, tail=tail_lines)
+        except Exception:  # noqa: BLE001 - gone or unreachable: no logs to show
+            return ""
+        return data.decode(errors="replace")
+
+    # --- adoption and orphans ------------------------------------------------------------
+
+    def running_containers(self) -> dict[str, tuple[int, str]]:
+        """replica id -> (host id, container id) of every running replica container on the
+        healthy hosts, so a restarted controller adopts them instead of starting duplicates."""
+        found: dict[str, tuple[int, str]] = {}
+        for host, client in self._healthy_clients():
+            try:
+                containers = client.containers.list(filters={"label": REPLICA_LABEL, "status": "running"})
+            except Exception as error:  # noqa: BLE001
+                logger.warning("listing containers on %s failed: %s", host.name, error)
+                continue
+            for container in containers:
+                found[container.labels[REPLICA_LABEL]] = (host.pk, container.id)
+        return found
+
+    def running_replica_ids(self) -> set[str]:
+        return set(self.running_containers())
+
+    def reconcile_orphans(self, live_replica_ids: set[str]) -> list[str]:
+        """Remove containers labelled `launch.replica` that no live replica owns, on every
+        healthy host; returns the replica ids whose containers were removed."""
+        removed: list[str] = []
+        for host, client in self._healthy_clients():
+            try:
+                containers = client.containers.list(all=True, filters={"label": REPLICA_LABEL})
+            except Exception as error:  # noqa: BLE001
+                logger.warning("listing containers on %s failed: %s", host.name, error)
+                continue
+            candidates = {
+                c.labels[REPLICA_LABEL]: c for c in containers if c.labels[REPLICA_LABEL] not in live_replica_ids
+            }
+            if not candidates:
+                continue
+            # Look again: a replica started since the caller's snapshot has its row saved
+            # before its container exists, so it shows up here and is spared.
+            still_live = set(
+                Replica.objects.filter(id__in=candidates, state__in=LIVE_STATES).values_list("id", flat=True)
+            )
+            for replica_id, container in candidates.items():
+                if replica_id in still_live:
+                    continue
+                try:
+                    container.remove(force=True)
+                    removed.append(replica_id)
+                    logger.info("removed orphan container of replica %s on %s", replica_id, host.name)
+                except docker.errors.NotFound:
+                    pass
+                except Exception as error:  # noqa: BLE001
+                    logger.warning("removing orphan %s on %s failed: %s", replica_id, host.name, error)
+        return removed
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _ref(replica) -> str:
+        return replica.handle or container_name(replica.id)
+
+    @staticmethod
+    def _host(replica) -> Host | None:
+        if not replica.host_id:
+            return None
+        return Host.objects.filter(pk=replica.host_id).first()
+
+    def _client_of(self, replica) -> docker.DockerClient | None:
+        host = self._host(replica)
+        if host is None:
+            return None
+        try:
+            return docker_client(host)
+        except Exception as error:  # noqa: BLE001 - unreachable host
+            logger.warning("host %s unreachable: %s", host.name, error)
+            return None
+
+    @staticmethod
+    def _container(client: docker.DockerClient, replica_id: str):
+        try:
+            return client.containers.get(container_name(replica_id))
+        except docker.errors.NotFound:
+            return None
+
+    @staticmethod
+    def _healthy_clients():
+        for host in Host.objects.filter(healthy=True).order_by("pk"):
+            try:
+                yield host, docker_client(host)
+            except Exception as error:  # noqa: BLE001
+                logger.warning("host %s unreachable: %s", host.name, error)

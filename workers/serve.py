@@ -1,0 +1,333 @@
+"""The replica serve loop: `python -m workers.serve`, in a local process or a container.
+
+It runs user code, so it never imports Django and knows only what its environment says:
+
+  LAUNCH_REDIS_URL          the Redis of the request path
+  LAUNCH_PREFIX             its endpoint's (or batch job's) key prefix, see workers.protocol
+  LAUNCH_REPLICA_ID         its own id
+  LAUNCH_BUNDLE_URL         where to GET the bundle (a scoped, expiring URL; or file://)
+  LAUNCH_BUNDLE_CONFIG      JSON: packaging_type, app_config, module paths, python_version
+  LAUNCH_CONCURRENCY        tasks run at once (threads), default 1
+  LAUNCH_HEARTBEAT_TTL_SECONDS  the heartbeat key's TTL; refreshed five times per TTL
+
+Lifecycle: replica hash `loading` -> `ready` (or `failed` with the traceback, exit 1). Each
+worker thread moves a task id from the queue to this replica's in-flight list (BLMOVE, so a
+crash leaves it where the controller finds it), marks it STARTED, runs it and records the
+outcome in one script. SIGTERM: stop taking tasks, finish the ones in flight, exit 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from importlib import import_module
+
+import redis
+
+from workers import protocol
+
+# KEYS: task, inflight. ARGV: task_id, replica_id, now.
+# Returns the payload, or nothing when the task expired meanwhile (dropped from in-flight).
+START_SCRIPT = """
+local payload = redis.call('HGET', KEYS[1], 'payload')
+if not payload then
+  redis.call('LREM', KEYS[2], 0, ARGV[1])
+  return false
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[3], 'replica', ARGV[2])
+return payload
+"""
+
+# KEYS: task, inflight, done, stats. ARGV: task_id, status, result, traceback, pickled (or ''),
+# now, done_record, done_ttl, counter.
+# The task hash is only written while it exists: an expired task must not come back without
+# a TTL. The done list is filled either way so a sync waiter is answered.
+FINISH_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[6])
+  if ARGV[2] == 'SUCCESS' then
+    if ARGV[5] ~= '' then
+      redis.call('HSET', KEYS[1], 'result_pickled', ARGV[5])
+    else
+      redis.call('HSET', KEYS[1], 'result', ARGV[3])
+    end
+  else
+    redis.call('HSET', KEYS[1], 'traceback', ARGV[4])
+  end
+end
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[7])
+redis.call('EXPIRE', KEYS[3], ARGV[8])
+redis.call('HINCRBY', KEYS[4], ARGV[9], 1)
+return 1
+"""
+
+
+class BundleLoadError(Exception):
+    pass
+
+
+# --- loading the bundle -------------------------------------------------------------------
+
+
+def fetch_bundle(url: str) -> bytes:
+    if url.startswith("file://"):
+        with open(url[len("file://"):], "rb") as f:
+            return f.read()
+    last_error: Exception | None = None
+    for attempt in range(5):  # the web server may be restarting; a cold start must not fail on a blip
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                return response.read()
+        except OSError as exc:
+            last_error = exc
+            time.sleep(0.2 * 2**attempt)
+    raise BundleLoadError(f"could not download the bundle: {last_error}")
+
+
+def _import_path(path: str):
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name:
+        raise BundleLoadError(f"module path {path!r} must be module.function")
+    return getattr(import_module(module_name), attribute)
+
+
+def predict_fn_from_object(bundle, app_config) -> Callable:
+    """DESIGN §3: a dict {model | load_model_fn, load_predict_fn}, or a callable (a class is
+    instantiated, with app_config when there is one)."""
+    if isinstance(bundle, dict):
+        if "load_predict_fn" not in bundle:
+            raise BundleLoadError("a dict bundle needs load_predict_fn")
+        load_predict_fn = bundle["load_predict_fn"]
+        if "model" in bundle:
+            model = bundle["model"]
+        elif "load_model_fn" in bundle:
+            model = bundle["load_model_fn"]() if app_config is None else bundle["load_model_fn"](app_config)
+        else:
+            raise BundleLoadError("a dict bundle needs model or load_model_fn")
+        return load_predict_fn(model) if app_config is None else load_predict_fn(app_config, model)
+    if isinstance(bundle, type):
+        return bundle() if app_config is None else bundle(app_config)
+    if callable(bundle):
+        return bundle
+    raise BundleLoadError(f"a bundle must be a dict or a callable, not {type(bundle).__name__}")
+
+
+def predict_fn_from_zip(data: bytes, config: dict) -> Callable:
+    """The client's zip of directories: extracted, put on sys.path, the module paths imported."""
+    workdir = tempfile.mkdtemp(prefix="launch-bundle-")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        archive.extractall(workdir)
+    sys.path.insert(0, workdir)
+    if not config.get("load_predict_fn_module_path"):
+        raise BundleLoadError("a zip bundle needs load_predict_fn_module_path")
+    load_predict_fn = _import_path(config["load_predict_fn_module_path"])
+    app_config = config.get("app_config")
+    model = None
+    if config.get("load_model_fn_module_path"):
+        load_model_fn = _import_path(config["load_model_fn_module_path"])
+        model = load_model_fn() if app_config is None else load_model_fn(app_config)
+    return load_predict_fn(model) if app_config is None else load_predict_fn(app_config, model)
+
+
+def load_predict_fn(config: dict, data: bytes) -> Callable:
+    if config.get("packaging_type") == "zip":
+        return predict_fn_from_zip(data, config)
+    import pickle
+
+    import cloudpickle  # noqa: F401 - the bundle's pickle refers to cloudpickle's helpers
+
+    try:
+        bundle = pickle.loads(data)
+    except Exception as exc:
+        wanted = config.get("python_version") or ""
+        here = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if wanted and not here.startswith(wanted) and not wanted.startswith(here):
+            raise BundleLoadError(
+                f"the bundle was pickled with Python {wanted} and this replica runs {here}: {exc!r}"
+            ) from exc
+        raise
+    return predict_fn_from_object(bundle, config.get("app_config"))
+
+
+# --- running one request ------------------------------------------------------------------
+
+
+def _input(request: dict):
+    if request.get("url") is not None:
+        return fetch_input(request["url"])
+    return request.get("args")
+
+
+def fetch_input(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()
+
+
+def call(predict: Callable, value):
+    # args that are an object are keyword arguments (DESIGN §3); anything else is one argument.
+    return predict(**value) if isinstance(value, dict) else predict(value)
+
+
+def run_single(predict: Callable, request: dict) -> tuple[str, str, str, bytes]:
+    """-> (status, result JSON text, traceback, pickled result)."""
+    try:
+        output = call(predict, _input(request))
+        if request.get("return_pickled"):
+            import cloudpickle
+
+            return protocol.SUCCESS, "", "", cloudpickle.dumps(output)
+        return protocol.SUCCESS, json.dumps(output), "", b""
+    except Exception:  # noqa: BLE001 - the user's error is the task's outcome
+        return protocol.FAILURE, "", traceback.format_exc(), b""
+
+
+def run_chunk(predict: Callable, request: dict) -> str:
+    """A batch chunk: every item on its own, so one failure does not sink the others."""
+    pickled = request.get("serialization_format") == "PICKLE"
+    entries = []
+    for item in request["items"]:
+        entry: dict = {"id": item["id"]}
+        try:
+            output = call(predict, _input(item))
+            if pickled:
+                import cloudpickle
+
+                entry["result_pickled"] = base64.b64encode(cloudpickle.dumps(output)).decode()
+            else:
+                json.dumps(output)  # not JSON-serializable -> this item's error, not the chunk's
+                entry["result"] = output
+        except Exception:  # noqa: BLE001
+            entry["error"] = traceback.format_exc()
+        entries.append(entry)
+    return json.dumps(entries)
+
+
+# --- the replica --------------------------------------------------------------------------
+
+
+class Replica:
+    def __init__(self, env: dict[str, str]):
+        self.redis = redis.Redis.from_url(env["LAUNCH_REDIS_URL"], health_check_interval=30)
+        self.keys = protocol.Keys(env["LAUNCH_PREFIX"])
+        self.replica_id = env["LAUNCH_REPLICA_ID"]
+        self.bundle_url = env["LAUNCH_BUNDLE_URL"]
+        self.config = json.loads(env.get("LAUNCH_BUNDLE_CONFIG") or "{}")
+        self.concurrency = max(1, int(env.get("LAUNCH_CONCURRENCY") or 1))
+        self.heartbeat_ttl = float(env.get("LAUNCH_HEARTBEAT_TTL_SECONDS") or 10)
+        self.inflight = self.keys.inflight(self.replica_id)
+        self.stopping = threading.Event()
+        self.start_task = self.redis.register_script(START_SCRIPT)
+        self.finish_task = self.redis.register_script(FINISH_SCRIPT)
+        self.predict: Callable | None = None
+
+    def set_state(self, state: str, **fields) -> None:
+        self.redis.hset(self.keys.replica(self.replica_id), mapping={
+            "state": state, "pid": os.getpid(), "updated_at": time.time(),
+            "python_version": sys.version.split()[0], **fields,
+        })
+
+    def heartbeat_loop(self) -> None:
+        ttl_ms = max(1000, int(self.heartbeat_ttl * 1000))
+        while not self.stopping.is_set():
+            try:
+                self.redis.set(self.keys.heartbeat(self.replica_id), "1", px=ttl_ms)
+            except redis.RedisError as exc:
+                print(f"heartbeat failed: {exc!r}", file=sys.stderr, flush=True)
+            self.stopping.wait(self.heartbeat_ttl / 5)
+
+    def load(self) -> None:
+        self.set_state(protocol.REPLICA_LOADING)
+        started = time.monotonic()
+        try:
+            self.predict = load_predict_fn(self.config, fetch_bundle(self.bundle_url))
+        except BaseException:  # noqa: BLE001 - SystemExit from user code is a load failure too
+            error = traceback.format_exc()
+            print(error, file=sys.stderr, flush=True)
+            self.set_state(protocol.REPLICA_FAILED, error=error)
+            raise SystemExit(1) from None
+        print(f"replica {self.replica_id} loaded its bundle in {time.monotonic() - started:.2f} s", flush=True)
+
+    def work_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                raw = self.redis.blmove(self.keys.queue, self.inflight, 1, "RIGHT", "LEFT")
+                if raw is None:
+                    continue
+                self.run_task(raw.decode())
+            except redis.RedisError as exc:
+                print(f"redis error, retrying: {exc!r}", file=sys.stderr, flush=True)
+                time.sleep(0.5)
+
+    def run_task(self, task_id: str) -> None:
+        task_key = self.keys.task(task_id)
+        payload = self.start_task(keys=[task_key, self.inflight], args=[task_id, self.replica_id, time.time()])
+        if payload is None:
+            return
+        request = json.loads(payload)
+        if "items" in request:
+            status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
+        else:
+            status, result, error, pickled = run_single(self.predict, request)
+        record = json.dumps({
+            "status": status,
+            "result": result if status == protocol.SUCCESS and not pickled else None,
+            "traceback": error or None,
+            "result_pickled": bool(pickled),
+        })
+        self.finish_task(
+            keys=[task_key, self.inflight, self.keys.done(task_id), self.keys.stats],
+            args=[task_id, status, result, error, pickled, time.time(), record, protocol.DONE_LIST_TTL_SECONDS,
+                  "completed" if status == protocol.SUCCESS else "failed"],
+        )
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        heartbeat = threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True)
+        heartbeat.start()
+        self.load()
+        if self.stopping.is_set():
+            return self.stop()
+        workers = [
+            threading.Thread(target=self.work_loop, name=f"worker-{n}", daemon=True) for n in range(self.concurrency)
+        ]
+        for worker in workers:
+            worker.start()
+        self.set_state(protocol.REPLICA_READY)
+        print(f"replica {self.replica_id} ready ({self.concurrency} at a time)", flush=True)
+        while any(worker.is_alive() for worker in workers):
+            # join with a timeout: a bare join would keep the main thread from seeing SIGTERM
+            for worker in workers:
+                worker.join(timeout=0.5)
+        return self.stop()
+
+    def stop(self) -> int:
+        self.stopping.set()
+        try:
+            self.set_state(protocol.REPLICA_STOPPING)
+            self.redis.delete(self.keys.heartbeat(self.replica_id))
+        except redis.RedisError:
+            pass
+        print(f"replica {self.replica_id} stopped", flush=True)
+        return 0
+
+
+def main() -> int:
+    return Replica(dict(os.environ)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
