@@ -120,7 +120,7 @@ def test_upload_deploy_watch_ready_and_try_it(live_stack, page, tmp_path):
     assert page.evaluate("window.noReload") is True
 
     # Try it: the task's status updates in place until the result shows.
-    row.locator("a", has_text="doubler").click()
+    row.locator("a[href^='/endpoints/']", has_text="doubler").click()
     page.wait_for_selector("#status-panel[data-status=READY]")
     page.evaluate("window.noReload = true")
     page.fill("#id_args", '{"x": 21}')
