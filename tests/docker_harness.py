@@ -100,7 +100,13 @@ def _rootfs_tar() -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
 
+        added: set[str] = set()
+
         def add_dir(name: str, mode: int = 0o755) -> None:
+            # Docker refuses a tar with a path twice (the checkout may live under /tmp).
+            if name in added:
+                return
+            added.add(name)
             info = tarfile.TarInfo(name)
             info.type, info.mode = tarfile.DIRTYPE, mode
             tar.addfile(info)

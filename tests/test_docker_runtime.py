@@ -291,3 +291,80 @@ def test_register_host_command_probes_a_real_engine(docker_engines, db):
     assert host.healthy and host.cpus >= 1 and host.memory_bytes > 0 and host.docker_version
     assert host.labels == {"zone": "test"}
     hosts.forget_client(host.pk)
+
+
+def tripler_bundle():
+    def load_predict_fn(model):
+        def predict(x):
+            return x * model
+
+        return predict
+
+    return {"model": 3, "load_predict_fn": load_predict_fn}
+
+
+def endpoint_containers(docker_engines, endpoint_id: str) -> dict[str, str]:
+    """replica id -> engine name, of the running containers of one endpoint."""
+    found = {}
+    for name in docker_engines.names:
+        try:
+            containers = docker_engines.client(name).containers.list(
+                filters={"label": f"launch.owner_id={endpoint_id}", "status": "running"}
+            )
+        except Exception:  # noqa: BLE001 - a daemon the test stopped
+            continue
+        found.update({c.labels["launch.replica"]: name for c in containers})
+    return found
+
+
+def test_an_endpoint_on_docker_hosts_is_served_replaced_adopted_and_moved(
+    live_stack, docker_hosts, docker_engines, owner, settings
+):
+    """The controller with LAUNCH_RUNTIME=docker: an async endpoint answers from a container;
+    a killed container is replaced; a restarted controller keeps the running container (no
+    duplicate); a host whose daemon stops is marked unhealthy and the replica moves."""
+    from tests.stack import ControllerThread, api_for
+
+    settings.LAUNCH_RUNTIME = "docker"
+    api = api_for(live_stack, owner)
+    bundle_id = api.upload_bundle(tripler_bundle(), "tripler")
+    endpoint_id = api.create_endpoint(
+        bundle_id, "on-docker", endpoint_type="async", cpus=0.5, memory="256Mi", min_workers=1, max_workers=1
+    )
+
+    def answers(x: int) -> None:
+        task = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": x}).json()
+        assert api.wait_task(task["task_id"], timeout=60)["result"] == {"result": json.dumps(3 * x)}
+
+    api.wait_endpoint(endpoint_id, "READY", timeout=60, available_workers=1)
+    answers(7)
+    (first, engine), *others = endpoint_containers(docker_engines, endpoint_id).items()
+    assert not others
+
+    # A container that exits is replaced by a new replica.
+    docker_engines.client(engine).containers.get(f"launch-{first}").kill()
+    assert wait_for(lambda: set(endpoint_containers(docker_engines, endpoint_id)) - {first}, 60)
+    api.wait_endpoint(endpoint_id, "READY", timeout=60, available_workers=1)
+    assert Replica.objects.get(pk=first).state == Replica.State.FAILED
+    answers(8)
+    [(second, engine)] = endpoint_containers(docker_engines, endpoint_id).items()
+
+    # A second controller starting up (as after a restart) adopts the running container
+    # instead of starting another.
+    live_stack_controller = ControllerThread().start()
+    try:
+        time.sleep(2)
+        assert endpoint_containers(docker_engines, endpoint_id) == {second: engine}
+    finally:
+        live_stack_controller.stop()
+
+    # The daemon holding the replica stops: after a few failed probes its host is unhealthy
+    # and the replica is started on the other host.
+    docker_engines.stop(engine)
+    try:
+        assert wait_for(lambda: any(e != engine for e in endpoint_containers(docker_engines, endpoint_id).values()), 90)
+        api.wait_endpoint(endpoint_id, "READY", timeout=60, available_workers=1)
+        assert hosts.Host.objects.get(name=engine).healthy is False
+        answers(9)
+    finally:
+        docker_engines.start(engine)

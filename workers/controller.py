@@ -148,7 +148,10 @@ def _start_replicas(deployment: Deployment, count: int) -> str | None:
     """Start `count` replicas; returns why it could not place one, if so."""
     runtime = get_runtime(deployment.runtime_name)
     for _ in range(count):
-        replica = Replica(
+        # The row exists before placement and start: placement books the host's CPUs, memory and
+        # GPU ids on it (so a concurrent placement sees them), and a controller crash leaves
+        # a row to clean up or adopt rather than a stray process.
+        replica = Replica.objects.create(
             owner_kind=deployment.kind, owner_id=deployment.id, generation=deployment.generation,
             runtime=runtime.name, state=Replica.State.STARTING,
         )
@@ -156,17 +159,17 @@ def _start_replicas(deployment: Deployment, count: int) -> str | None:
         try:
             placement = runtime.place(spec)
         except PlacementError as error:
+            replica.delete()
             return f"waiting for capacity: {error}"
-        replica.host_id = placement.host_id
-        replica.gpu_device_ids = list(placement.gpu_device_ids)
-        replica.save()  # before start: a controller crash leaves a row to clean up, not a stray process
         try:
             replica.handle = runtime.start(spec, placement)
         except Exception as error:  # noqa: BLE001 - a runtime failure is reported, not raised
             logger.exception("starting replica %s failed", replica.id)
             _mark(replica, Replica.State.FAILED, f"could not start: {error}")
             return f"could not start a replica: {error}"
-        replica.save(update_fields=["handle"])
+        replica.host_id = placement.host_id
+        replica.gpu_device_ids = list(placement.gpu_device_ids)
+        replica.save(update_fields=["handle", "host", "gpu_device_ids"])
         logger.info("started replica %s of %s %s", replica.id, deployment.kind, deployment.id)
     return None
 
@@ -192,7 +195,9 @@ def reconcile(kind: str, owner_id: str) -> None:
 def _reconcile(kind: str, owner_id: str) -> None:
     deployment = load_deployment(kind, owner_id)
     replicas = list(
-        Replica.objects.filter(owner_kind=kind, owner_id=owner_id, state__in=LIVE_STATES).order_by("created_at")
+        Replica.objects.filter(owner_kind=kind, owner_id=owner_id, state__in=LIVE_STATES)
+        .select_related("host")
+        .order_by("created_at")
     )
     if deployment is None:
         for replica in replicas:
@@ -213,8 +218,10 @@ def _reconcile(kind: str, owner_id: str) -> None:
             deployment.finalize()
         return
 
-    current = [r for r in serving if r.generation == deployment.generation]
-    old = [r for r in serving if r.generation != deployment.generation]
+    # Replicas of an older generation, and those on a host being drained, are replaced first
+    # and stopped once their replacements answer.
+    current = [r for r in serving if r.generation == deployment.generation and not _leaving_host(r)]
+    old = [r for r in serving if r not in current]
     waiting = None
     failed = deployment.failed_generation or load_error is not None
     if not failed and len(current) < deployment.desired:
@@ -233,6 +240,10 @@ def _reconcile(kind: str, owner_id: str) -> None:
         old = []
     starting = sum(r.state == Replica.State.STARTING for r in current)
     deployment.report(ready=ready_current, starting=starting, old=len(old), load_error=load_error, waiting=waiting)
+
+
+def _leaving_host(replica: Replica) -> bool:
+    return replica.host is not None and (replica.host.draining or not replica.host.healthy)
 
 
 def _all_keys(prefix: str) -> list[bytes]:

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
@@ -313,3 +314,27 @@ def hosts_probe_all() -> list[Host]:
     with ThreadPoolExecutor(max_workers=min(16, len(hosts)), thread_name_prefix="probe") as pool:
         observed = list(pool.map(_observe, hosts))
     return [_record(host, updates) for host, updates in zip(hosts, observed, strict=True)]
+
+
+# --- the controller's tick ----------------------------------------------------------------
+
+ORPHAN_SWEEP_SECONDS = 30.0
+_last_orphan_sweep = 0.0
+
+
+def hosts_tick() -> None:
+    """Registered as a controller tick hook: probe every host (a host that stops answering
+    turns unhealthy, and reconcile then replaces its replicas elsewhere), and now and then
+    remove replica containers that no live replica owns (left by a crash mid-start or a
+    replica forgotten while its host was unreachable)."""
+    global _last_orphan_sweep
+    if not Host.objects.exists():
+        return
+    hosts_probe_all()
+    if time.monotonic() - _last_orphan_sweep < ORPHAN_SWEEP_SECONDS:
+        return
+    _last_orphan_sweep = time.monotonic()
+    from workers.runtimes.docker import DockerRuntime
+
+    live = set(Replica.objects.filter(runtime="docker", state__in=LIVE_STATES).values_list("id", flat=True))
+    DockerRuntime().reconcile_orphans(live)

@@ -10,8 +10,8 @@ class CreateBatchJobSerializer(serializers.Serializer):
     model_bundle_id = serializers.CharField()
     input_path = serializers.CharField()
     serialization_format = serializers.CharField()
-    labels = serializers.DictField(child=serializers.CharField(), required=False, default=dict)
-    resource_requests = serializers.DictField(required=False, default=dict)
+    labels = serializers.DictField(child=serializers.CharField())
+    resource_requests = serializers.DictField()
     timeout_seconds = serializers.FloatField(min_value=0.001, required=False, default=43200.0)
 
 

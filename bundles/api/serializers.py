@@ -75,8 +75,7 @@ class FlavorSerializer(serializers.Serializer):
 class BundleV2CreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     metadata = serializers.DictField(required=False, allow_null=True)
-    # Required by the contract; optional here so that curl users need not invent one.
-    schema_location = serializers.CharField(required=False, allow_null=True, allow_blank=True)
+    schema_location = serializers.CharField(allow_blank=True)
     flavor = FlavorSerializer()
 
 
