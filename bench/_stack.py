@@ -35,21 +35,26 @@ class Stack:
         self.key = None
 
     def __enter__(self) -> Stack:
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "launch", "up"], cwd=ROOT, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
+        # Output to a file, not a pipe: reading a pipe here would take CPU (and the GIL) from
+        # the benchmark's own client, and an unread pipe would block the server.
+        self.log_path = self.home / "stack.log"
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "launch", "up"], cwd=ROOT, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            )
         deadline = time.monotonic() + 90
-        for line in self.process.stdout:
-            match = re.search(r"API key:\s+(lk_\S+)", line)
-            if match:
-                self.key = match.group(1)
-            if "Press Ctrl-C" in line:
+        while True:
+            output = self.log_path.read_text()
+            if "Press Ctrl-C" in output:
                 break
-            if time.monotonic() > deadline:
-                raise RuntimeError("stack did not start")
-        if not self.key:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"stack did not start:\n{output[-3000:]}")
+            time.sleep(0.1)
+        match = re.search(r"API key:\s+(lk_\S+)", output)
+        if not match:
             raise RuntimeError("stack printed no API key")
+        self.key = match.group(1)
         self.session = requests.Session()
         self.session.auth = (self.key, "")
         return self

@@ -49,12 +49,31 @@ def task_payload(data: dict) -> dict:
 
 def task_submit(*, endpoint: ModelEndpoint, payload: dict) -> str:
     """Queue a task; returns its id."""
-    redis = get_redis()
+    task_id, _ = _submit(endpoint, payload, wait_seconds=None)
+    return task_id
+
+
+def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None) -> tuple[str, dict]:
+    """Queue a task and wait for its final record."""
+    timeout = min(timeout_seconds or settings.SYNC_TASK_TIMEOUT_SECONDS, settings.SYNC_TASK_TIMEOUT_SECONDS)
+    task_id, answer = _submit(endpoint, payload, wait_seconds=timeout)
+    if answer is None:
+        raise SyncTimeoutError(
+            f"endpoint {endpoint.name!r} did not answer within {timeout:g} s; the task {task_id} stays queued "
+            f"and can be read with GET /v1/async-tasks/{task_id}"
+        )
+    return task_id, json.loads(answer[1])
+
+
+def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | None) -> tuple[str, list | None]:
+    """Write the task, queue it and, with `wait_seconds`, wait for its final record, all in
+    one round trip: Redis runs a pipeline's commands in order, so the BLPOP at its end
+    blocks until the replica pushes the record (or the timeout)."""
     keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
     task_id = protocol.task_id_for(endpoint.id, uuid.uuid4().hex)
     task_key = keys.task(task_id)
     ttl = endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
-    with redis.pipeline(transaction=False) as pipe:
+    with get_redis().pipeline(transaction=False) as pipe:
         pipe.hset(task_key, mapping={
             "payload": json.dumps(payload), "status": protocol.PENDING, "attempts": 0, "created_at": time.time(),
         })
@@ -63,22 +82,10 @@ def task_submit(*, endpoint: ModelEndpoint, payload: dict) -> str:
         if endpoint.desired_workers == 0:
             # Scale from zero without waiting for the next tick.
             pipe.lpush(WAKE_KEY, "1")
-        pipe.execute()
-    return task_id
-
-
-def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None) -> tuple[str, dict]:
-    """Queue a task and wait for its final record."""
-    timeout = min(timeout_seconds or settings.SYNC_TASK_TIMEOUT_SECONDS, settings.SYNC_TASK_TIMEOUT_SECONDS)
-    task_id = task_submit(endpoint=endpoint, payload=payload)
-    keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
-    answer = get_redis().blpop([keys.done(task_id)], timeout=timeout)
-    if answer is None:
-        raise SyncTimeoutError(
-            f"endpoint {endpoint.name!r} did not answer within {timeout:g} s; the task {task_id} stays queued "
-            f"and can be read with GET /v1/async-tasks/{task_id}"
-        )
-    return task_id, json.loads(answer[1])
+        if wait_seconds is not None:
+            pipe.blpop([keys.done(task_id)], timeout=wait_seconds)
+        replies = pipe.execute()
+    return task_id, replies[-1] if wait_seconds is not None else None
 
 
 def task_get(*, team: Team, task_id: str) -> dict:

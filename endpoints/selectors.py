@@ -13,6 +13,24 @@ def endpoint_get(*, team: Team, endpoint_id: str) -> ModelEndpoint:
     return endpoint
 
 
+# The columns the task routes read, fetched without ORM compilation (the inference hot path).
+_TASK_ROUTE_SQL = (
+    "SELECT id, name, team_id, status, desired_workers, task_expires_seconds FROM {table}"
+    " WHERE team_id = %s AND {column} = %s"
+)
+
+
+def endpoint_for_tasks(*, team: Team, endpoint_id: str | None = None, name: str | None = None) -> ModelEndpoint:
+    """The endpoint a task is sent to, by id or by name, with only what the gateway reads
+    loaded (other fields load on access)."""
+    column, value = ("id", endpoint_id) if endpoint_id is not None else ("name", name)
+    endpoint = next(iter(ModelEndpoint.objects.raw(_TASK_ROUTE_SQL.format(table=ModelEndpoint._meta.db_table, column=column), [team.id, value])), None)
+    if endpoint is None:
+        what = f"named {name!r}" if endpoint_id is None else repr(endpoint_id)
+        raise NotFoundError(f"no model endpoint {what}")
+    return endpoint
+
+
 def endpoint_get_by_name(*, team: Team, name: str) -> ModelEndpoint:
     endpoint = ModelEndpoint.objects.select_related("bundle", "created_by").filter(team=team, name=name).first()
     if endpoint is None:

@@ -111,6 +111,17 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return None
 
 
+def error_json_response(exc: Exception) -> JsonResponse | None:
+    """The same answer as exception_handler, for views that do not go through DRF."""
+    response = exception_handler(exc, {})
+    if response is None:
+        return None
+    json_response = JsonResponse(response.data, status=response.status_code)
+    if response.has_header("WWW-Authenticate"):
+        json_response["WWW-Authenticate"] = response["WWW-Authenticate"]
+    return json_response
+
+
 def query_error(field: str, message: str) -> drf.ValidationError:
     error = drf.ValidationError({field: [message]})
     error.location = "query"  # type: ignore[attr-defined]

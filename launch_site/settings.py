@@ -125,6 +125,7 @@ PORT = env_int("PORT", 8000, minimum=1)
 # Where replicas reach this server (bundle downloads, result uploads).
 LAUNCH_INTERNAL_URL = env_str("LAUNCH_INTERNAL_URL") or f"http://127.0.0.1:{PORT}"
 LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker"))
+LAUNCH_ACCESS_LOG = env_bool("LAUNCH_ACCESS_LOG", False)  # the web server's access log in `launch up`
 # The Redis URL handed to replicas, when they reach Redis by another address than this process.
 LAUNCH_REPLICA_REDIS_URL = env_str("LAUNCH_REPLICA_REDIS_URL") or ""
 REPLICA_STOP_GRACE_SECONDS = env_float("REPLICA_STOP_GRACE_SECONDS", 60.0)

@@ -75,7 +75,7 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
         assert api.get(f"http://127.0.0.1:{port}/v1/model-endpoints", timeout=10).json() == {"model_endpoints": []}
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["status"] == "ok"
         children = _descendants(process.pid)
-        assert len(children) >= 3, children  # redis, web (gunicorn and its workers), controller
+        assert len(children) >= 3, children  # redis, web (granian and its workers), controller
     finally:
         rest = _stop(process)
     assert process.returncode == 0, rest

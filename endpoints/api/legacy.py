@@ -195,7 +195,7 @@ def legacy_task_answer(request, task_id: str, record: dict) -> dict:
 
 class LegacySyncTaskView(APIView):
     def post(self, request, endpoint_name: str):
-        endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=endpoint_name)
+        endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
         payload = legacy_task_payload(request.data)
         task_id, record = gateway.task_run_sync(endpoint=endpoint, payload=payload, timeout_seconds=None)
         return Response(legacy_task_answer(request, task_id, record))
@@ -203,7 +203,7 @@ class LegacySyncTaskView(APIView):
 
 class LegacyAsyncTaskCreateView(APIView):
     def post(self, request, endpoint_name: str):
-        endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=endpoint_name)
+        endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
         task_id = gateway.task_submit(endpoint=endpoint, payload=legacy_task_payload(request.data))
         return Response({"task_id": task_id})
 

@@ -68,7 +68,3 @@ class EndpointUpdateSerializer(serializers.Serializer):
     task_expires_seconds = serializers.IntegerField(min_value=1, required=False, allow_null=True)
     queue_message_timeout_seconds = serializers.IntegerField(min_value=1, max_value=43200, required=False,
                                                              allow_null=True)
-
-
-class SyncTaskSerializer(serializers.Serializer):
-    timeout_seconds = serializers.FloatField(min_value=0.001, required=False, allow_null=True)
