@@ -103,6 +103,9 @@ class ResultsFile:
         Truncating first is what keeps a chunk that was written but not yet counted (the
         controller died in between) from appearing twice."""
         with open(self.path, "r+b") as file:
+            if file.seek(0, os.SEEK_END) < expected_length:
+                # Shorter than what was counted: truncate() would pad it with zeros.
+                raise OSError(f"{self.path} is shorter than the {expected_length} bytes already counted")
             file.truncate(expected_length)
             file.seek(expected_length)
             file.write(data)

@@ -47,8 +47,11 @@ LEASE_SECONDS = 10
 TARGET_CHUNKS = 200  # 100,000 inputs -> 200 chunks of 500
 MAX_CHUNK_ITEMS = 1000
 MAX_CHUNK_BYTES = 2 * 1024 * 1024  # no Redis value above this, whatever the items hold
-MIN_WINDOW = 16
+MIN_WINDOW = 64
 POLL_SECONDS = 0.1
+# At most this many loop iterations per second: each costs a few queries, and on a small
+# machine a loop spinning once per finished chunk took a fifth of a core from the replicas.
+MIN_ITERATION_SECONDS = 0.25
 
 
 def chunk_size_for(total: int) -> int:
@@ -57,7 +60,7 @@ def chunk_size_for(total: int) -> int:
 
 def window_for(job: BatchJob) -> int:
     """Chunks out at once: enough to keep every replica busy, few enough to stay small."""
-    return max(MIN_WINDOW, 8 * job.max_workers * job.per_worker)
+    return max(MIN_WINDOW, 32 * job.max_workers * job.per_worker)
 
 
 def results_path(job_id: str) -> Path:
@@ -141,8 +144,8 @@ def _run_loop(job_id: str, lease) -> None:
 def batch_job_prepare(job_id: str) -> None:
     """Count the inputs, fix the chunk size, start the results file, mark RUNNING.
 
-    Idempotent (only a PENDING job without a chunk size is prepared); runs from the RQ job
-    enqueued when the job is created, or from the job's loop if that comes first."""
+    Idempotent (only a PENDING job without a chunk size is prepared); runs in the job's loop,
+    under its lease, so it never truncates a results file that another loop is appending to."""
     job = BatchJob.objects.filter(pk=job_id, status=BatchJob.Status.PENDING, chunk_size=0).first()
     if job is None:
         return
@@ -200,6 +203,7 @@ class JobLoop:
         self._check_window(job)
         try:
             while True:
+                started = time.monotonic()
                 close_old_connections()
                 if not self._renew_lease():
                     return  # the lease lapsed: another loop may own the job now
@@ -223,6 +227,8 @@ class JobLoop:
                 if not collected:
                     # The replica pushes each finished chunk's record on its done list.
                     self.redis.blpop([self.keys.done(chunk_task_id(job.id, job.chunks_collected))], POLL_SECONDS)
+                else:
+                    time.sleep(max(0.0, MIN_ITERATION_SECONDS - (time.monotonic() - started)))
         except JobEnded:
             self._drop_queue()
         finally:

@@ -17,6 +17,7 @@ from bundles.models import ModelBundle, StoredObject
 from endpoints.models import GPU_TYPES, ModelEndpoint
 from endpoints.quantities import parse_bytes, parse_cpus
 from launch_site.errors import ConflictError, FieldError
+from workers.controller import wake_controller
 
 RESOURCE_FIELDS = (
     "cpus",
@@ -116,9 +117,9 @@ def _check_input(stored: StoredObject) -> None:
 
 
 def _enqueue_prepare(job_id: str) -> None:
-    from batchjobs.jobs import enqueue_prepare
-
-    transaction.on_commit(lambda: enqueue_prepare(job_id))
+    # The controller's tick starts the job's loop at once, and the loop prepares the job under
+    # the job's lease: one loop per job, so one writer of its results file.
+    transaction.on_commit(wake_controller)
 
 
 def _bundle_for(team: Team, bundle_id: str) -> ModelBundle:

@@ -40,8 +40,13 @@ class Stack:
         self.log_path = self.home / "stack.log"
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "launch", "up"], cwd=ROOT, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                [sys.executable, str(ROOT / "manage.py"), "launch", "up"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 90
         while True:
@@ -76,19 +81,40 @@ class Stack:
     def bundle(self, obj, name: str) -> str:
         upload = self.api("POST", "/v1/hosted_inference/model_bundle_upload", json={})
         requests.put(upload["signedUrl"], data=cloudpickle.dumps(obj), timeout=60).raise_for_status()
-        return self.api("POST", "/v1/model-bundles", json={
-            "name": name, "location": f"s3://{upload['bucket']}/{upload['key']}", "requirements": [],
-            "env_params": {"framework_type": "pytorch", "pytorch_image_tag": "x"}, "packaging_type": "cloudpickle",
-        })["model_bundle_id"]
+        return self.api(
+            "POST",
+            "/v1/model-bundles",
+            json={
+                "name": name,
+                "location": f"s3://{upload['bucket']}/{upload['key']}",
+                "requirements": [],
+                "env_params": {"framework_type": "pytorch", "pytorch_image_tag": "x"},
+                "packaging_type": "cloudpickle",
+            },
+        )["model_bundle_id"]
 
     def endpoint(self, bundle_id: str, name: str, wait_ready: bool = True, **fields) -> str:
-        body = {"name": name, "model_bundle_id": bundle_id, "endpoint_type": "sync", "metadata": {}, "cpus": 1,
-                "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": 1, "max_workers": 1, "per_worker": 1,
-                "labels": {}, **fields}
+        body = {
+            "name": name,
+            "model_bundle_id": bundle_id,
+            "endpoint_type": "sync",
+            "metadata": {},
+            "cpus": 1,
+            "gpus": 0,
+            "memory": "1Gi",
+            "storage": None,
+            "min_workers": 1,
+            "max_workers": 1,
+            "per_worker": 1,
+            "labels": {},
+            **fields,
+        }
         endpoint_id = self.api("POST", "/v1/model-endpoints", json=body)["endpoint_creation_task_id"]
         if wait_ready:
-            self.wait(endpoint_id, lambda e: e["status"] == "READY"
-                      and e["deployment_state"]["available_workers"] >= body["min_workers"])
+            self.wait(
+                endpoint_id,
+                lambda e: e["status"] == "READY" and e["deployment_state"]["available_workers"] >= body["min_workers"],
+            )
         return endpoint_id
 
     def wait(self, endpoint_id: str, predicate, timeout: float = 60) -> dict:
@@ -122,4 +148,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    )

@@ -106,7 +106,6 @@ EMBEDDED_REDIS_SOCKET = LAUNCH_HOME / "redis.sock"
 REDIS_URL = env_str("REDIS_URL") or f"unix://{EMBEDDED_REDIS_SOCKET}"
 RQ_QUEUES = {
     "control": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
-    "batch": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 24 * 3600},
 }
 RQ = {"COMMIT_MODE": "on_db_commit"}
 

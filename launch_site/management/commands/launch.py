@@ -12,8 +12,8 @@ import secrets
 import signal
 import subprocess
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
