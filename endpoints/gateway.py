@@ -73,12 +73,13 @@ def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | Non
     task_id = protocol.task_id_for(endpoint.id, uuid.uuid4().hex)
     task_key = keys.task(task_id)
     ttl = endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
+    payload_json, now = json.dumps(payload), time.time()
     with get_redis().pipeline(transaction=False) as pipe:
         pipe.hset(task_key, mapping={
-            "payload": json.dumps(payload), "status": protocol.PENDING, "attempts": 0, "created_at": time.time(),
+            "payload": payload_json, "status": protocol.PENDING, "attempts": 0, "created_at": now,
         })
         pipe.expire(task_key, ttl)
-        pipe.lpush(keys.queue, task_id)
+        pipe.lpush(keys.queue, protocol.queue_entry(task_id, expires_at=now + ttl, payload=payload_json))
         if endpoint.desired_workers == 0:
             # Scale from zero without waiting for the next tick.
             pipe.lpush(WAKE_KEY, "1")

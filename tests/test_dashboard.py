@@ -247,7 +247,10 @@ def test_try_it_queues_a_task_and_its_status_polls_until_done(browser, endpoint)
 
     redis = get_redis()
     keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
-    assert redis.lrange(keys.queue, 0, -1) == [task_id.encode()]
+    [entry] = redis.lrange(keys.queue, 0, -1)
+    queued_id, _, payload = protocol.parse_entry(entry)
+    assert queued_id == task_id
+    assert json.loads(payload) == {"args": {"x": 21}, "return_pickled": False}
     assert json.loads(redis.hget(keys.task(task_id), "payload")) == {"args": {"x": 21}, "return_pickled": False}
 
     url = f"/endpoints/{endpoint.id}/tasks/{task_id}/"

@@ -44,12 +44,12 @@ def requeue_inflight(prefix: str, replica_id: str, reason: str) -> None:
     redis = get_redis()
     keys = protocol.Keys(prefix)
     inflight = keys.inflight(replica_id)
-    for raw in redis.lrange(inflight, 0, -1):
-        task_id = raw.decode()
+    for entry in redis.lrange(inflight, 0, -1):
+        task_id, _, _ = protocol.parse_entry(entry)
         task_key = keys.task(task_id)
         attempts = redis.hget(task_key, "attempts")
         if attempts is None:  # expired meanwhile
-            redis.lrem(inflight, 0, task_id)
+            redis.lrem(inflight, 0, entry)
             continue
         if int(attempts) >= settings.TASK_MAX_ATTEMPTS:
             traceback = f"{reason}; gave up after {int(attempts)} attempts"
@@ -60,14 +60,14 @@ def requeue_inflight(prefix: str, replica_id: str, reason: str) -> None:
                 pipe.lpush(keys.done(task_id), record)
                 pipe.expire(keys.done(task_id), protocol.DONE_LIST_TTL_SECONDS)
                 pipe.hincrby(keys.stats, "failed", 1)
-                pipe.lrem(inflight, 0, task_id)
+                pipe.lrem(inflight, 0, entry)
                 pipe.execute()
         else:
             with redis.pipeline() as pipe:
                 pipe.hset(task_key, "status", protocol.PENDING)
                 # RPUSH: the replicas take from the right, so it runs next.
-                pipe.rpush(keys.queue, task_id)
-                pipe.lrem(inflight, 0, task_id)
+                pipe.rpush(keys.queue, entry)
+                pipe.lrem(inflight, 0, entry)
                 pipe.execute()
     redis.delete(keys.heartbeat(replica_id), keys.replica(replica_id))
 

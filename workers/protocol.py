@@ -4,10 +4,12 @@ replica serve loop. Plain Python: replicas import this without Django.
 Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>:` or
 `launch:job:<id>:`, so a replica can be given a Redis ACL user limited to `<prefix>*`.
 
-  <p>queue                 list of task ids. The gateway LPUSHes; a replica BLMOVEs
-                           RIGHT->LEFT into its in-flight list (oldest first).
-  <p>inflight:<replica>    list of the task ids a replica is running. The controller puts the
-                           ids of a replica whose heartbeat stopped back on the queue.
+  <p>queue                 list of entries (see queue_entry): a task id, or for the gateway's
+                           tasks the id, its expiry and its payload, so a replica runs it
+                           without reading the hash first. The gateway LPUSHes; a replica
+                           BLMOVEs RIGHT->LEFT into its in-flight list (oldest first).
+  <p>inflight:<replica>    list of the entries a replica is running. The controller puts the
+                           entries of a replica whose heartbeat stopped back on the queue.
   <p>task:<task_id>        hash, expires after task_expires_seconds:
                              payload      JSON request {args|url, return_pickled, ...}
                                           (batch chunks: {"items": [{"id", "args"|"url"}...]})
@@ -77,6 +79,24 @@ class Keys:
     @property
     def inflight_pattern(self) -> str:
         return f"{self.prefix}inflight:*"
+
+
+def queue_entry(task_id: str, *, expires_at: float | None = None, payload: str | None = None) -> str:
+    """`<task_id>` alone (the replica reads the payload from the task hash), or
+    `<task_id> <expires_at> <payload JSON>`. Task ids hold no spaces."""
+    if payload is None:
+        return task_id
+    return f"{task_id} {expires_at:.3f} {payload}"
+
+
+def parse_entry(entry: bytes | str) -> tuple[str, float | None, str | None]:
+    """(task id, expires_at, payload) of a queue entry; the last two are None for a bare id."""
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    task_id, _, rest = text.partition(" ")
+    if not rest:
+        return task_id, None, None
+    expires_at, _, payload = rest.partition(" ")
+    return task_id, float(expires_at), payload
 
 
 def task_id_for(endpoint_id: str, unique: str) -> str:

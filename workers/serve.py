@@ -37,7 +37,19 @@ import redis
 
 from workers import protocol
 
-# KEYS: task, inflight. ARGV: task_id, replica_id, now.
+# For an entry that carries its payload: sent without waiting for the reply, so the task
+# runs at once and the STARTED mark still lands in Redis before the outcome does.
+# KEYS: task. ARGV: replica_id, now.
+MARK_STARTED_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[2], 'replica', ARGV[1])
+return 1
+"""
+
+# For a bare task id (batch chunks). KEYS: task, inflight. ARGV: entry, replica_id, now.
 # Returns the payload, or nothing when the task expired meanwhile (dropped from in-flight).
 START_SCRIPT = """
 local payload = redis.call('HGET', KEYS[1], 'payload')
@@ -50,7 +62,7 @@ redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[3], 'replica
 return payload
 """
 
-# KEYS: task, inflight, done, stats. ARGV: task_id, status, result, traceback, pickled (or ''),
+# KEYS: task, inflight, done, stats. ARGV: entry, status, result, traceback, pickled (or ''),
 # now, done_record, done_ttl, counter.
 # The task hash is only written while it exists: an expired task must not come back without
 # a TTL. The done list is filled either way so a sync waiter is answered.
@@ -230,7 +242,6 @@ class Replica:
         self.inflight = self.keys.inflight(self.replica_id)
         self.stopping = threading.Event()
         self.start_task = self.redis.register_script(START_SCRIPT)
-        self.finish_task = self.redis.register_script(FINISH_SCRIPT)
         self.predict: Callable | None = None
 
     def set_state(self, state: str, **fields) -> None:
@@ -261,21 +272,36 @@ class Replica:
         print(f"replica {self.replica_id} loaded its bundle in {time.monotonic() - started:.2f} s", flush=True)
 
     def work_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                raw = self.redis.blmove(self.keys.queue, self.inflight, 1, "RIGHT", "LEFT")
-                if raw is None:
-                    continue
-                self.run_task(raw.decode())
-            except redis.RedisError as exc:
-                print(f"redis error, retrying: {exc!r}", file=sys.stderr, flush=True)
-                time.sleep(0.5)
+        # A connection of this thread's own for the task scripts: a script is sent before the
+        # task runs and its reply read after, which a pooled connection cannot do.
+        connection = self.redis.connection_pool.make_connection()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    entry = self.redis.blmove(self.keys.queue, self.inflight, 1, "RIGHT", "LEFT")
+                    if entry is not None:
+                        self.run_task(connection, entry)
+                except redis.RedisError as exc:
+                    connection.disconnect()
+                    print(f"redis error, retrying: {exc!r}", file=sys.stderr, flush=True)
+                    time.sleep(0.5)
+        finally:
+            connection.disconnect()
 
-    def run_task(self, task_id: str) -> None:
+    def run_task(self, connection, entry: bytes) -> None:
+        task_id, expires_at, payload = protocol.parse_entry(entry)
         task_key = self.keys.task(task_id)
-        payload = self.start_task(keys=[task_key, self.inflight], args=[task_id, self.replica_id, time.time()])
         if payload is None:
+            payload = self.start_task(keys=[task_key, self.inflight], args=[entry, self.replica_id, time.time()])
+            if payload is None:
+                return
+            replies = 0
+        elif time.time() > expires_at:
+            self.redis.lrem(self.inflight, 0, entry)  # expired while queued: not run
             return
+        else:
+            connection.send_command("EVAL", MARK_STARTED_SCRIPT, 1, task_key, self.replica_id, time.time())
+            replies = 1
         request = json.loads(payload)
         if "items" in request:
             status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
@@ -287,11 +313,13 @@ class Replica:
             "traceback": error or None,
             "result_pickled": bool(pickled),
         })
-        self.finish_task(
-            keys=[task_key, self.inflight, self.keys.done(task_id), self.keys.stats],
-            args=[task_id, status, result, error, pickled, time.time(), record, protocol.DONE_LIST_TTL_SECONDS,
-                  "completed" if status == protocol.SUCCESS else "failed"],
+        counter = "completed" if status == protocol.SUCCESS else "failed"
+        connection.send_command(
+            "EVAL", FINISH_SCRIPT, 4, task_key, self.inflight, self.keys.done(task_id), self.keys.stats,
+            entry, status, result, error, pickled, time.time(), record, protocol.DONE_LIST_TTL_SECONDS, counter,
         )
+        for _ in range(replies + 1):
+            connection.read_response()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
