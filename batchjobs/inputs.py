@@ -2,6 +2,7 @@
 
 - the public client's CSV: header `id,url` or `id,args`, written with `quotechar="'"`;
   `args` is JSON text (scale-launch 0.3.x) or base64 of JSON text (newer clients), per row;
+  a CSV quoted the usual way (`"`, as spreadsheets and pandas write it) is read too;
 - JSON lines: one object per line with `args` or `url` and an optional `id` (default: the
   line number, from 1);
 - a JSON list of such objects (`id` defaults to the position, from 0).
@@ -46,7 +47,16 @@ def iter_items(stream: IO[bytes]) -> Iterator[dict]:
         return _jsonl_items(rest)
     if fmt == "json":
         return _json_list_items(rest)
-    return _csv_items(rest)
+    return _csv_items(rest, csv_quotechar(head))
+
+
+def csv_quotechar(head: bytes) -> str:
+    """`"` when the first data row's first or second field opens with it, else the client's `'`."""
+    for line in head.lstrip(b"\xef\xbb\xbf").splitlines()[1:]:
+        if line.strip():
+            _, _, second = line.partition(b",")
+            return '"' if line.startswith(b'"') or second.startswith(b'"') else "'"
+    return "'"
 
 
 def check_head(head: bytes) -> None:
@@ -170,9 +180,9 @@ def _decode_args(text: str, line: int) -> object:
         raise InputError(f"line {line}: args is neither JSON nor base64 of JSON: {text[:80]!r}") from None
 
 
-def _csv_items(stream: IO[bytes]) -> Iterator[dict]:
+def _csv_items(stream: IO[bytes], quotechar: str) -> Iterator[dict]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text, quotechar="'")
+    reader = csv.reader(text, quotechar=quotechar)
     try:
         header = next(reader, None)
     except (csv.Error, UnicodeDecodeError) as error:

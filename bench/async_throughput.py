@@ -92,9 +92,11 @@ def completion_rate(redis_client, endpoint_id: str, tasks: int) -> float:
             )
             pipe.expire(keys.task(task_id), 3600)
         pipe.execute()
+    expires_at = time.time() + 3600
+    entries = [protocol.queue_entry(task_id, expires_at=expires_at, payload=payload) for task_id in ids]
     with redis_client.pipeline(transaction=False) as pipe:
         for start in range(0, tasks, 1000):
-            pipe.lpush(keys.queue, *ids[start : start + 1000])
+            pipe.lpush(keys.queue, *entries[start : start + 1000])
         pipe.execute()
     wait_drained(redis_client, endpoint_id)
     time.sleep(0.2)

@@ -40,6 +40,16 @@ def test_newer_client_base64_args_are_detected():
     assert items(legacy_csv(rows, b64=True)) == [{"id": "0", "args": rows[0]}, {"id": "1", "args": rows[1]}]
 
 
+def test_csv_quoted_the_usual_way_is_read_too():
+    rows = [{"x": 1, "text": 'it\'s, "quoted"'}, {"y": [1, 2]}]
+    out = io.StringIO()
+    writer = csv.writer(out)  # quotechar '"', as pandas and spreadsheets write it
+    writer.writerow(["id", "args"])
+    for index, args in enumerate(rows):
+        writer.writerow([f"row-{index}", json.dumps(args, separators=(",", ":"))])
+    assert items(out.getvalue().encode()) == [{"id": "row-0", "args": rows[0]}, {"id": "row-1", "args": rows[1]}]
+
+
 def test_csv_of_urls():
     assert items(b"id,url\na,http://x/1\nb,http://x/2\n") == [
         {"id": "a", "url": "http://x/1"},
