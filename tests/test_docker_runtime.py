@@ -322,7 +322,8 @@ def test_an_endpoint_on_docker_hosts_is_served_replaced_adopted_and_moved(
 ):
     """The controller with LAUNCH_RUNTIME=docker: an async endpoint answers from a container;
     a killed container is replaced; a restarted controller keeps the running container (no
-    duplicate); a host whose daemon stops is marked unhealthy and the replica moves."""
+    duplicate); draining a host moves the replica; a host whose daemon stops is marked
+    unhealthy and the replica moves."""
     from tests.stack import ControllerThread, api_for
 
     settings.LAUNCH_RUNTIME = "docker"
@@ -357,6 +358,18 @@ def test_an_endpoint_on_docker_hosts_is_served_replaced_adopted_and_moved(
         assert endpoint_containers(docker_engines, endpoint_id) == {second: engine}
     finally:
         live_stack_controller.stop()
+
+    # Draining its host starts a replacement on the other host, then stops the drained one.
+    draining = hosts.Host.objects.get(name=engine)
+    hosts.host_set_draining(host=draining, draining=True)
+    assert wait_for(lambda: list(endpoint_containers(docker_engines, endpoint_id).values()) == [
+        next(name for name in docker_engines.names if name != engine)
+    ], 60)
+    api.wait_endpoint(endpoint_id, "READY", timeout=60, available_workers=1)
+    answers(10)
+    hosts.host_set_draining(host=draining, draining=False)
+    [(third, engine)] = endpoint_containers(docker_engines, endpoint_id).items()
+    assert third not in (first, second)
 
     # The daemon holding the replica stops: after a few failed probes its host is unhealthy
     # and the replica is started on the other host.
