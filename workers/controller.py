@@ -15,7 +15,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from launch_site.redis_client import get_redis
@@ -347,14 +347,17 @@ def tick() -> None:
 def run_tick_loop(stop_event) -> None:
     """Tick every TICK_SECONDS until stop_event is set; a wake-up runs a tick at once."""
     redis = get_redis()
-    while not stop_event.is_set():
-        close_old_connections()
-        try:
-            tick()
-        except Exception:  # noqa: BLE001 - the loop must survive a bad tick
-            logger.exception("tick failed")
-        try:
-            redis.blpop([WAKE_KEY], timeout=settings.TICK_SECONDS)
-        except Exception:  # noqa: BLE001 - Redis restarting: wait and retry
-            logger.exception("waiting for a wake-up failed")
-            stop_event.wait(settings.TICK_SECONDS)
+    try:
+        while not stop_event.is_set():
+            close_old_connections()
+            try:
+                tick()
+            except Exception:  # noqa: BLE001 - the loop must survive a bad tick
+                logger.exception("tick failed")
+            try:
+                redis.blpop([WAKE_KEY], timeout=settings.TICK_SECONDS)
+            except Exception:  # noqa: BLE001 - Redis restarting: wait and retry
+                logger.exception("waiting for a wake-up failed")
+                stop_event.wait(settings.TICK_SECONDS)
+    finally:
+        connections.close_all()  # this thread's connections; nobody else can close them
