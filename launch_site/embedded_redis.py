@@ -18,10 +18,13 @@ def redis_server_binary() -> str:
 
 
 def start_embedded_redis(directory: Path, *, persist: bool = True) -> tuple[subprocess.Popen, str]:
-    """Start redis-server with its socket (and, with persist, an append-only file) in
-    `directory`; returns the process and its `unix://` URL once it answers PING."""
+    """Start redis-server with its append-only file (with persist) in `directory` and its
+    socket in `directory/run`; returns the process and its `unix://` URL once it answers PING.
+    The socket has a directory of its own because the docker runtime mounts that directory
+    into replica containers on this machine, and nothing else of LAUNCH_HOME may go with it."""
     directory.mkdir(parents=True, exist_ok=True)
-    socket_path = directory / "redis.sock"
+    (directory / "run").mkdir(exist_ok=True)
+    socket_path = directory / "run" / "redis.sock"
     if socket_path.exists():
         socket_path.unlink()
     args = [
@@ -29,6 +32,7 @@ def start_embedded_redis(directory: Path, *, persist: bool = True) -> tuple[subp
         "--port", "0",
         "--unixsocket", str(socket_path),
         "--unixsocketperm", "700",
+        # Replicas get ACL users of their own (workers/redis_acl.py); none is persisted.
         "--dir", str(directory),
         "--save", "",
         "--appendonly", "yes" if persist else "no",

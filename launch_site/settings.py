@@ -102,7 +102,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Without REDIS_URL the embedded redis-server (started by `manage.py launch up`) listens on a
 # unix socket under LAUNCH_HOME.
-EMBEDDED_REDIS_SOCKET = LAUNCH_HOME / "redis.sock"
+EMBEDDED_REDIS_SOCKET = LAUNCH_HOME / "run" / "redis.sock"
 REDIS_URL = env_str("REDIS_URL") or f"unix://{EMBEDDED_REDIS_SOCKET}"
 RQ_QUEUES = {
     "control": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
@@ -125,6 +125,9 @@ PORT = env_int("PORT", 8000, minimum=1)
 LAUNCH_INTERNAL_URL = env_str("LAUNCH_INTERNAL_URL") or f"http://127.0.0.1:{PORT}"
 LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker"))
 LAUNCH_ACCESS_LOG = env_bool("LAUNCH_ACCESS_LOG", False)  # the web server's access log in `launch up`
+# Each replica gets a Redis ACL user limited to its endpoint's keys (when the server has ACLs
+# and lets us create users); off: replicas get REDIS_URL's own credentials.
+LAUNCH_REDIS_ACL = env_bool("LAUNCH_REDIS_ACL", True)
 # The Redis URL handed to replicas, when they reach Redis by another address than this process.
 LAUNCH_REPLICA_REDIS_URL = env_str("LAUNCH_REPLICA_REDIS_URL") or ""
 REPLICA_STOP_GRACE_SECONDS = env_float("REPLICA_STOP_GRACE_SECONDS", 60.0)

@@ -119,11 +119,13 @@ class ControllerThread:
 
 
 def kill_all_replicas():
+    from workers import redis_acl
     from workers.models import LIVE_STATES, Replica
     from workers.runtimes import get_runtime
 
     for replica in Replica.objects.filter(state__in=LIVE_STATES):
         get_runtime(replica.runtime).kill(replica)
+        redis_acl.revoke(replica.id)
         replica.state = Replica.State.STOPPED
         replica.save(update_fields=["state"])
 

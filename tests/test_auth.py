@@ -87,3 +87,15 @@ def test_openapi_schema_and_swagger_page_are_served():
     assert schema.status_code == 200
     assert b"/v1/model-bundles" in schema.content
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_the_authenticated_key_carries_its_own_user_team_and_fields(owner, teammate):
+    from accounts.authentication import authenticate_key
+
+    api_key = authenticate_key(teammate.key)
+    stored = ApiKey.objects.get(prefix=teammate.key.split("_")[1])
+    assert (api_key.pk, api_key.team_id, api_key.user_id) == (stored.pk, teammate.team.id, teammate.user.id)
+    # Fields the query did not load come from the database on access, not as blanks.
+    assert (api_key.prefix, api_key.team.name, api_key.user.username) == (
+        stored.prefix, teammate.team.name, teammate.user.username,
+    )

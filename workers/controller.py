@@ -8,6 +8,7 @@ autoscale every endpoint, reconcile every owner, probe hosts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from launch_site.redis_client import get_redis
-from workers import protocol
+from workers import protocol, redis_acl
 from workers.deployments import Deployment, load_deployment
 from workers.models import LIVE_STATES, Replica
 from workers.runtimes import get_runtime
@@ -82,6 +83,8 @@ def _mark(replica: Replica, state: str, reason: str = "") -> None:
     if state == Replica.State.READY:
         replica.ready_at = now
         fields.append("ready_at")
+    if state in (Replica.State.STOPPED, Replica.State.FAILED):
+        redis_acl.revoke(replica.id)
     if state in (Replica.State.DRAINING, Replica.State.STOPPED, Replica.State.FAILED) and replica.stopped_at is None:
         replica.stopped_at = now
         fields.append("stopped_at")
@@ -161,6 +164,8 @@ def _start_replicas(deployment: Deployment, count: int) -> str | None:
         except PlacementError as error:
             replica.delete()
             return f"waiting for capacity: {error}"
+        redis_url = redis_acl.replica_redis_url(prefix=deployment.prefix, replica_id=replica.id)
+        spec = dataclasses.replace(spec, env={**spec.env, "LAUNCH_REDIS_URL": redis_url})
         try:
             replica.handle = runtime.start(spec, placement)
         except Exception as error:  # noqa: BLE001 - a runtime failure is reported, not raised

@@ -4,6 +4,7 @@ import time
 
 from django.utils import timezone
 
+from workers import redis_acl
 from workers.models import LIVE_STATES, Replica
 from workers.runtimes import get_runtime
 
@@ -20,6 +21,7 @@ def local_replicas_stop_all(*, grace_seconds: float = 15) -> int:
         time.sleep(0.1)
     for replica in replicas:
         runtime.kill(replica)
+        redis_acl.revoke(replica.id)
     Replica.objects.filter(pk__in=[r.pk for r in replicas]).update(
         state=Replica.State.STOPPED, stopped_at=timezone.now(), reason="the stack was stopped"
     )

@@ -1,0 +1,72 @@
+"""Replica Redis credentials: an ACL user that reaches its own prefix and nothing else."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+from django.conf import settings
+
+from workers import protocol, redis_acl
+
+
+@pytest.fixture
+def granted(redis_client):
+    prefix = protocol.endpoint_prefix(f"end_{uuid.uuid4().hex[:10]}")
+    replica_id = f"rep_{uuid.uuid4().hex[:12]}"
+    url = redis_acl.replica_redis_url(prefix=prefix, replica_id=replica_id)
+    yield prefix, replica_id, url
+    redis_acl.revoke(replica_id)
+
+
+def test_a_replica_reaches_its_own_keys_only(granted, redis_client):
+    prefix, _, url = granted
+    assert url != settings.REDIS_URL and redis_acl.user_name(granted[1]) in url
+    other = protocol.endpoint_prefix("end_someone_else")
+    redis_client.hset(other + "task:x", "payload", "secret")
+    replica = redis.Redis.from_url(url)
+
+    replica.hset(prefix + "task:t", mapping={"status": "STARTED"})
+    replica.lpush(prefix + "queue", "t")
+    assert replica.blmove(prefix + "queue", prefix + "inflight:r", 1, "RIGHT", "LEFT") == b"t"
+    assert replica.hget(prefix + "task:t", "status") == b"STARTED"
+
+    for attempt in (
+        lambda: replica.hget(other + "task:x", "payload"),
+        lambda: replica.lpush(other + "queue", "x"),
+        lambda: replica.keys("*"),
+        lambda: replica.flushdb(),
+        lambda: replica.config_get("*"),
+        lambda: replica.eval("return redis.call('GET', KEYS[1])", 1, other + "task:x"),
+        lambda: replica.acl_setuser("evil", enabled=True),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    assert redis_client.hget(other + "task:x", "payload") == b"secret"
+    redis_client.delete(other + "task:x")
+
+
+def test_a_revoked_replica_can_no_longer_connect(granted):
+    _, replica_id, url = granted
+    redis.Redis.from_url(url).ping()
+    redis_acl.revoke(replica_id)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(url).ping()
+
+
+def test_without_acls_replicas_get_the_plain_url(settings):
+    settings.LAUNCH_REDIS_ACL = False
+    assert redis_acl.replica_redis_url(prefix="launch:ep:end_x:", replica_id="rep_x") == settings.REDIS_URL
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/3", "redis://u:p%2Fw@127.0.0.1:6379/3"),
+        ("redis://old:pw@host:6379/0", "redis://u:p%2Fw@host:6379/0"),
+        ("unix:///tmp/run/redis.sock?db=2", "unix://u:p%2Fw@/tmp/run/redis.sock?db=2"),
+    ],
+)
+def test_credentials_go_into_every_kind_of_url(url, expected):
+    assert redis_acl.with_credentials(url, "u", "p/w") == expected
