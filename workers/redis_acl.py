@@ -28,10 +28,12 @@ USER_PREFIX = "launch-"
 # What workers.serve sends, directly or from its scripts (a script's commands are checked
 # too), plus what redis-py sends on connect.
 REPLICA_COMMANDS = (
-    "ping", "hello", "auth", "select", "client|setinfo",
+    "ping", "hello", "auth", "select",
     "blmove", "lrem", "lpush", "set", "del", "hset", "hget", "hincrby", "exists", "expire",
     "eval", "evalsha", "script|load", "script|exists",
 )
+# Granted when the server knows them (Redis >= 7 refuses a rule naming an unknown command).
+OPTIONAL_COMMANDS = ("client|setinfo",)
 
 _unsupported_logged = False
 
@@ -53,6 +55,11 @@ def replica_redis_url(*, prefix: str, replica_id: str) -> str:
     except redis.ResponseError as error:
         _log_unsupported(error)
         return base
+    for command in OPTIONAL_COMMANDS:
+        try:
+            get_redis().execute_command("ACL", "SETUSER", user_name(replica_id), f"+{command}")
+        except redis.ResponseError:
+            pass
     return with_credentials(base, user_name(replica_id), password)
 
 
