@@ -6,7 +6,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from batchjobs.models import ACTIVE_STATUSES, BatchJob
-from endpoints.deployment import bundle_env
+from endpoints.deployment import bundle_replica_spec
 from workers.deployments import Deployment
 from workers.protocol import job_prefix
 from workers.runtimes.base import ReplicaSpec
@@ -30,21 +30,8 @@ class BatchJobDeployment(Deployment):
         self.runtime_name = settings.LAUNCH_RUNTIME
 
     def replica_spec(self, replica_id: str) -> ReplicaSpec:
-        job = self.job
-        bundle = job.bundle
-        return ReplicaSpec(
-            replica_id=replica_id,
-            owner_kind=self.kind,
-            owner_id=job.id,
-            team=job.team.name,
-            env=bundle_env(bundle, prefix=self.prefix, replica_id=replica_id, concurrency=job.per_worker),
-            cpus=job.cpus_millis / 1000,
-            memory_bytes=job.memory_bytes,
-            gpus=job.gpus,
-            gpu_type=job.gpu_type,
-            framework=bundle.framework or bundle.env_params or {},
-            requirements=tuple(bundle.requirements or ()),
-            labels={"launch.batch_job": job.id, **{f"user.{k}": str(v) for k, v in job.labels.items()}},
+        return bundle_replica_spec(
+            self.job, kind=self.kind, prefix=self.prefix, replica_id=replica_id, labels={"launch.batch_job": self.job.id}
         )
 
     def report(self, *, ready: int, starting: int, old: int, load_error: str | None, waiting: str | None) -> None:

@@ -11,8 +11,9 @@ from workers.protocol import endpoint_prefix
 from workers.runtimes.base import ReplicaSpec
 
 
-def bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> dict[str, str]:
-    """The LAUNCH_* variables workers.serve reads."""
+def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> dict[str, str]:
+    """The LAUNCH_* variables workers.serve reads. LAUNCH_REDIS_URL is added by the controller
+    when it starts the replica (workers.redis_acl: credentials of the replica's own)."""
     config = {
         "packaging_type": bundle.packaging_type,
         "app_config": bundle.app_config,
@@ -21,7 +22,6 @@ def bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> dic
         "python_version": bundle.python_version,
     }
     return {
-        "LAUNCH_REDIS_URL": settings.LAUNCH_REPLICA_REDIS_URL or settings.REDIS_URL,
         "LAUNCH_PREFIX": prefix,
         "LAUNCH_REPLICA_ID": replica_id,
         "LAUNCH_BUNDLE_URL": download_url_for(bundle.artifact, ttl_seconds=24 * 3600),
@@ -29,6 +29,26 @@ def bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> dic
         "LAUNCH_CONCURRENCY": str(concurrency),
         "LAUNCH_HEARTBEAT_TTL_SECONDS": str(settings.HEARTBEAT_TIMEOUT_SECONDS),
     }
+
+
+def bundle_replica_spec(owner, *, kind: str, prefix: str, replica_id: str, labels: dict[str, str]) -> ReplicaSpec:
+    """The replica of an endpoint or a batch job: both carry a bundle, a team and the same
+    resource fields (per_worker, cpus_millis, memory_bytes, gpus, gpu_type, labels)."""
+    bundle = owner.bundle
+    return ReplicaSpec(
+        replica_id=replica_id,
+        owner_kind=kind,
+        owner_id=owner.id,
+        team=owner.team.name,
+        env=_bundle_env(bundle, prefix=prefix, replica_id=replica_id, concurrency=owner.per_worker),
+        cpus=owner.cpus_millis / 1000,
+        memory_bytes=owner.memory_bytes,
+        gpus=owner.gpus,
+        gpu_type=owner.gpu_type,
+        framework=bundle.framework or bundle.env_params or {},
+        requirements=tuple(bundle.requirements or ()),
+        labels={**labels, **{f"user.{k}": str(v) for k, v in owner.labels.items()}},
+    )
 
 
 class EndpointDeployment(Deployment):
@@ -46,21 +66,9 @@ class EndpointDeployment(Deployment):
         self.runtime_name = settings.LAUNCH_RUNTIME
 
     def replica_spec(self, replica_id: str) -> ReplicaSpec:
-        endpoint = self.endpoint
-        bundle = endpoint.bundle
-        return ReplicaSpec(
-            replica_id=replica_id,
-            owner_kind=self.kind,
-            owner_id=endpoint.id,
-            team=endpoint.team.name,
-            env=bundle_env(bundle, prefix=self.prefix, replica_id=replica_id, concurrency=endpoint.per_worker),
-            cpus=endpoint.cpus_millis / 1000,
-            memory_bytes=endpoint.memory_bytes,
-            gpus=endpoint.gpus,
-            gpu_type=endpoint.gpu_type,
-            framework=bundle.framework or bundle.env_params or {},
-            requirements=tuple(bundle.requirements or ()),
-            labels={"launch.endpoint": endpoint.name, **{f"user.{k}": str(v) for k, v in endpoint.labels.items()}},
+        return bundle_replica_spec(
+            self.endpoint, kind=self.kind, prefix=self.prefix, replica_id=replica_id,
+            labels={"launch.endpoint": self.endpoint.name},
         )
 
     def report(self, *, ready: int, starting: int, old: int, load_error: str | None, waiting: str | None) -> None:
@@ -89,4 +97,4 @@ def load_deployment(endpoint_id: str) -> EndpointDeployment | None:
     return EndpointDeployment(endpoint) if endpoint else None
 
 
-__all__ = ["EndpointDeployment", "load_deployment", "bundle_env"]
+__all__ = ["EndpointDeployment", "load_deployment", "bundle_replica_spec"]
