@@ -8,6 +8,6 @@ class BatchjobsConfig(AppConfig):
     def ready(self) -> None:
         # The controller's tick runs every active job's loop and tears finished ones down.
         from batchjobs.runner import batch_tick
-        from workers.controller import register_tick_hook
+        from workers.tick import register_tick_hook
 
         register_tick_hook(batch_tick)

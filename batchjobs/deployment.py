@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.utils import timezone
 
 from batchjobs.models import ACTIVE_STATUSES, BatchJob
 from endpoints.deployment import bundle_replica_spec
@@ -28,6 +27,9 @@ class BatchJobDeployment(Deployment):
         self.min_ready = 0
         self.failed_generation = False
         self.runtime_name = settings.LAUNCH_RUNTIME
+        # A chunk holds many items; the job's own timeout_seconds bounds it.
+        self.task_timeout_seconds = None
+        self.memory_limit = job.memory
 
     def replica_spec(self, replica_id: str) -> ReplicaSpec:
         return bundle_replica_spec(
@@ -39,12 +41,7 @@ class BatchJobDeployment(Deployment):
             return
         if load_error is not None:
             # Every item would fail the same way: end the job with the reason instead.
-            BatchJob.objects.filter(pk=self.id, status__in=ACTIVE_STATUSES).update(
-                status=BatchJob.Status.FAILURE,
-                status_reason=LOAD_ERROR_PREFIX + load_error,
-                finished_at=timezone.now(),
-                desired_workers=0,
-            )
+            self.job.fail(LOAD_ERROR_PREFIX + load_error)
         elif waiting:
             BatchJob.objects.filter(pk=self.id, status__in=ACTIVE_STATUSES).exclude(status_reason=waiting).update(
                 status_reason=waiting

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from launch_site.ids import new_id
 
@@ -91,6 +92,58 @@ class BatchJob(models.Model):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    # --- transitions ------------------------------------------------------------------------
+    # Each is a compare-and-set on the status (UPDATE ... WHERE status IN <ALLOWED_FROM>), so
+    # of two writers racing (the loop finishing, the user cancelling, the controller seeing a
+    # load error) exactly one wins; each returns whether it did, and only then updates this
+    # instance.
+
+    def start(self, *, total_items: int, chunk_size: int, results_bytes: int) -> bool:
+        """PENDING -> RUNNING, once the inputs are counted and the results file is started.
+        Only a job not yet prepared (chunk_size 0) starts."""
+        return self._move(
+            self.Status.RUNNING,
+            only_if={"chunk_size": 0},
+            started_at=timezone.now(),
+            total_items=total_items,
+            chunk_size=chunk_size,
+            results_bytes=results_bytes,
+            status_reason="",
+        )
+
+    def finish(self, *, result: models.Model, results_bytes: int) -> bool:
+        """RUNNING -> SUCCESS, with the stored results file."""
+        return self._move(
+            self.Status.SUCCESS,
+            finished_at=timezone.now(),
+            result=result,
+            results_bytes=results_bytes,
+            desired_workers=0,
+            status_reason="",
+        )
+
+    def fail(self, reason: str, *, status: str = Status.FAILURE) -> bool:
+        """PENDING or RUNNING -> FAILURE (or TIMEOUT), with the reason the user will read."""
+        if status not in (self.Status.FAILURE, self.Status.TIMEOUT):
+            raise ValueError(f"a batch job fails with FAILURE or TIMEOUT, not {status!r}")
+        return self._move(status, finished_at=timezone.now(), status_reason=reason, desired_workers=0)
+
+    def cancel(self, reason: str = "cancelled by the user") -> bool:
+        """PENDING or RUNNING -> CANCELLED; the controller then stops the replicas."""
+        return self._move(self.Status.CANCELLED, finished_at=timezone.now(), status_reason=reason, desired_workers=0)
+
+    def _move(self, to: str, *, only_if: dict | None = None, **fields) -> bool:
+        won = bool(
+            BatchJob.objects.filter(pk=self.pk, status__in=ALLOWED_FROM[to], **(only_if or {})).update(
+                status=to, **fields
+            )
+        )
+        if won:
+            self.status = to
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return won
+
 
 TERMINAL_STATUSES = (
     BatchJob.Status.SUCCESS,
@@ -100,3 +153,13 @@ TERMINAL_STATUSES = (
     BatchJob.Status.UNDEFINED,
 )
 ACTIVE_STATUSES = (BatchJob.Status.PENDING, BatchJob.Status.RUNNING)
+
+# The one table of a batch job's transitions: the status a job may move to, from which.
+# Nothing leaves a terminal status (a finished job cannot be cancelled, restarted or changed).
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    BatchJob.Status.RUNNING: (BatchJob.Status.PENDING,),
+    BatchJob.Status.SUCCESS: (BatchJob.Status.RUNNING,),
+    BatchJob.Status.FAILURE: ACTIVE_STATUSES,
+    BatchJob.Status.TIMEOUT: ACTIVE_STATUSES,
+    BatchJob.Status.CANCELLED: ACTIVE_STATUSES,
+}

@@ -38,7 +38,7 @@ from batchjobs.inputs import InputError, count_items, iter_items
 from batchjobs.models import ACTIVE_STATUSES, BatchJob
 from batchjobs.results import ResultsFile
 from launch_site.redis_client import get_redis
-from workers import controller, protocol
+from workers import autoscaling, controller, protocol
 from workers.models import LIVE_STATES, Replica
 
 logger = logging.getLogger(__name__)
@@ -153,29 +153,14 @@ def batch_job_prepare(job_id: str) -> None:
         with storage.open_input(job.input) as stream:
             total = count_items(stream)
     except InputError as error:
-        _fail(job_id, f"input_path: {error}")
+        job.fail(f"input_path: {error}")
         return
     except storage.StoreError as error:
-        _fail(job_id, f"input_path: cannot read the input file: {error}")
+        job.fail(f"input_path: cannot read the input file: {error}")
         return
     results = ResultsFile(results_path(job.id), job.serialization_format)
     length = results.start()
-    BatchJob.objects.filter(pk=job_id, status=BatchJob.Status.PENDING, chunk_size=0).update(
-        status=BatchJob.Status.RUNNING,
-        started_at=timezone.now(),
-        total_items=total,
-        chunk_size=chunk_size_for(total),
-        results_bytes=length,
-        status_reason="",
-    )
-
-
-def _fail(job_id: str, reason: str, status: str = BatchJob.Status.FAILURE) -> bool:
-    return bool(
-        BatchJob.objects.filter(pk=job_id, status__in=ACTIVE_STATUSES).update(
-            status=status, status_reason=reason, finished_at=timezone.now(), desired_workers=0
-        )
-    )
+    job.start(total_items=total, chunk_size=chunk_size_for(total), results_bytes=length)
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -198,7 +183,7 @@ class JobLoop:
             return
         self.results = ResultsFile(results_path(job.id), job.serialization_format)
         if not self.results.exists_with(job.results_bytes):
-            _fail(job.id, f"the results file {self.results.path} was lost; the job cannot resume")
+            job.fail(f"the results file {self.results.path} was lost; the job cannot resume")
             return
         self._check_window(job)
         try:
@@ -246,8 +231,8 @@ class JobLoop:
     def _timed_out(self, job: BatchJob) -> bool:
         if timezone.now() - job.created_at <= timedelta(seconds=job.timeout_seconds):
             return False
-        if _fail(
-            job.id, f"the job ran longer than timeout_seconds ({job.timeout_seconds:g} s)", BatchJob.Status.TIMEOUT
+        if job.fail(
+            f"the job ran longer than timeout_seconds ({job.timeout_seconds:g} s)", status=BatchJob.Status.TIMEOUT
         ):
             self._drop_queue()
             _reconcile(job.id)
@@ -266,10 +251,7 @@ class JobLoop:
         indexes = range(job.chunks_collected, job.chunks_enqueued)
         if not indexes:
             return
-        with self.redis.pipeline(transaction=False) as pipe:
-            for index in indexes:
-                pipe.exists(self.keys.task(chunk_task_id(job.id, index)))
-            present = pipe.execute()
+        present = protocol.tasks_exist(self.redis, self.keys, [chunk_task_id(job.id, index) for index in indexes])
         if all(present):
             return
         logger.warning(
@@ -313,19 +295,10 @@ class JobLoop:
                     break
                 payload = json.dumps({"items": chunk, "serialization_format": job.serialization_format})
                 task_id = chunk_task_id(job.id, enqueued)
-                task_key = self.keys.task(task_id)
-                pipe.hset(
-                    task_key,
-                    mapping={
-                        "payload": payload,
-                        "status": protocol.PENDING,
-                        "attempts": 0,
-                        "created_at": time.time(),
-                        "item_count": len(chunk),
-                    },
+                protocol.add_task(
+                    pipe, self.keys, task_id, payload, ttl_seconds=ttl, now=time.time(), inline=False,
+                    extra={"item_count": len(chunk)},
                 )
-                pipe.expire(task_key, ttl)
-                pipe.lpush(self.keys.queue, task_id)
                 enqueued += 1
                 items_enqueued += len(chunk)
             pipe.execute()
@@ -359,7 +332,7 @@ class JobLoop:
         return chunk
 
     def _input_failed(self, job: BatchJob, error: InputError):
-        _fail(job.id, f"input_path: {error}")
+        job.fail(f"input_path: {error}")
         raise JobEnded
 
     # collecting
@@ -370,21 +343,15 @@ class JobLoop:
         if start == end:
             return False
         task_ids = [chunk_task_id(job.id, index) for index in range(start, end)]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hget(self.keys.task(task_id), "status")
-            statuses = pipe.execute()
+        statuses = protocol.read_fields(self.redis, self.keys, task_ids, ["status"])
         ready = []
-        for task_id, status in zip(task_ids, statuses, strict=True):
+        for task_id, (status,) in zip(task_ids, statuses, strict=True):
             if status not in (protocol.SUCCESS.encode(), protocol.FAILURE.encode()):
                 break
             ready.append(task_id)
         if not ready:
             return False
-        with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ready:
-                pipe.hmget(self.keys.task(task_id), ["status", "result", "traceback", "item_count"])
-            records = pipe.execute()
+        records = protocol.read_fields(self.redis, self.keys, ready, ["status", "result", "traceback", "item_count"])
         data = []
         completed = failed = 0
         first = job.items_completed + job.items_failed == 0
@@ -408,10 +375,7 @@ class JobLoop:
         if not updated:
             raise JobEnded
         # Only now: a crash before this line collects these chunks again from Redis.
-        with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ready:
-                pipe.delete(self.keys.task(task_id), self.keys.done(task_id))
-            pipe.execute()
+        protocol.delete_tasks(self.redis, self.keys, ready)
         return True
 
     def _entries(
@@ -432,7 +396,7 @@ class JobLoop:
         else:
             reason = (traceback or b"").decode(errors="replace") or f"chunk {task_id} failed"
         # The whole chunk failed (e.g. its replica died three times): every item gets the reason.
-        payload = self.redis.hget(self.keys.task(task_id), "payload")
+        (payload,) = protocol.read_fields(self.redis, self.keys, [task_id], ["payload"])[0]
         items = json.loads(payload)["items"] if payload else []
         return [{"id": item["id"], "error": reason} for item in items]
 
@@ -448,9 +412,9 @@ class JobLoop:
                 "id", flat=True
             )
         )
-        queued, in_flight = controller.queue_depth(self.keys.prefix, replica_ids)
+        queued, in_flight = protocol.queue_depth(self.redis, self.keys, replica_ids)
         # Chunks not yet fed count as queued: scale for the whole remaining job at once.
-        target = controller.desired_workers(
+        target = autoscaling.desired_workers(
             queued=max(left - in_flight, queued),
             in_flight=in_flight,
             per_worker=job.per_worker,
@@ -465,14 +429,6 @@ class JobLoop:
     def _finish(self, job: BatchJob) -> None:
         length = self.results.append(self.results.footer(), expected_length=job.results_bytes)
         stored = storage.save_results(job, self.results.path, length)
-        updated = BatchJob.objects.filter(pk=job.id, status=BatchJob.Status.RUNNING).update(
-            status=BatchJob.Status.SUCCESS,
-            finished_at=timezone.now(),
-            result=stored,
-            desired_workers=0,
-            results_bytes=length,
-            status_reason="",
-        )
-        if updated:
+        if job.finish(result=stored, results_bytes=length):
             self.results.path.unlink(missing_ok=True)
         _reconcile(job.id)

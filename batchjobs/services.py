@@ -7,17 +7,17 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
-from accounts.models import Quota, Team
+from accounts.models import Team
+from accounts.quotas import quota_check, usage_of
 from batchjobs import storage
 from batchjobs.inputs import HEAD_BYTES, InputError, check_head
 from batchjobs.models import ACTIVE_STATUSES, BatchJob
 from bundles.models import ModelBundle, StoredObject
-from endpoints.models import GPU_TYPES, ModelEndpoint
+from endpoints.models import GPU_TYPES
 from endpoints.quantities import parse_bytes, parse_cpus
 from launch_site.errors import ConflictError, FieldError
-from workers.controller import wake_controller
+from workers.tick import wake_controller
 
 RESOURCE_FIELDS = (
     "cpus",
@@ -80,29 +80,6 @@ def _apply_resources(job: BatchJob, requests: dict[str, Any]) -> None:
         raise _resource_error("gpu_type", "must be empty when gpus is 0")
 
 
-def _check_quota(team: Team, job: BatchJob) -> None:
-    # Lock the team row so two concurrent creates cannot both pass the check.
-    Team.objects.select_for_update().get(pk=team.pk)
-    quota = Quota.objects.filter(team=team).first()
-    if quota is None:
-        return
-    running = BatchJob.objects.filter(team=team, status__in=ACTIVE_STATUSES)
-    if quota.max_concurrent_batch_jobs is not None and running.count() >= quota.max_concurrent_batch_jobs:
-        raise ConflictError(
-            f"quota: your team may run at most {quota.max_concurrent_batch_jobs} batch jobs at once; "
-            "wait for one to finish or cancel one"
-        )
-    if quota.max_workers is not None:
-        used = sum(ModelEndpoint.objects.filter(team=team).values_list("max_workers", flat=True))
-        used += sum(running.values_list("max_workers", flat=True))
-        if used + job.max_workers > quota.max_workers:
-            raise _resource_error(
-                "max_workers",
-                f"quota: your team may run {quota.max_workers} workers in all; {used} are taken by endpoints "
-                "and running batch jobs",
-            )
-
-
 def _check_input(stored: StoredObject) -> None:
     """The cheap part of input validation: the header and the first item."""
     try:
@@ -159,7 +136,7 @@ def _new_job(
         timeout_seconds=float(timeout),
     )
     _apply_resources(job, resource_requests or {})
-    _check_quota(team, job)
+    quota_check(team=team, adding=usage_of(job), field_prefix="resource_requests.")
     return job
 
 
@@ -261,20 +238,20 @@ def batch_job_create_from_upload(
 def batch_job_cancel(*, job: BatchJob) -> BatchJob:
     """Cancel a pending or running job: CANCELLED at once; the controller stops its replicas.
     A finished job cannot change (409)."""
-    job = BatchJob.objects.select_for_update().get(pk=job.pk)
-    if job.status not in ACTIVE_STATUSES:
-        raise ConflictError(
-            f"batch job {job.id} already finished with status {job.status}; a finished job cannot be "
-            "cancelled, restarted or changed"
-        )
-    job.status = BatchJob.Status.CANCELLED
-    job.status_reason = "cancelled by the user"
-    job.finished_at = timezone.now()
-    job.desired_workers = 0
-    job.full_clean()
-    job.save(update_fields=["status", "status_reason", "finished_at", "desired_workers"])
+    job = BatchJob.objects.get(pk=job.pk)
+    if not job.cancel(reason="cancelled by the user"):
+        # It finished first (or was already finished): say with which status.
+        job.refresh_from_db(fields=["status"])
+        raise _finished_error(job)
     transaction.on_commit(lambda: _stop_replicas(job.id))
     return job
+
+
+def _finished_error(job: BatchJob) -> ConflictError:
+    return ConflictError(
+        f"batch job {job.id} already finished with status {job.status}; a finished job cannot be "
+        "cancelled, restarted or changed"
+    )
 
 
 def _stop_replicas(job_id: str) -> None:
@@ -286,10 +263,7 @@ def _stop_replicas(job_id: str) -> None:
 def batch_job_update(*, job: BatchJob, cancel: bool) -> BatchJob:
     """PUT /v1/batch-jobs/<id>: the only change a job takes is a cancel."""
     if job.status not in ACTIVE_STATUSES:
-        raise ConflictError(
-            f"batch job {job.id} already finished with status {job.status}; a finished job cannot be "
-            "cancelled, restarted or changed"
-        )
+        raise _finished_error(job)
     if not cancel:
         return job
     return batch_job_cancel(job=job)

@@ -64,6 +64,11 @@ class EndpointDeployment(Deployment):
         self.min_ready = endpoint.min_workers
         self.failed_generation = endpoint.status == ModelEndpoint.Status.UPDATE_FAILED
         self.runtime_name = settings.LAUNCH_RUNTIME
+        # The contract's queue_message_timeout_seconds is "how long a worker has to process a
+        # message"; past it we fail the task instead of redelivering it (a task that hung once
+        # hangs again, and each redelivery would hold a replica for the whole timeout).
+        self.task_timeout_seconds = float(endpoint.queue_message_timeout_seconds or settings.TASK_TIMEOUT_SECONDS)
+        self.memory_limit = endpoint.memory
 
     def replica_spec(self, replica_id: str) -> ReplicaSpec:
         return bundle_replica_spec(
@@ -72,17 +77,22 @@ class EndpointDeployment(Deployment):
         )
 
     def report(self, *, ready: int, starting: int, old: int, load_error: str | None, waiting: str | None) -> None:
+        """READY once min_workers replicas of the current generation answer (also after an
+        UPDATE_FAILED: a replica of the generation that answers is proof the bundle loads);
+        UPDATE_FAILED only for a load error of the bundle itself."""
         Status = ModelEndpoint.Status
         if self.deleting:
             return
         if load_error is not None:
             status, reason = Status.UPDATE_FAILED, load_error
-        elif self.failed_generation:
+        elif self.failed_generation and ready < max(self.min_ready, 1):
             return
-        elif ready >= self.min_ready and old == 0 and not waiting:
-            status, reason = Status.READY, ""
+        elif ready >= self.min_ready and old == 0:
+            status, reason = Status.READY, waiting or ""
         else:
             status, reason = Status.UPDATE_IN_PROGRESS, waiting or ""
+        if status == self.endpoint.status and reason == self.endpoint.status_reason:
+            return
         # Guarded by generation: an edit that landed meanwhile owns the status.
         ModelEndpoint.objects.filter(pk=self.id, generation=self.generation).exclude(
             status=Status.DELETE_IN_PROGRESS

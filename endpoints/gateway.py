@@ -14,10 +14,13 @@ from django.conf import settings
 
 from accounts.models import Team
 from endpoints.models import ModelEndpoint
-from launch_site.errors import ApplicationError, FieldError, NotFoundError
-from launch_site.redis_client import get_redis
+from launch_site.errors import ApplicationError, FieldError, NotFoundError, UnavailableError
+from launch_site.redis_client import get_redis, get_waiting_redis
 from workers import protocol
-from workers.controller import WAKE_KEY
+from workers.models import Replica
+from workers.runtimes.base import WAITING_FOR_CAPACITY
+
+SERVING_STATES = (Replica.State.STARTING, Replica.State.READY)
 
 TASK_FIELDS = ("args", "url", "return_pickled")
 
@@ -54,8 +57,11 @@ def task_submit(*, endpoint: ModelEndpoint, payload: dict) -> str:
 
 
 def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None) -> tuple[str, dict]:
-    """Queue a task and wait for its final record."""
-    timeout = min(timeout_seconds or settings.SYNC_TASK_TIMEOUT_SECONDS, settings.SYNC_TASK_TIMEOUT_SECONDS)
+    """Queue a task and wait for its final record: up to SYNC_TASK_TIMEOUT_SECONDS, or less
+    when the request asks. An endpoint that cannot serve answers at once (503)."""
+    _check_can_serve(endpoint)
+    limit = settings.SYNC_TASK_TIMEOUT_SECONDS
+    timeout = min(timeout_seconds or limit, limit)
     task_id, answer = _submit(endpoint, payload, wait_seconds=timeout)
     if answer is None:
         raise SyncTimeoutError(
@@ -65,56 +71,66 @@ def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: fl
     return task_id, json.loads(answer[1])
 
 
+def _check_can_serve(endpoint: ModelEndpoint) -> None:
+    """A sync request must not wait out its timeout on an endpoint that cannot answer: one
+    whose bundle failed to load, or that has no replica and cannot place one. A READY
+    endpoint (the hot path) costs no query here."""
+    Status = ModelEndpoint.Status
+    if endpoint.status == Status.READY:
+        return
+    if endpoint.status == Status.DELETE_IN_PROGRESS:
+        raise UnavailableError(f"endpoint {endpoint.name!r} is being deleted")
+    states = set(
+        Replica.objects.filter(owner_kind=Replica.Owner.ENDPOINT, owner_id=endpoint.id, state__in=SERVING_STATES)
+        .values_list("state", flat=True)
+    )
+    if Replica.State.READY in states:
+        return
+    if endpoint.status == Status.UPDATE_FAILED:
+        raise UnavailableError(f"endpoint {endpoint.name!r} cannot serve: {endpoint.status_reason or 'its update failed'}")
+    if not states and endpoint.status_reason.startswith(WAITING_FOR_CAPACITY):
+        # No replica and none starting, because none can be placed now.
+        raise UnavailableError(f"endpoint {endpoint.name!r} has no replica: {endpoint.status_reason}")
+
+
 def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | None) -> tuple[str, list | None]:
     """Write the task, queue it and, with `wait_seconds`, wait for its final record, all in
     one round trip: Redis runs a pipeline's commands in order, so the BLPOP at its end
-    blocks until the replica pushes the record (or the timeout)."""
+    blocks until the replica pushes the record (or the timeout). A waiting pipeline goes
+    through the pool whose socket timeout outlasts the wait."""
     keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
     task_id = protocol.task_id_for(endpoint.id, uuid.uuid4().hex)
-    task_key = keys.task(task_id)
     ttl = endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
-    payload_json, now = json.dumps(payload), time.time()
-    with get_redis().pipeline(transaction=False) as pipe:
-        pipe.hset(task_key, mapping={
-            "payload": payload_json, "status": protocol.PENDING, "attempts": 0, "created_at": now,
-        })
-        pipe.expire(task_key, ttl)
-        pipe.lpush(keys.queue, protocol.queue_entry(task_id, expires_at=now + ttl, payload=payload_json))
+    client = get_redis() if wait_seconds is None else get_waiting_redis()
+    with client.pipeline(transaction=False) as pipe:
+        protocol.add_task(pipe, keys, task_id, json.dumps(payload), ttl_seconds=ttl, now=time.time())
         if endpoint.desired_workers == 0:
             # Scale from zero without waiting for the next tick.
-            pipe.lpush(WAKE_KEY, "1")
+            pipe.lpush(protocol.WAKE_KEY, "1")
         if wait_seconds is not None:
-            pipe.blpop([keys.done(task_id)], timeout=wait_seconds)
+            protocol.wait_final(pipe, keys, task_id, timeout_seconds=wait_seconds)
         replies = pipe.execute()
     return task_id, replies[-1] if wait_seconds is not None else None
 
 
-def task_get(*, team: Team, task_id: str) -> dict:
-    """The task record (owner-scoped: another team's task is not found)."""
+def _task_keys(team: Team, task_id: str) -> protocol.Keys:
+    """The keys of a task of this team's (another team's task is not found)."""
     endpoint_id = protocol.endpoint_id_of_task(task_id)
     if endpoint_id is None or not ModelEndpoint.objects.filter(pk=endpoint_id, team=team).exists():
         raise NotFoundError(f"no task {task_id!r}")
-    keys = protocol.Keys(protocol.endpoint_prefix(endpoint_id))
-    with get_redis().pipeline(transaction=False) as pipe:
-        pipe.hmget(keys.task(task_id), ["status", "result", "traceback"])
-        pipe.hexists(keys.task(task_id), "result_pickled")
-        (status, result, traceback), pickled = pipe.execute()
-    if status is None:
+    return protocol.Keys(protocol.endpoint_prefix(endpoint_id))
+
+
+def task_get(*, team: Team, task_id: str) -> dict:
+    """The task record (owner-scoped: another team's task is not found)."""
+    record = protocol.read_task(get_redis(), _task_keys(team, task_id), task_id)
+    if record is None:
         raise NotFoundError(f"no task {task_id!r} (it may have expired)")
-    return {
-        "status": status.decode(),
-        "result": result.decode() if result is not None else None,
-        "traceback": traceback.decode() if traceback is not None else None,
-        "result_pickled": bool(pickled),
-    }
+    return record
 
 
 def task_pickled_result(*, team: Team, task_id: str) -> bytes:
-    endpoint_id = protocol.endpoint_id_of_task(task_id)
-    if endpoint_id is None or not ModelEndpoint.objects.filter(pk=endpoint_id, team=team).exists():
-        raise NotFoundError(f"no task {task_id!r}")
-    keys = protocol.Keys(protocol.endpoint_prefix(endpoint_id))
-    data = get_redis().hget(keys.task(task_id), "result_pickled")
+    data = get_redis().hget(_task_keys(team, task_id).task(task_id), "result_pickled")
     if data is None:
         raise NotFoundError(f"task {task_id!r} has no pickled result")
     return data

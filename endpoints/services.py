@@ -8,7 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from accounts.models import Quota, Team
+from accounts.models import Team
+from accounts.quotas import quota_check, usage_of
 from bundles.models import ModelBundle
 from endpoints.models import GPU_TYPES, ModelEndpoint
 from endpoints.quantities import parse_bytes, parse_cpus
@@ -79,28 +80,6 @@ def _validate_rules(endpoint: ModelEndpoint) -> None:
         raise FieldError("gpu_type", "must be empty when gpus is 0")
 
 
-def _check_quota(team: Team, *, extra_endpoints: int, endpoint: ModelEndpoint) -> None:
-    # Lock the team row so two concurrent creates cannot both pass the check.
-    Team.objects.select_for_update().get(pk=team.pk)
-    quota = Quota.objects.filter(team=team).first()
-    if quota is None:
-        return
-    others = ModelEndpoint.objects.filter(team=team).exclude(pk=endpoint.pk)
-    if quota.max_endpoints is not None and others.count() + extra_endpoints > quota.max_endpoints:
-        raise ConflictError(f"quota: your team may have at most {quota.max_endpoints} endpoints")
-    if quota.max_workers is not None:
-        used = sum(others.values_list("max_workers", flat=True))
-        if used + endpoint.max_workers > quota.max_workers:
-            raise FieldError(
-                "max_workers",
-                f"quota: your team may run {quota.max_workers} workers in all; {used} are taken by other endpoints",
-            )
-    if quota.max_gpus is not None and endpoint.gpus:
-        used = sum(e.gpus * e.max_workers for e in others)
-        if used + endpoint.gpus * endpoint.max_workers > quota.max_gpus:
-            raise FieldError("gpus", f"quota: your team may use {quota.max_gpus} GPUs in all; {used} are taken")
-
-
 def _enqueue_reconcile(endpoint_id: str) -> None:
     from workers.jobs import enqueue_reconcile
 
@@ -128,7 +107,7 @@ def endpoint_create(*, team: Team, user, name: str, model_bundle_id: str, endpoi
     )
     _apply_resources(endpoint, {"cpus": cpus, "memory": memory, "storage": storage})
     _validate_rules(endpoint)
-    _check_quota(team, extra_endpoints=1, endpoint=endpoint)
+    quota_check(team=team, adding=usage_of(endpoint))
     if ModelEndpoint.objects.filter(team=team, name=name).exists():
         raise FieldError("name", f"your team already has an endpoint named {name!r}")
     endpoint.full_clean()
@@ -154,7 +133,7 @@ def endpoint_update(*, endpoint: ModelEndpoint, changes: dict[str, Any]) -> Mode
     if endpoint.gpus == 0 and "gpus" in changes and "gpu_type" not in changes:
         endpoint.gpu_type = None
     _validate_rules(endpoint)
-    _check_quota(endpoint.team, extra_endpoints=0, endpoint=endpoint)
+    quota_check(team=endpoint.team, adding=usage_of(endpoint), replacing=endpoint)
     endpoint.desired_workers = min(max(endpoint.desired_workers, endpoint.min_workers), endpoint.max_workers)
     if any(getattr(endpoint, field) != value for field, value in before.items()) or (
         endpoint.status == ModelEndpoint.Status.UPDATE_FAILED

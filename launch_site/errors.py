@@ -4,18 +4,28 @@ Services raise ApplicationError subclasses (or Django's ValidationError from ful
 the exception handler turns every error into JSON. Field errors follow the contract's
 HTTPValidationError: 422 with `detail` a list of {loc, msg, type}, where `msg` starts with
 the field name so a human reading only the message still knows what to fix. Other errors
-are {"detail": "message"}.
+are {"detail": "message"}. Redis unreachable (down, restarting, or not answering within the
+client's timeouts) is a 503 with Retry-After, never a 500 or a hang: the same request works
+once the supervisor has Redis back.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis.exceptions
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+# BusyLoadingError (Redis reading its append-only file after a restart) is a ConnectionError.
+REDIS_UNAVAILABLE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_UNAVAILABLE_MESSAGE = "Redis is unavailable (it may be restarting); retry in a few seconds."
 
 
 class ApplicationError(Exception):
@@ -81,7 +91,14 @@ def validation_response(errors: list[dict]) -> Response:
     return Response({"detail": errors}, status=422)
 
 
+def redis_unavailable_body(exc: Exception) -> dict:
+    logger.warning("Redis unavailable: %s: %s", type(exc).__name__, exc)
+    return {"detail": REDIS_UNAVAILABLE_MESSAGE}
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, REDIS_UNAVAILABLE_ERRORS):
+        return Response(redis_unavailable_body(exc), status=503, headers={"Retry-After": "1"})
     if isinstance(exc, FieldError):
         return validation_response(exc.errors)
     if isinstance(exc, ApplicationError):
@@ -117,8 +134,9 @@ def error_json_response(exc: Exception) -> JsonResponse | None:
     if response is None:
         return None
     json_response = JsonResponse(response.data, status=response.status_code)
-    if response.has_header("WWW-Authenticate"):
-        json_response["WWW-Authenticate"] = response["WWW-Authenticate"]
+    for header in ("WWW-Authenticate", "Retry-After"):
+        if response.has_header(header):
+            json_response[header] = response[header]
     return json_response
 
 

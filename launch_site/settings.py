@@ -74,6 +74,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so its process_exception sees a view's exception first: Redis down -> 503.
+    "launch_site.middleware.RedisUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "launch_site.urls"
@@ -132,12 +134,25 @@ LAUNCH_REDIS_ACL = env_bool("LAUNCH_REDIS_ACL", True)
 LAUNCH_REPLICA_REDIS_URL = env_str("LAUNCH_REPLICA_REDIS_URL") or ""
 REPLICA_STOP_GRACE_SECONDS = env_float("REPLICA_STOP_GRACE_SECONDS", 60.0)
 REPLICA_START_TIMEOUT_SECONDS = env_float("REPLICA_START_TIMEOUT_SECONDS", 600.0)
+# Each local replica log (and its one rotated copy) is kept near this size; see workers.runtimes.local.
+REPLICA_LOG_MAX_BYTES = env_int("REPLICA_LOG_MAX_BYTES", 10 * 1024**2, minimum=4096)
 BUNDLE_STORE_DIR = Path(env_str("BUNDLE_STORE_DIR") or LAUNCH_HOME / "store")
 BUNDLE_STORE_BUCKET = env_str("BUNDLE_STORE_BUCKET") or "launch-bundles"
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", 10 * 1024**2, minimum=1)
 UPLOAD_URL_TTL_SECONDS = env_int("UPLOAD_URL_TTL_SECONDS", 3600, minimum=1)
+# The longest a sync request waits for its answer; a request's timeout_seconds may lower it.
+# Operators with long GPU predicts raise it (the waiting Redis pool follows it).
 SYNC_TASK_TIMEOUT_SECONDS = env_float("SYNC_TASK_TIMEOUT_SECONDS", 60.0)
+# A task running longer than this (or its endpoint's queue_message_timeout_seconds) is FAILURE
+# "timed out after N s" and its replica is killed and replaced.
+TASK_TIMEOUT_SECONDS = env_float("TASK_TIMEOUT_SECONDS", 600.0)
+REDIS_CONNECT_TIMEOUT_SECONDS = env_float("REDIS_CONNECT_TIMEOUT_SECONDS", 2.0)
+REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 10.0)
+# Replicas that die before they ever become ready are replaced after a growing delay
+# (doubling from the base, capped), so a crash-looping replica does not spin.
+REPLICA_RESTART_BACKOFF_SECONDS = env_float("REPLICA_RESTART_BACKOFF_SECONDS", 0.5)
+REPLICA_RESTART_BACKOFF_MAX_SECONDS = env_float("REPLICA_RESTART_BACKOFF_MAX_SECONDS", 30.0)
 TASK_EXPIRES_SECONDS = env_int("TASK_EXPIRES_SECONDS", 24 * 3600, minimum=1)
 TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 3, minimum=1)
 SCALE_DOWN_DELAY_SECONDS = env_float("SCALE_DOWN_DELAY_SECONDS", 60.0)

@@ -101,7 +101,7 @@ class ControllerThread:
     """The controller's tick loop, in a thread of the test process (shares its database)."""
 
     def __init__(self):
-        from workers.controller import run_tick_loop
+        from workers.tick import run_tick_loop
 
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=run_tick_loop, args=(self.stop_event,), daemon=True)
@@ -111,7 +111,7 @@ class ControllerThread:
         return self
 
     def stop(self):
-        from workers.controller import wake_controller
+        from workers.tick import wake_controller
 
         self.stop_event.set()
         wake_controller()

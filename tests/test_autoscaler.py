@@ -8,11 +8,20 @@ import pytest
 from django.utils import timezone
 
 from endpoints.models import ModelEndpoint
+from launch_site.redis_client import get_redis
 from tests.factories import make_bundle
 from workers import protocol
-from workers.controller import autoscale_endpoint, desired_workers, next_desired
+from workers.autoscaling import desired_workers, next_desired
+from workers.tick import autoscale
 
 pytestmark = pytest.mark.django_db
+
+
+def autoscale_endpoint(endpoint) -> bool:
+    """What the tick does for one endpoint: read its queue, set desired_workers."""
+    keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
+    queued, in_flight = protocol.queue_depth(get_redis(), keys, [])
+    return autoscale(endpoint, queued=queued, in_flight=in_flight, now=timezone.now())
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -18,11 +17,11 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
-from tests.docker_harness import PIP_RECORD, TEST_IMAGE
+from tests.docker_harness import TEST_IMAGE
 from workers import hosts, protocol
 from workers.models import Replica
-from workers.runtimes.base import PlacementError, ReplicaSpec
-from workers.runtimes.docker import DERIVED_REPOSITORY, DockerRuntime
+from workers.runtimes.base import ExitInfo, PlacementError, ReplicaSpec
+from workers.runtimes.docker import DockerRuntime
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
 
@@ -194,6 +193,68 @@ def test_stop_sends_sigterm_and_the_replica_exits(docker_hosts, runtime, bundle_
     assert wait_for(lambda: not runtime.is_alive(replica))
 
 
+BUSYBOX = "/launch-test/busybox"
+
+
+def busybox_replica(docker_hosts, docker_engines, command: str, **options) -> Replica:
+    """A replica row whose container (on d1, docker-init as PID 1 like every replica) runs a
+    busybox shell command instead of the serve loop."""
+    replica = Replica.objects.create(owner_kind="endpoint", owner_id="end_exits", runtime="docker")
+    container = docker_engines.client("d1").containers.run(
+        TEST_IMAGE,
+        [BUSYBOX, "sh", "-c", command],
+        name=f"launch-{replica.id}",
+        labels={"launch.replica": replica.id},
+        init=True,
+        detach=True,
+        network_mode="none",
+        **options,
+    )
+    Replica.objects.filter(pk=replica.pk).update(host=docker_hosts["d1"], handle=container.id)
+    replica.refresh_from_db()
+    return replica
+
+
+def test_exit_info_tells_a_signal_from_an_exit_status_and_is_none_while_running_or_gone(
+    docker_hosts, docker_engines, runtime
+):
+    sleeper = busybox_replica(docker_hosts, docker_engines, f"exec {BUSYBOX} sleep 60")
+    assert runtime.is_alive(sleeper)
+    assert runtime.exit_info(sleeper) is None  # still running
+    docker_engines.client("d1").containers.get(sleeper.handle).kill(signal="SIGKILL")
+    assert wait_for(lambda: not runtime.is_alive(sleeper))
+    assert runtime.exit_info(sleeper) == ExitInfo(exit_code=137, signal=9, oom=False)
+    assert runtime.exit_info(sleeper).describe() == "was killed by SIGKILL"
+
+    quitter = busybox_replica(docker_hosts, docker_engines, "exit 3")
+    assert wait_for(lambda: runtime.exit_info(quitter) is not None)
+    assert runtime.exit_info(quitter) == ExitInfo(exit_code=3, signal=None, oom=False)
+    assert runtime.exit_info(quitter).describe() == "exited with status 3"
+
+    runtime.kill(quitter)  # removes the container: nothing left to tell
+    assert runtime.exit_info(quitter) is None
+
+
+def test_exit_info_says_oom_for_a_container_over_its_memory_limit(docker_hosts, docker_engines, runtime):
+    info = docker_engines.client("d1").info()
+    if not info.get("MemoryLimit"):
+        pytest.skip(f"this engine does not enforce memory limits (cgroup driver {info.get('CgroupDriver')!r})")
+    # A shell variable holding 256 MiB, in a container allowed 32 MiB and no swap.
+    hog = busybox_replica(
+        docker_hosts,
+        docker_engines,
+        f"x=$({BUSYBOX} head -c 268435456 /dev/zero | {BUSYBOX} tr '\\0' a); echo survived",
+        mem_limit=32 * MIB,
+        memswap_limit=32 * MIB,
+    )
+    assert wait_for(lambda: runtime.exit_info(hog) is not None, 60)
+    exit_info = runtime.exit_info(hog)
+    if not exit_info.oom and exit_info.exit_code == 0:
+        pytest.skip(f"the memory limit was not enforced here (output: {runtime.logs(hog)!r})")
+    assert exit_info.oom is True, (exit_info, runtime.logs(hog))
+    assert exit_info.describe() == "was killed for running out of memory"
+
+
 def test_a_stopped_daemon_makes_its_host_unhealthy_after_three_probes_and_placement_moves_on(
     docker_hosts, docker_engines, runtime, bundle_url
 ):
@@ -237,25 +298,6 @@ def test_a_restarted_controller_finds_running_containers_and_orphans_are_removed
         for c in docker_engines.client(name).containers.list(all=True, filters={"label": "launch.replica"})
     }
     assert remaining == {kept.id, starting.id}
-
-
-def test_requirements_become_a_derived_image_built_once_and_reused(docker_hosts, docker_engines, runtime, bundle_url):
-    if docker_engines.client("d1").containers.run(TEST_IMAGE, ["/launch-test/busybox", "true"], remove=True) is None:
-        pytest.fail("the test image cannot run its build shell")
-    hosts.host_set_cordoned(host=docker_hosts["d2"], cordoned=True)
-    first = start(runtime, bundle_url, requirements=["tiny-model==1.0"])
-    second = start(runtime, bundle_url, requirements=["tiny-model==1.0"])
-    other = start(runtime, bundle_url, requirements=["tiny-model==2.0"])
-    client = docker_engines.client("d1")
-    image_of = {r.id: client.containers.get(r.handle).attrs["Config"]["Image"] for r in (first, second, other)}
-    assert image_of[first.id].startswith(f"{DERIVED_REPOSITORY}:")
-    assert image_of[first.id] == image_of[second.id] != image_of[other.id]
-    assert len(client.images.list(name=DERIVED_REPOSITORY)) == 2
-
-    archive, _ = client.containers.get(first.handle).get_archive(PIP_RECORD)
-    with tarfile.open(fileobj=io.BytesIO(b"".join(archive))) as tar:
-        recorded = tar.extractfile(Path(PIP_RECORD).name).read().decode()
-    assert recorded.strip() == "-m pip install --no-cache-dir -r /tmp/launch-requirements.txt"
 
 
 @needs_serve_loop

@@ -100,3 +100,214 @@ def test_bad_setting_fails_loudly(tmp_path, value):
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert ("DEBUG" if value == "yes" else "PORT") in result.stderr
+
+
+# --- healing, one stack per home, Redis down ---------------------------------------------
+
+def _children_by_name(supervisor_pid: int) -> dict[str, int]:
+    """The supervisor's direct children by role, from their command lines."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    found = {}
+    for pid, ppid in (map(int, line.split()) for line in out.splitlines()):
+        if ppid != supervisor_pid or not _running(pid):
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "redis-server" in cmdline:
+            found["redis"] = pid
+        elif "granian" in cmdline:
+            found["web"] = pid
+        elif "manage.py controller" in cmdline:
+            found["controller"] = pid
+    return found
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (requests.RequestException, ValueError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def _wait_for_new_child(supervisor_pid: int, name: str, old_pid: int) -> dict[str, int]:
+    def replaced():
+        now = _children_by_name(supervisor_pid)
+        return now if now.get(name) not in (None, old_pid) else None
+
+    return _wait_for(replaced, 15, f"a new {name} process")
+
+
+def _doubler_bundle():
+    def load_predict_fn(model):
+        def predict(x):
+            return x * model
+
+        return predict
+
+    return {"model": 2, "load_predict_fn": load_predict_fn}
+
+
+def test_killed_children_come_back_one_at_a_time_and_keep_the_data(tmp_path):
+    import cloudpickle
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    process, output = _start(tmp_path / "home", port)
+    try:
+        key = re.search(r"API key:\s+(lk_\S+)", output)
+        assert key, output
+        api = requests.Session()
+        api.auth = (key.group(1), "")
+        uploaded = api.post(f"{base}/v1/model-bundles/upload", files={"file": ("b.pkl", cloudpickle.dumps(_doubler_bundle()))},
+                            data={"name": "doubler"}, timeout=10)
+        assert uploaded.status_code == 200, uploaded.text
+        created = api.post(f"{base}/v1/model-endpoints", timeout=10, json={
+            "name": "doubler", "model_bundle_id": uploaded.json()["id"], "endpoint_type": "async", "metadata": {},
+            "cpus": 1, "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": 0, "max_workers": 1,
+            "per_worker": 1, "labels": {},
+        })
+        assert created.status_code == 200, created.text
+        endpoint_id = created.json()["endpoint_creation_task_id"]
+
+        def submit(x: int) -> str:
+            response = api.post(f"{base}/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": x}}, timeout=10)
+            assert response.status_code == 200, response.text
+            return response.json()["task_id"]
+
+        def task(task_id: str) -> dict:
+            response = api.get(f"{base}/v1/async-tasks/{task_id}", timeout=10)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        def wait_success(task_id: str) -> dict:
+            return _wait_for(lambda: (record := task(task_id))["status"] == "SUCCESS" and record, 30, f"{task_id} SUCCESS")
+
+        # Scaled from zero and done before any kill: a controller killed in the middle of
+        # reconciling leaves that endpoint's reconcile lock behind for its TTL (60 s).
+        first_task = submit(21)
+        assert wait_success(first_task)["result"] == {"result": "42"}
+        children = _children_by_name(process.pid)
+        assert set(children) == {"redis", "web", "controller"}, children
+
+        for name in ("controller", "web", "redis"):
+            if name == "redis":
+                # Accepted just before Redis dies: must be there after (append-only file).
+                pending_task = submit(5)
+            os.kill(children[name], signal.SIGKILL)
+            healed = _wait_for_new_child(process.pid, name, children[name])
+            for other in children.keys() - {name}:
+                assert healed[other] == children[other], f"{other} was restarted when {name} died"
+            _wait_for(lambda: requests.get(f"{base}/readyz", timeout=2).json()["status"] == "ok", 15, f"/readyz after {name}")
+            assert api.get(f"{base}/v1/model-endpoints", timeout=10).json()["model_endpoints"][0]["id"] == endpoint_id
+            assert task(first_task)["result"] == {"result": "42"}
+            if name == "web":
+                # With a new controller and a new web server, tasks still run to their end.
+                assert wait_success(submit(4))["result"] == {"result": "8"}
+            children = healed
+
+        assert task(pending_task)["status"] in ("PENDING", "STARTED", "SUCCESS")
+    finally:
+        rest = _stop(process)
+    assert process.returncode == 0, rest
+    for name in ("controller", "web", "redis"):
+        assert re.search(rf"{name} \(pid \d+\) was killed by SIGKILL .*; restarting it in", rest + output), rest
+    assert "Launch stopped." in rest
+
+
+def test_second_launch_up_on_the_same_home_refuses_and_the_first_keeps_serving(tmp_path):
+    home, port = tmp_path / "home", _free_port()
+    process, output = _start(home, port)
+    try:
+        key = re.search(r"API key:\s+(lk_\S+)", output).group(1)
+        password = (home / "admin_password").read_text()
+        socket_inode = (home / "run" / "redis.sock").stat().st_ino
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+        env.update(LAUNCH_HOME=str(home), PORT=str(_free_port()))
+        started = time.monotonic()
+        second = subprocess.run([sys.executable, "manage.py", "launch", "up"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode != 0
+        assert f"another `launch up` (pid {process.pid}) is using LAUNCH_HOME {home}" in second.stderr, second.stderr
+        assert time.monotonic() - started < 10
+        assert (home / "admin_password").read_text() == password
+        assert (home / "run" / "redis.sock").stat().st_ino == socket_inode
+        response = requests.get(f"http://127.0.0.1:{port}/v1/model-endpoints", auth=(key, ""), timeout=10)
+        assert response.status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["status"] == "ok"
+    finally:
+        _stop(process)
+    assert process.returncode == 0
+
+
+def test_a_killed_supervisor_takes_its_children_along_and_leaves_no_stale_lock(tmp_path):
+    home = tmp_path / "home"
+    process, _ = _start(home, _free_port())
+    children = _children_by_name(process.pid)
+    assert set(children) == {"redis", "web", "controller"}, children
+    os.killpg(process.pid, signal.SIGKILL)  # the supervisor only: its children have sessions of their own
+    process.wait(10)
+    _wait_for(lambda: not any(_running(pid) for pid in children.values()), 30, f"children {children} to stop")
+
+    port = _free_port()
+    process, output = _start(home, port)
+    try:
+        assert "Press Ctrl-C" in output, output
+        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["status"] == "ok"
+    finally:
+        _stop(process)
+    assert process.returncode == 0
+
+
+def _closed_redis_url(tmp_path: Path) -> str:
+    """A unix socket that nobody listens on: connecting is refused at once."""
+    path = tmp_path / "closed.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+    return f"unix://{path}"
+
+
+@pytest.mark.django_db
+def test_while_redis_is_down_api_and_dashboard_answer_503_quickly(owner, settings, tmp_path, client):
+    from tests.factories import endpoint_body, make_bundle
+
+    created = owner.client.post(
+        "/v1/model-endpoints", endpoint_body(make_bundle(owner.team).id, endpoint_type="async", min_workers=0), format="json"
+    )
+    assert created.status_code == 200, created.content
+    endpoint_id = created.json()["endpoint_creation_task_id"]
+    settings.REDIS_URL = _closed_redis_url(tmp_path)
+    client.force_login(owner.user)
+
+    started = time.monotonic()
+    responses = {
+        "task submit (hand-written view)": owner.client.post(
+            f"/v1/async-tasks?model_endpoint_id={endpoint_id}", {"args": {"x": 1}}, format="json"),
+        "endpoint list (DRF view)": owner.client.get("/v1/model-endpoints"),
+        "dashboard (plain Django view)": client.get("/endpoints/"),
+    }
+    assert time.monotonic() - started < 5
+    for what, response in responses.items():
+        assert response.status_code == 503, (what, response.content)
+        assert "Redis is unavailable" in response.json()["detail"], what
+        assert response["Retry-After"] == "1", what
+
+
+@pytest.mark.django_db(transaction=True)
+def test_endpoint_create_with_redis_down_is_saved_and_answers_200(owner, settings, tmp_path, monkeypatch):
+    from endpoints.models import ModelEndpoint
+    from tests.factories import endpoint_body, make_bundle
+
+    url = _closed_redis_url(tmp_path)
+    settings.REDIS_URL = url
+    monkeypatch.setitem(settings.RQ_QUEUES["control"], "URL", url)
+    created = owner.client.post("/v1/model-endpoints", endpoint_body(make_bundle(owner.team).id), format="json")
+    assert created.status_code == 200, created.content
+    assert ModelEndpoint.objects.filter(pk=created.json()["endpoint_creation_task_id"]).exists()

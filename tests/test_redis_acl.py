@@ -55,6 +55,28 @@ def test_a_revoked_replica_can_no_longer_connect(granted):
         redis.Redis.from_url(url).ping()
 
 
+def test_users_lost_by_a_redis_restart_are_restored_with_the_same_password(granted):
+    prefix, replica_id, url = granted
+    redis_acl.revoke(replica_id)  # what a restart without an aclfile does to every user
+    assert redis_acl.restore_users([(replica_id, prefix)]) == 1
+    replica = redis.Redis.from_url(url)  # the URL the replica already holds
+    replica.set(prefix + "hb:" + replica_id, "1")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        replica.get("launch:controller:wake")
+
+
+def test_the_tick_restores_credentials_when_the_redis_run_id_changes(granted, db, monkeypatch):
+    from workers import tick
+    from workers.models import Replica
+
+    prefix, replica_id, url = granted
+    Replica.objects.create(id=replica_id, owner_kind="endpoint", owner_id=prefix.split(":")[2], runtime="local")
+    monkeypatch.setattr(tick, "_redis_run_id", "an earlier run")
+    redis_acl.revoke(replica_id)
+    tick.restore_replica_credentials()
+    redis.Redis.from_url(url).ping()
+
+
 def test_without_acls_replicas_get_the_plain_url(settings):
     settings.LAUNCH_REDIS_ACL = False
     assert redis_acl.replica_redis_url(prefix="launch:ep:end_x:", replica_id="rep_x") == settings.REDIS_URL

@@ -19,6 +19,9 @@ class Deployment(abc.ABC):
     deleting: bool  # stop every replica, then finalize()
     failed_generation: bool  # the current generation failed to load: start no more
     runtime_name: str
+    # A task running longer is failed and its replica replaced (None: no limit but the owner's).
+    task_timeout_seconds: float | None
+    memory_limit: str  # as the user wrote it, for "out of memory (limit 1Gi)"
 
     @abc.abstractmethod
     def replica_spec(self, replica_id: str) -> ReplicaSpec: ...

@@ -20,15 +20,32 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                              traceback    the error text on FAILURE
                              created_at, started_at, finished_at   unix seconds
                              replica      the replica that last ran it
-  <p>done:<task_id>        list; the replica LPUSHes the final record (JSON) for a sync
-                           waiter blocked on BLPOP. Expires quickly.
+  <p>done:<task_id>        list; the final record (JSON) is LPUSHed here for a sync waiter
+                           blocked on BLPOP. Expires quickly.
+  <p>running               sorted set: task id -> started_at, of the tasks a replica runs now;
+                           the controller fails the ones older than the endpoint's task
+                           timeout (and kills their replica).
   <p>hb:<replica>          heartbeat, a key with a short TTL refreshed by the replica.
   <p>replica:<replica>     hash: state (loading|ready|failed|stopping), error (load
                            traceback), python_version, pid, updated_at.
   <p>stats                 hash of counters: completed, failed.
+
+This module is the one owner of the task record: the gateway, the batch runner, the
+controller and the serve loop write, read, requeue and fail tasks only through the functions
+and scripts here, so a task's status moves by one set of rules:
+
+  PENDING --(a replica takes it: attempts += 1)--> STARTED --> SUCCESS | FAILURE
+  STARTED --(its replica died)--> PENDING again, or FAILURE once attempts reach the maximum
+  STARTED --(ran past the task timeout)--> FAILURE "timed out after N s"
+
+The first final outcome wins: a task already SUCCESS or FAILURE is never rewritten (a replica
+that was given up on and finishes later changes nothing).
 """
 
 from __future__ import annotations
+
+import json
+import time
 
 PENDING = "PENDING"
 STARTED = "STARTED"
@@ -41,6 +58,14 @@ REPLICA_FAILED = "failed"
 REPLICA_STOPPING = "stopping"
 
 DONE_LIST_TTL_SECONDS = 120
+TERMINAL = (SUCCESS, FAILURE)
+
+# Asks the controller's tick loop to run now (a task arrived for an endpoint at zero replicas).
+WAKE_KEY = "launch:controller:wake"
+
+# A replica's exit status after a task raised MemoryError under a resource limit (rlimit): the
+# task is already FAILURE "out of memory"; the controller replaces the replica.
+EXIT_OUT_OF_MEMORY = 3
 
 
 def endpoint_prefix(endpoint_id: str) -> str:
@@ -49,6 +74,11 @@ def endpoint_prefix(endpoint_id: str) -> str:
 
 def job_prefix(job_id: str) -> str:
     return f"launch:job:{job_id}:"
+
+
+def owner_prefix(owner_kind: str, owner_id: str) -> str:
+    """The prefix of a replica's owner: an endpoint, or a batch job."""
+    return endpoint_prefix(owner_id) if owner_kind == "endpoint" else job_prefix(owner_id)
 
 
 class Keys:
@@ -80,6 +110,10 @@ class Keys:
     def inflight_pattern(self) -> str:
         return f"{self.prefix}inflight:*"
 
+    @property
+    def running(self) -> str:
+        return self.prefix + "running"
+
 
 def queue_entry(task_id: str, *, expires_at: float | None = None, payload: str | None = None) -> str:
     """`<task_id>` alone (the replica reads the payload from the task hash), or
@@ -109,3 +143,243 @@ def endpoint_id_of_task(task_id: str) -> str | None:
     if not sep or not endpoint_id or not unique:
         return None
     return endpoint_id
+
+
+def wake_controller(client) -> None:
+    client.lpush(WAKE_KEY, "1")
+    client.ltrim(WAKE_KEY, 0, 0)
+
+
+def final_record(status: str, *, result: str | None = None, traceback: str | None = None,
+                 result_pickled: bool = False) -> str:
+    """What a sync waiter pops from the done list."""
+    return json.dumps({"status": status, "result": result, "traceback": traceback, "result_pickled": result_pickled})
+
+
+# --- writing a task (gateway, batch runner) --------------------------------------------------
+
+def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: int, now: float,
+             inline: bool = True, extra: dict | None = None) -> None:
+    """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry. `inline`
+    puts the payload in the entry too, so a replica runs it without reading the hash."""
+    task_key = keys.task(task_id)
+    pipe.hset(task_key, mapping={
+        "payload": payload_json, "status": PENDING, "attempts": 0, "created_at": now, **(extra or {}),
+    })
+    pipe.expire(task_key, ttl_seconds)
+    entry = queue_entry(task_id, expires_at=now + ttl_seconds, payload=payload_json) if inline else task_id
+    pipe.lpush(keys.queue, entry)
+
+
+def wait_final(pipe, keys: Keys, task_id: str, *, timeout_seconds: float) -> None:
+    """On a pipeline: block until the task's final record is pushed (BLPOP). The connection's
+    socket timeout must exceed the wait (launch_site.redis_client.get_waiting_redis)."""
+    pipe.blpop([keys.done(task_id)], timeout=timeout_seconds)
+
+
+def read_task(client, keys: Keys, task_id: str) -> dict | None:
+    """The record as the API shows it, or None when there is no such task (or it expired)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.task(task_id), ["status", "result", "traceback"])
+        pipe.hexists(keys.task(task_id), "result_pickled")
+        (status, result, traceback), pickled = pipe.execute()
+    if status is None:
+        return None
+    return {
+        "status": status.decode(),
+        "result": result.decode() if result is not None else None,
+        "traceback": traceback.decode() if traceback is not None else None,
+        "result_pickled": bool(pickled),
+    }
+
+
+def read_fields(client, keys: Keys, task_ids: list[str], fields: list[str]) -> list[list[bytes | None]]:
+    """Fields of many tasks in one round trip (the batch runner reads its window this way)."""
+    with client.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.hmget(keys.task(task_id), fields)
+        return pipe.execute()
+
+
+def tasks_exist(client, keys: Keys, task_ids: list[str]) -> list[bool]:
+    with client.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.exists(keys.task(task_id))
+        return [bool(found) for found in pipe.execute()]
+
+
+def delete_tasks(client, keys: Keys, task_ids: list[str]) -> None:
+    """Forget tasks whose outcome has been kept elsewhere (a batch job's results file)."""
+    with client.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.delete(keys.task(task_id), keys.done(task_id))
+        pipe.execute()
+
+
+# --- running a task (serve loop) ---------------------------------------------------------------
+
+# For an entry that carries its payload: sent without waiting for the reply, so the task runs
+# at once and the STARTED mark still lands in Redis before the outcome does.
+# KEYS: task, running. ARGV: replica_id, now, task_id.
+MARK_STARTED_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'SUCCESS' or status == 'FAILURE' then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[2], 'replica', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+# For a bare task id (batch chunks). KEYS: task, inflight, running. ARGV: entry, replica_id,
+# now, task_id. Returns the payload, or nothing when the task expired or already ended
+# (dropped from in-flight).
+START_SCRIPT = """
+local payload = redis.call('HGET', KEYS[1], 'payload')
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not payload) or status == 'SUCCESS' or status == 'FAILURE' then
+  redis.call('LREM', KEYS[2], 0, ARGV[1])
+  return false
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[3], 'replica', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return payload
+"""
+
+# KEYS: task, inflight, done, stats, running. ARGV: entry, status, result, traceback,
+# pickled (or ''), now, done_record, done_ttl, counter, task_id.
+# The task hash is only written while it exists (an expired task must not come back without
+# a TTL) and is not final yet (the first outcome wins). The done list is filled either way
+# so a sync waiter is answered.
+FINISH_SCRIPT = """
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[10])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'SUCCESS' or status == 'FAILURE' then
+  return 0
+end
+if status then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[6])
+  if ARGV[2] == 'SUCCESS' then
+    if ARGV[5] ~= '' then
+      redis.call('HSET', KEYS[1], 'result_pickled', ARGV[5])
+    else
+      redis.call('HSET', KEYS[1], 'result', ARGV[3])
+    end
+  else
+    redis.call('HSET', KEYS[1], 'traceback', ARGV[4])
+  end
+end
+redis.call('LPUSH', KEYS[3], ARGV[7])
+redis.call('EXPIRE', KEYS[3], ARGV[8])
+redis.call('HINCRBY', KEYS[4], ARGV[9], 1)
+return 1
+"""
+
+
+# --- taking tasks back (controller) ----------------------------------------------------------
+
+# Fails one task unless it is final already, and takes it out of its replica's in-flight list.
+# Shared by the two scripts below.
+_FAIL_FUNCTION = """
+local function fail(prefix, task_id, reason, now, done_ttl)
+  local task_key = prefix .. 'task:' .. task_id
+  local status = redis.call('HGET', task_key, 'status')
+  redis.call('ZREM', prefix .. 'running', task_id)
+  if status == 'SUCCESS' or status == 'FAILURE' then
+    return 0
+  end
+  if status then
+    redis.call('HSET', task_key, 'status', 'FAILURE', 'traceback', reason, 'finished_at', now)
+  end
+  local done = prefix .. 'done:' .. task_id
+  redis.call('LPUSH', done, cjson.encode({status='FAILURE', result=cjson.null, traceback=reason,
+                                          result_pickled=false}))
+  redis.call('EXPIRE', done, done_ttl)
+  redis.call('HINCRBY', prefix .. 'stats', 'failed', 1)
+  return 1
+end
+"""
+
+# Everything in a dead replica's in-flight list goes back on the queue (at the right end: it
+# runs next), or fails when it has had its attempts, or at once with `fail_reason` (an
+# out-of-memory death: running it again would kill the next replica the same way).
+# KEYS: inflight. ARGV: prefix, max_attempts, reason, now, done_ttl, fail_reason ('' = retry).
+# Returns {requeued, failed}.
+REQUEUE_SCRIPT = _FAIL_FUNCTION + """
+local prefix = ARGV[1]
+local max_attempts = tonumber(ARGV[2])
+local requeued, failed = 0, 0
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local space = string.find(entry, ' ', 1, true)
+  local task_id = space and string.sub(entry, 1, space - 1) or entry
+  local task_key = prefix .. 'task:' .. task_id
+  local status = redis.call('HGET', task_key, 'status')
+  if status and status ~= 'SUCCESS' and status ~= 'FAILURE' then
+    local attempts = tonumber(redis.call('HGET', task_key, 'attempts') or '0')
+    if ARGV[6] ~= '' then
+      failed = failed + fail(prefix, task_id, ARGV[6], ARGV[4], ARGV[5])
+    elseif attempts >= max_attempts then
+      failed = failed + fail(prefix, task_id, ARGV[3] .. '; gave up after ' .. attempts .. ' attempts', ARGV[4], ARGV[5])
+    else
+      redis.call('HSET', task_key, 'status', 'PENDING')
+      redis.call('ZREM', prefix .. 'running', task_id)
+      redis.call('RPUSH', prefix .. 'queue', entry)
+      requeued = requeued + 1
+    end
+  else
+    redis.call('ZREM', prefix .. 'running', task_id)
+  end
+end
+redis.call('DEL', KEYS[1])
+return {requeued, failed}
+"""
+
+# One task that ran past its timeout: FAILURE with the reason, out of its replica's list.
+# KEYS: inflight. ARGV: prefix, task_id, reason, now, done_ttl. Returns 1 when it failed it.
+TIME_OUT_SCRIPT = _FAIL_FUNCTION + """
+local prefix, task_id = ARGV[1], ARGV[2]
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if entry == task_id or string.sub(entry, 1, string.len(task_id) + 1) == task_id .. ' ' then
+    redis.call('LREM', KEYS[1], 0, entry)
+  end
+end
+return fail(prefix, task_id, ARGV[3], ARGV[4], ARGV[5])
+"""
+
+
+def requeue_inflight(client, keys: Keys, replica_id: str, *, reason: str, max_attempts: int,
+                     fail_reason: str = "") -> tuple[int, int]:
+    """Atomically put back (or fail) what a dead replica was running; (requeued, failed)."""
+    requeued, failed = client.eval(
+        REQUEUE_SCRIPT, 1, keys.inflight(replica_id),
+        keys.prefix, max_attempts, reason, time.time(), DONE_LIST_TTL_SECONDS, fail_reason,
+    )
+    return int(requeued), int(failed)
+
+
+def overdue_tasks(pipe, keys: Keys, *, started_before: float) -> None:
+    """On a pipeline: the ids of running tasks started before `started_before`, with scores."""
+    pipe.zrangebyscore(keys.running, "-inf", started_before, withscores=True)
+
+
+def time_out_task(client, keys: Keys, task_id: str, replica_id: str, *, reason: str) -> bool:
+    return bool(client.eval(
+        TIME_OUT_SCRIPT, 1, keys.inflight(replica_id), keys.prefix, task_id, reason, time.time(),
+        DONE_LIST_TTL_SECONDS,
+    ))
+
+
+def queue_depth(client, keys: Keys, replica_ids: list[str]) -> tuple[int, int]:
+    """(queued, in flight) of one queue: the autoscaler's signal."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.llen(keys.queue)
+        for replica_id in replica_ids:
+            pipe.llen(keys.inflight(replica_id))
+        answers = pipe.execute()
+    return answers[0], sum(answers[1:])

@@ -4,16 +4,20 @@ sends, so bundle code cannot read another team's tasks, touch the control plane'
 flush the database.
 
 Users are named `launch-<replica id>`, created before the replica starts and deleted when it
-stops. One left behind by a controller crash in between is harmless (its random password
-went nowhere) and is not swept: another installation may share this Redis server. Without
+stops. A user's password is derived from SECRET_KEY and the replica id (an HMAC), so the
+controller can create the same user again when Redis restarted without them (ACL users live
+in memory unless the server has an aclfile): `restore_users`, run by the tick whenever the
+server's run id changes. A replica knows only its own password. One left behind by a
+controller crash is harmless and is not swept: another installation may share this Redis. Without
 ACL support (Redis < 6), or without the right to create users, replicas get REDIS_URL's own
 credentials and a warning is logged once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
-import secrets
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
@@ -29,7 +33,7 @@ USER_PREFIX = "launch-"
 # too), plus what redis-py sends on connect.
 REPLICA_COMMANDS = (
     "ping", "hello", "auth", "select",
-    "blmove", "lrem", "lpush", "set", "del", "hset", "hget", "hincrby", "exists", "expire",
+    "blmove", "lrem", "lpush", "set", "del", "hset", "hget", "hincrby", "exists", "expire", "zadd", "zrem",
     "eval", "evalsha", "script|load", "script|exists",
 )
 # Granted when the server knows them (Redis >= 7 refuses a rule naming an unknown command).
@@ -42,25 +46,41 @@ def user_name(replica_id: str) -> str:
     return f"{USER_PREFIX}{replica_id}"
 
 
-def replica_redis_url(*, prefix: str, replica_id: str) -> str:
-    """The Redis URL to hand to a new replica."""
-    base = settings.LAUNCH_REPLICA_REDIS_URL or settings.REDIS_URL
-    if not settings.LAUNCH_REDIS_ACL:
-        return base
-    password = secrets.token_urlsafe(24)
-    rules = ["reset", "on", f">{password}", f"~{prefix}*", "resetchannels", "-@all"]
+def _password(replica_id: str) -> str:
+    return hmac.new(settings.SECRET_KEY.encode(), f"redis-acl:{replica_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def _grant(*, prefix: str, replica_id: str) -> bool:
+    """Create (or reset) the replica's user; False when this Redis refuses ACL users."""
+    rules = ["reset", "on", f">{_password(replica_id)}", f"~{prefix}*", "resetchannels", "-@all"]
     rules += [f"+{command}" for command in REPLICA_COMMANDS]
     try:
         get_redis().execute_command("ACL", "SETUSER", user_name(replica_id), *rules)
     except redis.ResponseError as error:
         _log_unsupported(error)
-        return base
+        return False
     for command in OPTIONAL_COMMANDS:
         try:
             get_redis().execute_command("ACL", "SETUSER", user_name(replica_id), f"+{command}")
         except redis.ResponseError:
             pass
-    return with_credentials(base, user_name(replica_id), password)
+    return True
+
+
+def replica_redis_url(*, prefix: str, replica_id: str) -> str:
+    """The Redis URL to hand to a new replica."""
+    base = settings.LAUNCH_REPLICA_REDIS_URL or settings.REDIS_URL
+    if not settings.LAUNCH_REDIS_ACL or not _grant(prefix=prefix, replica_id=replica_id):
+        return base
+    return with_credentials(base, user_name(replica_id), _password(replica_id))
+
+
+def restore_users(replicas: list[tuple[str, str]]) -> int:
+    """Create again the users of live replicas, given as (replica id, prefix) pairs, after a
+    Redis restart lost them; returns how many."""
+    if not settings.LAUNCH_REDIS_ACL:
+        return 0
+    return sum(_grant(prefix=prefix, replica_id=replica_id) for replica_id, prefix in replicas)
 
 
 def revoke(replica_id: str) -> None:

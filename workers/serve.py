@@ -37,55 +37,6 @@ import redis
 
 from workers import protocol
 
-# For an entry that carries its payload: sent without waiting for the reply, so the task
-# runs at once and the STARTED mark still lands in Redis before the outcome does.
-# KEYS: task. ARGV: replica_id, now.
-MARK_STARTED_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[2], 'replica', ARGV[1])
-return 1
-"""
-
-# For a bare task id (batch chunks). KEYS: task, inflight. ARGV: entry, replica_id, now.
-# Returns the payload, or nothing when the task expired meanwhile (dropped from in-flight).
-START_SCRIPT = """
-local payload = redis.call('HGET', KEYS[1], 'payload')
-if not payload then
-  redis.call('LREM', KEYS[2], 0, ARGV[1])
-  return false
-end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[3], 'replica', ARGV[2])
-return payload
-"""
-
-# KEYS: task, inflight, done, stats. ARGV: entry, status, result, traceback, pickled (or ''),
-# now, done_record, done_ttl, counter.
-# The task hash is only written while it exists: an expired task must not come back without
-# a TTL. The done list is filled either way so a sync waiter is answered.
-FINISH_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[6])
-  if ARGV[2] == 'SUCCESS' then
-    if ARGV[5] ~= '' then
-      redis.call('HSET', KEYS[1], 'result_pickled', ARGV[5])
-    else
-      redis.call('HSET', KEYS[1], 'result', ARGV[3])
-    end
-  else
-    redis.call('HSET', KEYS[1], 'traceback', ARGV[4])
-  end
-end
-redis.call('LREM', KEYS[2], 0, ARGV[1])
-redis.call('LPUSH', KEYS[3], ARGV[7])
-redis.call('EXPIRE', KEYS[3], ARGV[8])
-redis.call('HINCRBY', KEYS[4], ARGV[9], 1)
-return 1
-"""
-
 
 class BundleLoadError(Exception):
     pass
@@ -193,7 +144,12 @@ def call(predict: Callable, value):
     return predict(**value) if isinstance(value, dict) else predict(value)
 
 
-def run_single(predict: Callable, request: dict) -> tuple[str, str, str, bytes]:
+class OutOfMemory(Exception):
+    """A task hit the replica's memory limit (a resource limit turns an allocation past it into
+    MemoryError); the replica ends after recording it, and the controller replaces it."""
+
+
+def run_single(predict: Callable, request: dict, memory_limit: str = "") -> tuple[str, str, str, bytes]:
     """-> (status, result JSON text, traceback, pickled result)."""
     try:
         output = call(predict, _input(request))
@@ -202,8 +158,19 @@ def run_single(predict: Callable, request: dict) -> tuple[str, str, str, bytes]:
 
             return protocol.SUCCESS, "", "", cloudpickle.dumps(output)
         return protocol.SUCCESS, json.dumps(output), "", b""
+    except MemoryError:
+        limit = f" (limit {memory_limit})" if memory_limit else ""
+        return protocol.FAILURE, "", f"out of memory{limit}\n{traceback.format_exc()}", b""
     except Exception:  # noqa: BLE001 - the user's error is the task's outcome
         return protocol.FAILURE, "", traceback.format_exc(), b""
+
+
+def format_bytes(count: int) -> str:
+    """1073741824 -> "1Gi", as endpoints write memory."""
+    for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if count >= size and count % size == 0:
+            return f"{count // size}{unit}"
+    return str(count)
 
 
 def run_chunk(predict: Callable, request: dict) -> str:
@@ -232,16 +199,19 @@ def run_chunk(predict: Callable, request: dict) -> str:
 
 class Replica:
     def __init__(self, env: dict[str, str]):
-        self.redis = redis.Redis.from_url(env["LAUNCH_REDIS_URL"], health_check_interval=30)
+        self.redis = redis.Redis.from_url(env["LAUNCH_REDIS_URL"], health_check_interval=30, socket_connect_timeout=5)
         self.keys = protocol.Keys(env["LAUNCH_PREFIX"])
         self.replica_id = env["LAUNCH_REPLICA_ID"]
         self.bundle_url = env["LAUNCH_BUNDLE_URL"]
         self.config = json.loads(env.get("LAUNCH_BUNDLE_CONFIG") or "{}")
         self.concurrency = max(1, int(env.get("LAUNCH_CONCURRENCY") or 1))
         self.heartbeat_ttl = float(env.get("LAUNCH_HEARTBEAT_TTL_SECONDS") or 10)
+        memory_bytes = int(env.get("LAUNCH_MEMORY_LIMIT_BYTES") or 0)
+        self.memory_limit = format_bytes(memory_bytes) if memory_bytes else ""
         self.inflight = self.keys.inflight(self.replica_id)
         self.stopping = threading.Event()
-        self.start_task = self.redis.register_script(START_SCRIPT)
+        self.exit_code = 0
+        self.start_task = self.redis.register_script(protocol.START_SCRIPT)
         self.predict: Callable | None = None
 
     def set_state(self, state: str, **fields) -> None:
@@ -292,7 +262,9 @@ class Replica:
         task_id, expires_at, payload = protocol.parse_entry(entry)
         task_key = self.keys.task(task_id)
         if payload is None:
-            payload = self.start_task(keys=[task_key, self.inflight], args=[entry, self.replica_id, time.time()])
+            payload = self.start_task(
+                keys=[task_key, self.inflight, self.keys.running], args=[entry, self.replica_id, time.time(), task_id]
+            )
             if payload is None:
                 return
             replies = 0
@@ -300,23 +272,30 @@ class Replica:
             self.redis.lrem(self.inflight, 0, entry)  # expired while queued: not run
             return
         else:
-            connection.send_command("EVAL", MARK_STARTED_SCRIPT, 1, task_key, self.replica_id, time.time())
+            connection.send_command(
+                "EVAL", protocol.MARK_STARTED_SCRIPT, 2, task_key, self.keys.running, self.replica_id, time.time(),
+                task_id,
+            )
             replies = 1
         request = json.loads(payload)
         if "items" in request:
             status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
         else:
-            status, result, error, pickled = run_single(self.predict, request)
-        record = json.dumps({
-            "status": status,
-            "result": result if status == protocol.SUCCESS and not pickled else None,
-            "traceback": error or None,
-            "result_pickled": bool(pickled),
-        })
+            status, result, error, pickled = run_single(self.predict, request, self.memory_limit)
+            if status == protocol.FAILURE and error.startswith("out of memory"):
+                # What is left of this process after a MemoryError cannot be trusted: end it
+                # with the status that tells the controller why (workers.lifecycle).
+                self.exit_code = protocol.EXIT_OUT_OF_MEMORY
+                self.stopping.set()
+        record = protocol.final_record(
+            status, result=result if status == protocol.SUCCESS and not pickled else None,
+            traceback=error or None, result_pickled=bool(pickled),
+        )
         counter = "completed" if status == protocol.SUCCESS else "failed"
         connection.send_command(
-            "EVAL", FINISH_SCRIPT, 4, task_key, self.inflight, self.keys.done(task_id), self.keys.stats,
-            entry, status, result, error, pickled, time.time(), record, protocol.DONE_LIST_TTL_SECONDS, counter,
+            "EVAL", protocol.FINISH_SCRIPT, 5, task_key, self.inflight, self.keys.done(task_id), self.keys.stats,
+            self.keys.running, entry, status, result, error, pickled, time.time(), record,
+            protocol.DONE_LIST_TTL_SECONDS, counter, task_id,
         )
         for _ in range(replies + 1):
             connection.read_response()
@@ -329,13 +308,15 @@ class Replica:
         self.load()
         if self.stopping.is_set():
             return self.stop()
+        # Ready before the first task is taken: a replica that dies from here on is known to
+        # have loaded, so the controller never takes its death for a broken bundle.
+        self.set_state(protocol.REPLICA_READY)
+        print(f"replica {self.replica_id} ready ({self.concurrency} at a time)", flush=True)
         workers = [
             threading.Thread(target=self.work_loop, name=f"worker-{n}", daemon=True) for n in range(self.concurrency)
         ]
         for worker in workers:
             worker.start()
-        self.set_state(protocol.REPLICA_READY)
-        print(f"replica {self.replica_id} ready ({self.concurrency} at a time)", flush=True)
         while any(worker.is_alive() for worker in workers):
             # join with a timeout: a bare join would keep the main thread from seeing SIGTERM
             for worker in workers:
@@ -350,7 +331,7 @@ class Replica:
         except redis.RedisError:
             pass
         print(f"replica {self.replica_id} stopped", flush=True)
-        return 0
+        return self.exit_code
 
 
 def main() -> int:

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import time
 
-from django.utils import timezone
-
-from workers import redis_acl
+from workers import lifecycle, protocol
 from workers.models import LIVE_STATES, Replica
 from workers.runtimes import get_runtime
 
@@ -21,8 +19,7 @@ def local_replicas_stop_all(*, grace_seconds: float = 15) -> int:
         time.sleep(0.1)
     for replica in replicas:
         runtime.kill(replica)
-        redis_acl.revoke(replica.id)
-    Replica.objects.filter(pk__in=[r.pk for r in replicas]).update(
-        state=Replica.State.STOPPED, stopped_at=timezone.now(), reason="the stack was stopped"
-    )
+        # What a killed replica was running goes back on its queue for the next start.
+        lifecycle.apply(replica, lifecycle.Transition(Replica.State.STOPPED, "the stack was stopped"),
+                        runtime=runtime, prefix=protocol.owner_prefix(replica.owner_kind, replica.owner_id))
     return len(replicas)

@@ -39,8 +39,50 @@ class Placement:
     gpu_device_ids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a replica's process or container ended, as far as the runtime can tell.
+
+    `signal` is set when it was killed by a signal (SIGKILL, SIGSEGV); `oom` when the kernel
+    (or Docker) killed it for exceeding its memory limit. The controller's replica state
+    machine (workers.lifecycle) tells an infrastructure failure (signal, OOM) from a bundle
+    failure (a load traceback, a non-zero exit while loading) with these facts."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    oom: bool = False
+
+    def describe(self) -> str:
+        import signal as signals
+
+        if self.oom:
+            return "was killed for running out of memory"
+        if self.signal is not None:
+            try:
+                name = signals.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"was killed by {name}"
+        if self.exit_code is not None:
+            return f"exited with status {self.exit_code}"
+        return "is gone"
+
+
+# How an owner's status_reason starts while a replica cannot be placed (the gateway answers a
+# sync request 503 then, instead of letting it wait out its timeout).
+WAITING_FOR_CAPACITY = "waiting for capacity"
+
+
 class PlacementError(Exception):
     """No capacity now; the message says why ("no healthy host with 1 free nvidia-ampere-a10")."""
+
+
+class StartDeferred(PlacementError):
+    """start() cannot launch the replica yet because slow preparation (an image build or
+    pull) is under way in the background; the message says what ("building image
+    launch-worker-derived:abc on host d1 (requirements: torch==2.3)"). The caller drops the
+    replica it was starting, shows the message as "waiting", and tries again on a later tick.
+    A PlacementError, so code that waits on capacity waits on this too."""
 
 
 class Runtime(abc.ABC):
@@ -69,3 +111,8 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def logs(self, replica, tail_lines: int = 200) -> str:
         """The tail of the replica's output (stdout and stderr)."""
+
+    def exit_info(self, replica) -> ExitInfo | None:
+        """How the replica ended, once it is not alive; None while it runs or when unknown
+        (a replica started by an earlier controller process, whose exit status went to it)."""
+        return None

@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import tarfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,10 +24,11 @@ import docker
 from django.conf import settings
 from docker.types import DeviceRequest, LogConfig
 
+from launch_site.redis_client import get_redis
 from workers.hosts import docker_client
 from workers.models import LIVE_STATES, Host, Replica, WorkerImage
 from workers.placement import place_replica
-from workers.runtimes.base import Placement, ReplicaSpec, Runtime
+from workers.runtimes.base import ExitInfo, Placement, ReplicaSpec, Runtime, StartDeferred
 
 logger = logging.getLogger(__name__)
 
@@ -108,45 +108,169 @@ def _derived_context(choice: WorkerImageChoice, requirements: tuple[str, ...]) -
     return buffer
 
 
-# One build per (host, tag) at a time within this process.
-_build_locks: dict[tuple[int, str], threading.Lock] = {}
-_build_locks_guard = threading.Lock()
+# --- images ------------------------------------------------------------------------------
+#
+# A replica's image is built (requirements, custom base images) or pulled (a base image not
+# on the host yet) by an RQ job on the control queue, never inside start(): start() runs in
+# the controller's tick, and a build may take DOCKER_BUILD_TIMEOUT_SECONDS, which would stall
+# healing and autoscaling of every other endpoint. start() raises StartDeferred while the
+# image is being prepared, and ImageBuildFailed for a while after preparing it failed.
+
+# How long a failed build or pull is remembered: start() reports it rather than building
+# again every tick; after that the next start tries again (the user may have fixed a mirror).
+IMAGE_FAILURE_TTL_SECONDS = 300
 
 
-def ensure_image(
-    host: Host, client: docker.DockerClient, choice: WorkerImageChoice, requirements: tuple[str, ...]
-) -> str:
-    """The image to run: the base image itself, or the derived image for these requirements,
-    built on this host the first time and reused after."""
+class ImageBuildFailed(RuntimeError):
+    """Preparing the replica's image on its host failed recently; the message has the
+    build's (or pull's) output."""
+
+
+def image_for(choice: WorkerImageChoice, requirements: tuple[str, ...]) -> str:
+    """The image a replica runs: the base image itself, or the derived image for these
+    requirements (and, on a custom base image, the serve loop)."""
     if not requirements and not choice.custom:
         return choice.image
-    tag = derived_image_tag(choice, requirements)
-    with _build_locks_guard:
-        lock = _build_locks.setdefault((host.pk, tag), threading.Lock())
-    with lock:
-        try:
-            client.images.get(tag)
-            return tag
-        except docker.errors.ImageNotFound:
-            pass
-        logger.info("building %s on %s (FROM %s)", tag, host.name, choice.image)
-        try:
-            client.images.build(
-                fileobj=_derived_context(choice, requirements),
-                custom_context=True,
-                tag=tag,
-                rm=True,
-                forcerm=True,
-                network_mode="host",
-                timeout=settings.DOCKER_BUILD_TIMEOUT_SECONDS,
-                labels={"launch.derived-from": choice.image},
+    return derived_image_tag(choice, requirements)
+
+
+def image_keys(host_id: int, tag: str) -> tuple[str, str]:
+    """Redis keys (pending, failed) of one image on one host."""
+    digest = hashlib.sha256(f"{host_id}\0{tag}".encode()).hexdigest()[:24]
+    return f"launch:image:pending:{digest}", f"launch:image:failed:{digest}"
+
+
+def image_job_id(host_id: int, tag: str) -> str:
+    """The id of the job preparing this image on this host (RQ ids are [A-Za-z0-9_-]+)."""
+    return f"launch-image-{host_id}-{hashlib.sha256(tag.encode()).hexdigest()[:24]}"
+
+
+def _image_present(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)  # an inspect, bounded by the client's DOCKER_TIMEOUT_SECONDS
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _describe_preparation(host: Host, choice: WorkerImageChoice, requirements: tuple[str, ...], tag: str) -> str:
+    if tag == choice.image:
+        return f"pulling image {tag} on host {host.name}"
+    what = [f"requirements: {', '.join(requirements)}"] if requirements else []
+    if choice.custom:
+        what.append(f"the serve loop on custom base image {choice.image}")
+    return f"building image {tag} on host {host.name} ({'; '.join(what)})"
+
+
+def request_image(host: Host, choice: WorkerImageChoice, requirements: tuple[str, ...]) -> bool:
+    """Enqueue the job that prepares the image on the host unless one is pending; returns
+    whether it enqueued one. One job per (host, image) at a time: the pending key is set only
+    if absent, and outlives the longest the job may run in case its worker dies mid-way."""
+    from workers.runtimes import docker_jobs
+
+    tag = image_for(choice, requirements)
+    pending_key, _ = image_keys(host.pk, tag)
+    redis = get_redis()
+    ttl = int(settings.DOCKER_BUILD_TIMEOUT_SECONDS) + 60
+    if not redis.set(pending_key, image_job_id(host.pk, tag), nx=True, ex=ttl):
+        return False
+    try:
+        docker_jobs.enqueue_prepare_image(
+            host_id=host.pk,
+            image=choice.image,
+            python=choice.python,
+            workdir=choice.workdir,
+            custom=choice.custom,
+            requirements=list(requirements),
+            job_id=image_job_id(host.pk, tag),
+        )
+    except Exception:
+        redis.delete(pending_key)
+        raise
+    return True
+
+
+def image_ready(
+    host: Host, client: docker.DockerClient, choice: WorkerImageChoice, requirements: tuple[str, ...]
+) -> str:
+    """The image to run, when it is on the host. Otherwise raise ImageBuildFailed if preparing
+    it failed recently, or ask for it to be prepared and raise StartDeferred."""
+    tag = image_for(choice, requirements)
+    if _image_present(client, tag):
+        return tag
+    _, failed_key = image_keys(host.pk, tag)
+    failure = get_redis().get(failed_key)
+    if failure is not None:
+        raise ImageBuildFailed(failure.decode(errors="replace"))
+    request_image(host, choice, requirements)
+    raise StartDeferred(_describe_preparation(host, choice, requirements, tag))
+
+
+def prepare_image(*, host: Host, choice: WorkerImageChoice, requirements: tuple[str, ...]) -> str:
+    """Build the derived image (or pull the base image) on the host unless it is there; runs
+    in an RQ job (docker_jobs.prepare_image_job). A failure is remembered for
+    IMAGE_FAILURE_TTL_SECONDS, where start() finds it; either way the next request may go."""
+    tag = image_for(choice, requirements)
+    pending_key, failed_key = image_keys(host.pk, tag)
+    redis = get_redis()
+    try:
+        client = docker_client(host)
+        if not _image_present(client, tag):
+            if tag == choice.image:
+                _pull(host, client, tag)
+            else:
+                _build(host, client, choice, requirements, tag)
+        redis.delete(failed_key)
+        return tag
+    except Exception as error:  # the job's timeout included: remember why, let RQ record it
+        if isinstance(error, ImageBuildFailed):
+            message = str(error)
+        else:
+            message = (
+                f"{_describe_preparation(host, choice, requirements, tag)} failed: {type(error).__name__}: {error}"
             )
-        except docker.errors.BuildError as error:
-            output = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in error.build_log)
-            raise RuntimeError(
-                f"building the image for requirements {list(requirements)} failed:\n{output[-3000:]}"
-            ) from None
-    return tag
+        redis.set(failed_key, message[-4000:], ex=IMAGE_FAILURE_TTL_SECONDS)
+        raise
+    finally:
+        redis.delete(pending_key)
+
+
+def _build(
+    host: Host, client: docker.DockerClient, choice: WorkerImageChoice, requirements: tuple[str, ...], tag: str
+) -> None:
+    logger.info("building %s on %s (FROM %s)", tag, host.name, choice.image)
+    try:
+        client.images.build(
+            fileobj=_derived_context(choice, requirements),
+            custom_context=True,
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            network_mode="host",
+            # Bounds each read of the build's output; the RQ job's timeout bounds the whole.
+            timeout=settings.DOCKER_BUILD_TIMEOUT_SECONDS,
+            labels={"launch.derived-from": choice.image},
+        )
+    except docker.errors.BuildError as error:
+        output = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in error.build_log)
+        raise ImageBuildFailed(
+            f"building image {tag} on host {host.name} for requirements {list(requirements)} failed:\n{output[-3000:]}"
+        ) from None
+
+
+def _pull(host: Host, client: docker.DockerClient, image: str) -> None:
+    # docker-py's pull sets no timeout of its own (timeout=None): the RQ job's bounds it.
+    logger.info("pulling %s on %s", image, host.name)
+    repository, tag = docker.utils.parse_repository_tag(image)
+    errors = []
+    try:
+        for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            if event.get("error"):
+                errors.append(str(event["error"]))
+    except docker.errors.APIError as error:
+        errors.append(str(error.explanation or error))
+    if errors or not _image_present(client, image):
+        raise ImageBuildFailed(f"pulling image {image} on host {host.name} failed: {'; '.join(errors) or 'not found'}")
 
 
 def _local_paths(spec: ReplicaSpec) -> dict[str, dict]:
@@ -184,7 +308,8 @@ class DockerRuntime(Runtime):
                 return existing.id
             existing.remove(force=True)
         choice = worker_image_for(spec)
-        image = ensure_image(host, client, choice, tuple(spec.requirements))
+        # Raises StartDeferred (the image is being built or pulled) or ImageBuildFailed.
+        image = image_ready(host, client, choice, tuple(spec.requirements))
         gpu_ids = list(placement.gpu_device_ids)
         environment = {"PYTHONUNBUFFERED": "1", **spec.env}
         device_requests = []
@@ -206,7 +331,9 @@ class DockerRuntime(Runtime):
         if spec.memory_bytes:
             limits["mem_limit"] = spec.memory_bytes
         try:
-            container = client.containers.run(
+            # create + start, not containers.run: run() pulls a missing image, and
+            # docker-py's pull has no timeout; here a vanished image defers instead.
+            container = client.containers.create(
                 image,
                 [choice.python, "-m", "workers.serve"],
                 name=container_name(spec.replica_id),
@@ -227,6 +354,12 @@ class DockerRuntime(Runtime):
                 log_config=LogConfig(type="json-file", config={"max-size": "50m", "max-file": "2"}),
                 **limits,
             )
+            container.start()
+        except docker.errors.ImageNotFound:
+            # Removed between the check and the create (a prune): prepare it again.
+            self._remove_quietly(client, container_name(spec.replica_id))
+            request_image(host, choice, tuple(spec.requirements))
+            raise StartDeferred(_describe_preparation(host, choice, tuple(spec.requirements), image)) from None
         except docker.errors.APIError:
             # Created but not started (e.g. no GPU driver on the host): leave nothing behind.
             self._remove_quietly(client, container_name(spec.replica_id))
@@ -281,6 +414,26 @@ class DockerRuntime(Runtime):
             # A blip is not a death: the probe marks the host unhealthy after a few failures.
             return True
         return bool(state.get("Running"))
+
+    def exit_info(self, replica) -> ExitInfo | None:
+        """From the container's state once it has exited: its exit status, the signal that
+        killed it (docker-init, PID 1 in every replica container, exits 128+N when its child
+        dies of signal N, as does a container killed with `docker kill`) and whether the
+        kernel killed it for its memory limit. None while it runs, before it started, and
+        once the container is removed (kill() removes it) or its host is unreachable."""
+        host = self._host(replica)
+        if host is None or not host.healthy:  # no timeout-long wait on a host known to be down
+            return None
+        try:
+            state = docker_client(host).api.inspect_container(self._ref(replica))["State"]
+        except Exception:  # noqa: BLE001 - gone or unreachable: nothing to tell
+            return None
+        if state.get("Status") not in ("exited", "dead"):
+            return None
+        code = state.get("ExitCode")
+        code = int(code) if code is not None else None
+        signal = code - 128 if code is not None and 128 < code <= 128 + 64 else None
+        return ExitInfo(exit_code=code, signal=signal, oom=bool(state.get("OOMKilled")))
 
     def logs(self, replica, tail_lines: int = 200) -> str:
         client = self._client_of(replica)

@@ -10,7 +10,7 @@ import django_rq
 from django.core.management.base import BaseCommand
 from rq import SimpleWorker
 
-from workers.controller import run_tick_loop
+from workers.tick import run_tick_loop
 
 logger = logging.getLogger(__name__)
 

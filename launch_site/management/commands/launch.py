@@ -1,19 +1,31 @@
 """`manage.py launch up`: the embedded stack under one supervisor.
 
 Starts the embedded Redis (unless REDIS_URL is set), the web server and the controller,
-prints where to go, and on Ctrl-C or SIGTERM stops every child (and the local runtime's
-replicas) before exiting.
+prints where to go, and then heals: a child that dies (crash, OOM kill, SIGKILL) is logged
+and started again after a backoff, while the others keep running. Only Ctrl-C or SIGTERM
+stops the stack: web and controller first, then the local runtime's replicas, Redis last.
+
+One stack per LAUNCH_HOME: the supervisor holds an exclusive flock on LAUNCH_HOME/launch.lock
+for its whole life, and a second `launch up` on the same home refuses before it touches
+anything. The kernel drops the lock when the process ends, however it ends, so a crashed
+supervisor leaves no stale lock.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import logging
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -23,7 +35,26 @@ from django.core.management.base import BaseCommand, CommandError
 from accounts.services import api_key_create, team_get_or_create_for_user
 from launch_site.embedded_redis import start_embedded_redis, stop_process
 
+logger = logging.getLogger("launch.supervisor")
+
 ADMIN_USERNAME = "admin"
+LOCK_FILE_NAME = "launch.lock"
+# Restart backoff per child: 0.5 s doubling to 10 s; a child that stayed up STABLE_SECONDS
+# starts again from 0.5 s, so a crash loop costs little and a rare crash heals at once.
+BACKOFF_INITIAL_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
+STABLE_SECONDS = 30.0
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class Child:
+    name: str
+    start: Callable[[], subprocess.Popen]
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    backoff: float = BACKOFF_INITIAL_SECONDS
+    restart_at: float | None = None
 
 
 class Command(BaseCommand):
@@ -36,7 +67,10 @@ class Command(BaseCommand):
         parser.add_argument("--web-threads", type=int, default=32)
 
     def handle(self, *args, host: str, web_workers: int, web_threads: int, **options):
-        self.children: list[tuple[str, subprocess.Popen]] = []
+        # Before anything else: a refused second start must not touch the first one's Redis
+        # socket, database, credentials or replicas (so no try/finally shutdown around it).
+        self.lock_file = _lock_launch_home(settings.LAUNCH_HOME)
+        self.children: list[Child] = []
         self.stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -44,6 +78,7 @@ class Command(BaseCommand):
             self._up(host, web_workers, web_threads)
         finally:
             self._shutdown()
+            self.lock_file.close()
 
     def _on_signal(self, signum, frame):
         self.stopping = True
@@ -51,9 +86,13 @@ class Command(BaseCommand):
     def _up(self, host: str, web_workers: int, web_threads: int) -> None:
         env = dict(os.environ, LAUNCH_HOME=str(settings.LAUNCH_HOME), PORT=str(settings.PORT))
         if not os.environ.get("REDIS_URL"):
-            redis_process, redis_url = start_embedded_redis(settings.LAUNCH_HOME)
-            self.children.append(("redis", redis_process))
-            env["REDIS_URL"] = redis_url
+            redis = Child("redis", self._start_redis)
+            try:
+                self._start(redis)
+            except RuntimeError as error:
+                raise CommandError(f"the embedded Redis did not start: {error}") from None
+            self.children.append(redis)
+            env["REDIS_URL"] = f"unix://{settings.EMBEDDED_REDIS_SOCKET}"
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         login, password, raw_key = self._first_start_credentials()
@@ -79,8 +118,10 @@ class Command(BaseCommand):
             # they are meant to (each sync request holds one while it waits for its replica).
             web += ["--log-level", "error"]
         web.append("launch_site.wsgi:application")
-        self._spawn("web", web, env)
-        self._spawn("controller", [python, manage, "controller"], env)
+        for name, argv in (("web", web), ("controller", [python, manage, "controller"])):
+            child = Child(name, lambda argv=argv: _spawn(argv, env))
+            self._start(child)
+            self.children.append(child)
 
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{settings.PORT}/"
         self._wait_for_web(url)
@@ -100,10 +141,45 @@ class Command(BaseCommand):
         sys.stdout.flush()
 
         while not self.stopping:
-            for name, process in self.children:
-                if process.poll() is not None:
-                    raise CommandError(f"{name} exited with status {process.returncode}; stopping")
-            time.sleep(0.5)
+            for child in self.children:
+                self._heal(child)
+            time.sleep(POLL_SECONDS)
+
+    def _start_redis(self) -> subprocess.Popen:
+        # Same directory, so the same socket path and append-only file: clients reconnect
+        # to the path they know and find every write Redis acknowledged before it died.
+        process, _ = start_embedded_redis(settings.LAUNCH_HOME, preexec_fn=_die_with_parent)
+        return process
+
+    def _start(self, child: Child) -> None:
+        child.process = child.start()
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def _heal(self, child: Child) -> None:
+        """Notice a dead child and start it again once its backoff has passed."""
+        now = time.monotonic()
+        if child.process is not None and child.process.poll() is not None:
+            process, child.process = child.process, None
+            _kill_leftovers(process)
+            uptime = now - child.started_at
+            if uptime >= STABLE_SECONDS:
+                child.backoff = BACKOFF_INITIAL_SECONDS
+            child.restart_at = now + child.backoff
+            logger.warning(
+                "%s (pid %d) %s after %.1f s up; restarting it in %.1f s",
+                child.name, process.pid, _how_it_ended(process.returncode), uptime, child.backoff,
+            )
+            child.backoff = min(child.backoff * 2, BACKOFF_MAX_SECONDS)
+        if child.process is None and child.restart_at is not None and now >= child.restart_at and not self.stopping:
+            try:
+                self._start(child)
+            except Exception as error:  # noqa: BLE001 - a failed start is retried, never fatal
+                child.restart_at = time.monotonic() + child.backoff
+                logger.error("starting %s failed (%s); trying again in %.1f s", child.name, error, child.backoff)
+                child.backoff = min(child.backoff * 2, BACKOFF_MAX_SECONDS)
+                return
+            logger.warning("%s restarted (pid %d)", child.name, child.process.pid)
 
     def _first_start_credentials(self) -> tuple[str, str, str | None]:
         password_file = settings.LAUNCH_HOME / "admin_password"
@@ -120,11 +196,6 @@ class Command(BaseCommand):
         _, raw_key = api_key_create(user=user, team=team, name="first start")
         return ADMIN_USERNAME, password, raw_key
 
-    def _spawn(self, name: str, argv: list[str], env: dict) -> None:
-        # Own session: Ctrl-C reaches only this supervisor, which then stops children in order.
-        process = subprocess.Popen(argv, env=env, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.children.append((name, process))
-
     def _wait_for_web(self, url: str) -> None:
         import urllib.request
 
@@ -138,24 +209,89 @@ class Command(BaseCommand):
 
     def _shutdown(self) -> None:
         # Web and controller first, Redis last (they talk to it while stopping).
-        for name, process in reversed(self.children):
-            if name == "redis":
-                continue
+        others = [c.process for c in reversed(self.children) if c.name != "redis" and c.process is not None]
+        for process in others:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for name, process in reversed(self.children):
-            if name != "redis":
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+        for process in others:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            _kill_leftovers(process)
         try:
             from workers.services import local_replicas_stop_all
 
             local_replicas_stop_all()
         except ImportError:
             pass
-        for name, process in self.children:
-            if name == "redis":
-                stop_process(process)
+        except Exception:  # noqa: BLE001 - Redis down at the very end: still stop Redis
+            logger.exception("stopping local replicas failed")
+        for child in self.children:
+            if child.name == "redis" and child.process is not None:
+                stop_process(child.process)
         self.stdout.write("Launch stopped.")
+
+
+def _lock_launch_home(home: Path) -> IO[str]:
+    """Hold LAUNCH_HOME for this process, or refuse (CommandError) if another `launch up` does.
+    The file descriptor is close-on-exec, so only this process holds the lock: children
+    outliving a crashed supervisor are told to stop by _die_with_parent instead."""
+    lock_file = open(home / LOCK_FILE_NAME, "a+")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise CommandError(
+            f"another `launch up` (pid {holder}) is using LAUNCH_HOME {home}; stop it first, "
+            "or set LAUNCH_HOME to another directory"
+        ) from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    return lock_file
+
+
+def _spawn(argv: list[str], env: dict) -> subprocess.Popen:
+    # Own session: Ctrl-C reaches only this supervisor, which then stops children in order.
+    return subprocess.Popen(
+        argv, env=env, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+
+
+_PR_SET_PDEATHSIG = 1
+# Looked up here, not in the forked child (no dynamic loading between fork and exec).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the supervisor dies, even by SIGKILL,
+    so that no orphan keeps the port, the Redis socket or the append-only file after the
+    lock is gone. Elsewhere a no-op."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _kill_leftovers(process: subprocess.Popen) -> None:
+    """A child leads a process group of its own (start_new_session): kill what is left of the
+    group, e.g. granian's workers, which outlive a SIGKILLed granian and keep the port.
+    Replicas are in sessions of their own, so a dead controller's replicas keep running (a
+    new controller adopts them by their rows)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
