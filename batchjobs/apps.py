@@ -11,3 +11,6 @@ class BatchjobsConfig(AppConfig):
         from workers.tick import register_tick_hook
 
         register_tick_hook(batch_tick)
+        from batchjobs.image_jobs import image_jobs_tick
+
+        register_tick_hook(image_jobs_tick)

@@ -448,6 +448,46 @@ class DockerRuntime(Runtime):
         )
         return user.id
 
+    def start_job_container(
+        self, spec: ReplicaSpec, placement: Placement, *, image: str, command: list[str],
+        environment: dict[str, str], files: bytes | None,
+    ) -> str:
+        """One container of a user's image that runs `command` once (a docker-image batch job,
+        batchjobs.image_jobs): the replica's limits, GPUs and labels, the user-container network,
+        no credentials of ours; `files` (a tar) is copied in before it starts. Returns its id."""
+        host = Host.objects.get(pk=placement.host_id)
+        client = docker_client(host)
+        self._remove_quietly(client, container_name(spec.replica_id))
+        user_image = image_ready(host, client, WorkerImageChoice(image=image, python="", workdir=""), ())
+        gpu_ids = list(placement.gpu_device_ids)
+        environment = dict(environment)
+        device_requests = []
+        if gpu_ids:
+            environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+            if not host.gpus_via_env_only:
+                device_requests = [DeviceRequest(device_ids=gpu_ids, capabilities=[["gpu"]])]
+        limits = {"nano_cpus": int(spec.cpus * 1e9)} if spec.cpus else {}
+        if spec.memory_bytes:
+            limits["mem_limit"] = spec.memory_bytes
+        volumes = {source: {"bind": target, "mode": mode} for source, target, mode in settings.DOCKER_EXTRA_MOUNTS}
+        try:
+            container = client.containers.create(
+                user_image, command, name=container_name(spec.replica_id), detach=True, init=True,
+                environment=environment, labels={**self._labels(spec), ROLE_LABEL: ROLE_USER},
+                network_mode=settings.DOCKER_RUNNABLE_IMAGE_NETWORK, device_requests=device_requests,
+                volumes=volumes, **self._locked_down(), **limits,
+            )
+            if files:
+                container.put_archive("/", files)
+            container.start()
+        except docker.errors.APIError:
+            self._remove_quietly(client, container_name(spec.replica_id))
+            raise
+        Replica.objects.filter(id=spec.replica_id).update(
+            host_id=host.pk, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
+        )
+        return container.id
+
     @staticmethod
     def _labels(spec: ReplicaSpec) -> dict[str, str]:
         return {
