@@ -14,3 +14,6 @@ class BatchjobsConfig(AppConfig):
         from batchjobs.image_jobs import image_jobs_tick
 
         register_tick_hook(image_jobs_tick)
+        from batchjobs.triggers import triggers_tick
+
+        register_tick_hook(triggers_tick)

@@ -240,3 +240,36 @@ class DockerImageBatchJob(models.Model):
 
     def __str__(self) -> str:
         return f"docker image batch job {self.id}"
+
+
+def new_trigger_id() -> str:
+    return new_id("trg")
+
+
+class Trigger(models.Model):
+    """A cron schedule that creates a docker-image batch job from a bundle (/v1/triggers).
+
+    `next_run_at` is the next scheduled time not fired yet; the controller fires a trigger by
+    moving it forward with a compare-and-set (batchjobs.triggers.triggers_fire), so each
+    scheduled time fires at most once, across controller restarts and racing controllers."""
+
+    id = models.CharField(max_length=32, primary_key=True, default=new_trigger_id, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="triggers")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    name = models.CharField(max_length=200)
+    cron_schedule = models.CharField(max_length=200)
+    bundle = models.ForeignKey(DockerImageBatchJobBundle, on_delete=models.PROTECT, related_name="triggers")
+    default_job_config = models.JSONField(null=True, blank=True)
+    default_job_metadata = models.JSONField(null=True, blank=True)
+    suspended = models.BooleanField(default=False)
+    next_run_at = models.DateTimeField(db_index=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_trigger_name_per_team")]
+
+    def __str__(self) -> str:
+        return f"trigger {self.name} ({self.id})"

@@ -14,4 +14,6 @@ urlpatterns = [
     path("v1/docker-image-batch-jobs", image_jobs.ImageJobListView.as_view()),
     path("v1/docker-image-batch-jobs/<str:job_id>", image_jobs.ImageJobDetailView.as_view()),
     path("v1/docker-image-batch-jobs/<str:job_id>/logs", image_jobs.ImageJobLogsView.as_view()),
+    path("v1/triggers", image_jobs.TriggerListView.as_view()),
+    path("v1/triggers/<str:trigger_id>", image_jobs.TriggerDetailView.as_view()),
 ]

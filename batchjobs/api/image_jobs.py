@@ -144,3 +144,66 @@ class ImageJobLogsView(APIView):
         else:
             text = job.logs
         return HttpResponse(text, content_type="text/plain; charset=utf-8")
+
+
+def trigger_response(trigger) -> dict:
+    """GetTriggerV1Response, plus its state (suspended, next_run_at, last error)."""
+    return {
+        "id": trigger.id, "name": trigger.name, "owner": trigger.team.name,
+        "created_by": trigger.created_by.username if trigger.created_by else "",
+        "created_at": trigger.created_at.isoformat(), "cron_schedule": trigger.cron_schedule,
+        "docker_image_batch_job_bundle_id": trigger.bundle_id, "default_job_config": trigger.default_job_config,
+        "default_job_metadata": trigger.default_job_metadata, "suspended": trigger.suspended,
+        "next_run_at": trigger.next_run_at.isoformat(), "last_error": trigger.last_error or None,
+    }
+
+
+class TriggerListView(APIView):
+    @extend_schema(responses=OBJECT)
+    def get(self, request):
+        from batchjobs.models import Trigger
+
+        triggers = Trigger.objects.filter(team=request_team(request)).select_related("team", "created_by")
+        return Response({"triggers": [trigger_response(t) for t in triggers]})
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OBJECT)
+    def post(self, request):
+        from batchjobs import triggers
+
+        data = _body(request)
+        for field in ("name", "cron_schedule", "bundle_id"):
+            if field not in data:
+                raise FieldError(field, "This field is required.")
+        trigger = triggers.trigger_create(
+            team=request_team(request), user=request.user, name=data["name"], cron_schedule=data["cron_schedule"],
+            bundle_id=data["bundle_id"], default_job_config=data.get("default_job_config"),
+            default_job_metadata=data.get("default_job_metadata"),
+        )
+        return Response({"trigger_id": trigger.id})
+
+
+class TriggerDetailView(APIView):
+    @extend_schema(responses=OBJECT)
+    def get(self, request, trigger_id: str):
+        from batchjobs import triggers
+
+        return Response(trigger_response(triggers.trigger_get(team=request_team(request), trigger_id=trigger_id)))
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OBJECT)
+    def put(self, request, trigger_id: str):
+        from batchjobs import triggers
+
+        trigger = triggers.trigger_get(team=request_team(request), trigger_id=trigger_id)
+        data = _body(request)
+        for key in data:
+            if key not in ("cron_schedule", "suspend"):
+                raise FieldError(key, "a trigger's update takes cron_schedule and suspend only")
+        triggers.trigger_update(trigger=trigger, cron_schedule=data.get("cron_schedule"), suspend=data.get("suspend"))
+        return Response({"success": True})
+
+    @extend_schema(responses=OBJECT)
+    def delete(self, request, trigger_id: str):
+        from batchjobs import triggers
+
+        triggers.trigger_delete(trigger=triggers.trigger_get(team=request_team(request), trigger_id=trigger_id))
+        return Response({"success": True})
