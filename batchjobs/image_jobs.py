@@ -93,6 +93,8 @@ def image_job_bundle_create(
                                        or mount_location.endswith("/")):
         raise FieldError("mount_location", "must be an absolute file path such as /launch/config.json")
     resources = _resources(resource_requests, field="resource_requests")
+    if public is not None and not isinstance(public, bool):
+        raise FieldError("public", "must be true or false")
     bundle = DockerImageBatchJobBundle(
         team=team, created_by=user if getattr(user, "pk", None) else None, name=name,
         image_repository=image_repository, image_tag=image_tag, command=command, env=env,
@@ -139,6 +141,9 @@ def image_job_create(
     trigger_id: str = "",
 ) -> DockerImageBatchJob:
     """A PENDING job over the bundle (by id, or the latest of a name); the tick starts it."""
+    for field, value in (("docker_image_batch_job_bundle_id", bundle_id), ("docker_image_batch_job_bundle_name", bundle_name)):
+        if value is not None and not isinstance(value, str):
+            raise FieldError(field, "must be a string")
     if bundle_id:
         bundle = DockerImageBatchJobBundle.objects.filter(team=team, pk=bundle_id).first()
         if bundle is None:

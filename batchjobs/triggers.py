@@ -51,6 +51,8 @@ def trigger_create(*, team: Team, user, name: Any, cron_schedule: Any, bundle_id
     if not isinstance(name, str) or not name.strip():
         raise FieldError("name", "must be a non-empty string")
     schedule = _check_schedule(cron_schedule)
+    if not isinstance(bundle_id, str):
+        raise FieldError("bundle_id", "must be a string")
     bundle = DockerImageBatchJobBundle.objects.filter(team=team, pk=bundle_id).first()
     if bundle is None:
         raise FieldError("bundle_id", f"no docker image batch job bundle {bundle_id!r} in your team")

@@ -72,7 +72,7 @@ class ImageJobBundleListView(APIView):
             team=request_team(request), user=request.user, name=data["name"],
             image_repository=data["image_repository"], image_tag=data["image_tag"], command=data["command"],
             env=data.get("env"), mount_location=data.get("mount_location"),
-            resource_requests=data.get("resource_requests"), public=data.get("public") or False,
+            resource_requests=data.get("resource_requests"), public=data.get("public", False),
         )
         return Response({"docker_image_batch_job_bundle_id": bundle.id})
 
