@@ -7,7 +7,8 @@ place, by every service that creates or grows them:
   - workers: max_workers of those endpoints + max_workers of its active (PENDING/RUNNING)
     batch jobs;
   - GPUs: gpus x max_workers, over the same endpoints and jobs;
-  - concurrent batch jobs: its active batch jobs.
+  - concurrent batch jobs: its active batch jobs;
+  - docker-image batch jobs (batchjobs.image_jobs) count as batch jobs of one worker each.
 
 An endpoint being deleted holds nothing: its desired_workers is already 0 and the user can
 neither edit nor delete it again, so counting it would refuse a redeploy for as long as its
@@ -23,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accounts.models import Quota, Team
-from batchjobs.models import ACTIVE_STATUSES, BatchJob
+from batchjobs.models import ACTIVE_STATUSES, BatchJob, DockerImageBatchJob
 from endpoints.models import ModelEndpoint
 from launch_site.errors import ConflictError, FieldError
 
@@ -85,6 +86,11 @@ def team_usage(team: Team, *, excluding: ModelEndpoint | BatchJob | None = None)
         by_endpoints += Usage(endpoints=1, workers=max_workers, gpus=gpus * max_workers)
     for max_workers, gpus in jobs.values_list("max_workers", "gpus"):
         by_batch_jobs += Usage(batch_jobs=1, workers=max_workers, gpus=gpus * max_workers)
+    # A docker-image batch job is one container: one worker, its GPUs.
+    for gpus in DockerImageBatchJob.objects.filter(team=team, status__in=ACTIVE_STATUSES).values_list(
+        "gpus", flat=True
+    ):
+        by_batch_jobs += Usage(batch_jobs=1, workers=1, gpus=gpus)
     return TeamUsage(by_endpoints=by_endpoints, by_batch_jobs=by_batch_jobs)
 
 

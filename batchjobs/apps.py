@@ -11,3 +11,9 @@ class BatchjobsConfig(AppConfig):
         from workers.tick import register_tick_hook
 
         register_tick_hook(batch_tick)
+        from batchjobs.image_jobs import image_jobs_tick
+
+        register_tick_hook(image_jobs_tick)
+        from batchjobs.triggers import triggers_tick
+
+        register_tick_hook(triggers_tick)

@@ -163,3 +163,113 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     BatchJob.Status.TIMEOUT: ACTIVE_STATUSES,
     BatchJob.Status.CANCELLED: ACTIVE_STATUSES,
 }
+
+
+def new_image_job_bundle_id() -> str:
+    return new_id("dibun")
+
+
+def new_image_job_id() -> str:
+    return new_id("dij")
+
+
+class DockerImageBatchJobBundle(models.Model):
+    """A user's image and command to run once per job (/v1/docker-image-batch-job-bundles).
+    Versioned by name like model bundles: the newest of a name is its latest."""
+
+    id = models.CharField(max_length=32, primary_key=True, default=new_image_job_bundle_id, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="image_job_bundles")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    name = models.CharField(max_length=200)
+    image_repository = models.CharField(max_length=300)
+    image_tag = models.CharField(max_length=128)
+    command = models.JSONField(default=list)
+    env = models.JSONField(default=dict, blank=True)
+    # Where the job's job_config is written, as a JSON file, inside the container.
+    mount_location = models.CharField(max_length=300, null=True, blank=True)
+    # Default resources of its jobs (a job's resource_requests override them), as given.
+    cpus = models.CharField(max_length=32, null=True, blank=True)
+    memory = models.CharField(max_length=32, null=True, blank=True)
+    storage = models.CharField(max_length=32, null=True, blank=True)
+    gpus = models.PositiveIntegerField(null=True, blank=True)
+    gpu_type = models.CharField(max_length=40, null=True, blank=True)
+    public = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "name", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    @property
+    def image(self) -> str:
+        return f"{self.image_repository}:{self.image_tag}"
+
+
+class DockerImageBatchJob(models.Model):
+    """One run of a DockerImageBatchJobBundle: one container, placed like a replica (its
+    Replica row books the host's CPUs, memory and GPUs), driven by the controller's tick
+    (batchjobs.image_jobs). Status, timings, exit status and logs stay after it ends."""
+
+    id = models.CharField(max_length=32, primary_key=True, default=new_image_job_id, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="image_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    bundle = models.ForeignKey(DockerImageBatchJobBundle, on_delete=models.PROTECT, related_name="jobs")
+    trigger_id = models.CharField(max_length=32, blank=True, db_index=True)
+    job_config = models.JSONField(null=True, blank=True)
+    labels = models.JSONField(default=dict, blank=True)
+    cpus_millis = models.PositiveIntegerField(default=1000)
+    memory_bytes = models.BigIntegerField(default=2**30)
+    gpus = models.PositiveIntegerField(default=0)
+    gpu_type = models.CharField(max_length=40, null=True, blank=True)
+    override_job_max_runtime_s = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=BatchJob.Status.choices, default=BatchJob.Status.PENDING,
+                              db_index=True)
+    status_reason = models.TextField(blank=True)
+    replica_id = models.CharField(max_length=32, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    logs = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"docker image batch job {self.id}"
+
+
+def new_trigger_id() -> str:
+    return new_id("trg")
+
+
+class Trigger(models.Model):
+    """A cron schedule that creates a docker-image batch job from a bundle (/v1/triggers).
+
+    `next_run_at` is the next scheduled time not fired yet; the controller fires a trigger by
+    moving it forward with a compare-and-set (batchjobs.triggers.triggers_fire), so each
+    scheduled time fires at most once, across controller restarts and racing controllers."""
+
+    id = models.CharField(max_length=32, primary_key=True, default=new_trigger_id, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="triggers")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    name = models.CharField(max_length=200)
+    cron_schedule = models.CharField(max_length=200)
+    bundle = models.ForeignKey(DockerImageBatchJobBundle, on_delete=models.PROTECT, related_name="triggers")
+    default_job_config = models.JSONField(null=True, blank=True)
+    default_job_metadata = models.JSONField(null=True, blank=True)
+    suspended = models.BooleanField(default=False)
+    next_run_at = models.DateTimeField(db_index=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_trigger_name_per_team")]
+
+    def __str__(self) -> str:
+        return f"trigger {self.name} ({self.id})"

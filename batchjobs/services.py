@@ -103,6 +103,12 @@ def _bundle_for(team: Team, bundle_id: str) -> ModelBundle:
     bundle = ModelBundle.objects.select_related("artifact").filter(team=team, pk=bundle_id).first()
     if bundle is None:
         raise FieldError("model_bundle_id", f"no model bundle {bundle_id!r} in your team")
+    if bundle.is_runnable_image:
+        raise FieldError(
+            "model_bundle_id",
+            f"bundle {bundle_id!r} is a runnable image ({bundle.flavor}); batch jobs run cloudpickle or zip "
+            "bundles (for an image of your own, use /v1/docker-image-batch-jobs)",
+        )
     return bundle
 
 

@@ -43,19 +43,27 @@ class ModelBundle(models.Model):
     class PackagingType(models.TextChoices):
         CLOUDPICKLE = "cloudpickle"
         ZIP = "zip"
+        # What the contract's v1 dialect calls a bundle that is a container image.
+        LIRA = "lira"
 
     class Flavor(models.TextChoices):
         CLOUDPICKLE_ARTIFACT = "cloudpickle_artifact"
         ZIP_ARTIFACT = "zip_artifact"
+        RUNNABLE_IMAGE = "runnable_image"
+        STREAMING_ENHANCED_RUNNABLE_IMAGE = "streaming_enhanced_runnable_image"
+        TRITON_ENHANCED_RUNNABLE_IMAGE = "triton_enhanced_runnable_image"
 
     id = models.CharField(max_length=32, primary_key=True, default=new_bundle_id, editable=False)
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="bundles")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     name = models.CharField(max_length=200)
     packaging_type = models.CharField(max_length=16, choices=PackagingType.choices)
-    flavor = models.CharField(max_length=32, choices=Flavor.choices)
-    artifact = models.ForeignKey(StoredObject, on_delete=models.PROTECT, related_name="bundles")
-    location = models.CharField(max_length=512)
+    flavor = models.CharField(max_length=40, choices=Flavor.choices)
+    # Empty for a runnable image: its code is the image named in image_config.
+    artifact = models.ForeignKey(
+        StoredObject, on_delete=models.PROTECT, related_name="bundles", null=True, blank=True
+    )
+    location = models.CharField(max_length=512, blank=True)
     requirements = models.JSONField(default=list, blank=True)
     env_params = models.JSONField(default=dict, blank=True)
     framework = models.JSONField(default=dict, blank=True)
@@ -70,6 +78,9 @@ class ModelBundle(models.Model):
     load_model_fn_module_path = models.CharField(max_length=300, blank=True)
     # cloudpickle ties a bundle to a Python minor version ("3.11"); empty when unknown.
     python_version = models.CharField(max_length=16, blank=True)
+    # Runnable-image flavors: the contract's flavor fields (repository, tag, command, env,
+    # routes, readiness delay, streaming and Triton fields), as accepted by the service.
+    image_config = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -78,3 +89,21 @@ class ModelBundle(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"
+
+    @property
+    def is_runnable_image(self) -> bool:
+        return self.flavor in RUNNABLE_IMAGE_FLAVORS
+
+    @property
+    def image(self) -> str:
+        """`repository:tag` of a runnable image, else empty."""
+        if not self.is_runnable_image:
+            return ""
+        return f"{self.image_config['repository']}:{self.image_config['tag']}"
+
+
+RUNNABLE_IMAGE_FLAVORS = (
+    ModelBundle.Flavor.RUNNABLE_IMAGE,
+    ModelBundle.Flavor.STREAMING_ENHANCED_RUNNABLE_IMAGE,
+    ModelBundle.Flavor.TRITON_ENHANCED_RUNNABLE_IMAGE,
+)

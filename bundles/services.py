@@ -409,3 +409,166 @@ def bundle_delete_by_name(*, team: Team, name: str) -> int:
         # Files go only once the rows are gone for good.
         transaction.on_commit(lambda: [store.delete_object(key) for key in keys])
     return count
+
+
+# Runnable images (the user's own server in a container; workers.forwarder relays tasks to it)
+
+# The fields of each runnable-image flavor in the contract, with their defaults; a field not
+# listed is refused, so nothing sent is silently dropped.
+_RUNNABLE_COMMON: dict[str, Any] = {
+    "repository": None,
+    "tag": None,
+    "command": None,
+    "predict_route": "/predict",
+    "healthcheck_route": "/readyz",
+    "env": None,
+    "protocol": None,
+    "readiness_initial_delay_seconds": 120,
+    "extra_routes": [],
+    "routes": [],
+    "forwarder_type": "default",
+    "worker_command": None,
+    "worker_env": None,
+}
+RUNNABLE_IMAGE_FIELDS: dict[str, dict[str, Any]] = {
+    ModelBundle.Flavor.RUNNABLE_IMAGE: _RUNNABLE_COMMON,
+    ModelBundle.Flavor.STREAMING_ENHANCED_RUNNABLE_IMAGE: {
+        **_RUNNABLE_COMMON, "command": [], "streaming_command": None, "streaming_predict_route": "/stream",
+    },
+    ModelBundle.Flavor.TRITON_ENHANCED_RUNNABLE_IMAGE: {
+        **_RUNNABLE_COMMON,
+        "triton_model_repository": None,
+        "triton_model_replicas": None,
+        "triton_num_cpu": None,
+        "triton_commit_tag": None,
+        "triton_storage": None,
+        "triton_memory": None,
+        "triton_readiness_initial_delay_seconds": 300,
+    },
+}
+_RUNNABLE_REQUIRED = {
+    ModelBundle.Flavor.RUNNABLE_IMAGE: ("repository", "tag", "command", "protocol"),
+    ModelBundle.Flavor.STREAMING_ENHANCED_RUNNABLE_IMAGE: ("repository", "tag", "protocol", "streaming_command"),
+    ModelBundle.Flavor.TRITON_ENHANCED_RUNNABLE_IMAGE: (
+        "repository", "tag", "command", "protocol", "triton_model_repository", "triton_num_cpu", "triton_commit_tag",
+    ),
+}
+_ROUTE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+_IMAGE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def _string_list(value: Any, field: str, *, empty_ok: bool = True) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise FieldError(field, "must be a list of strings")
+    if not empty_ok and not value:
+        raise FieldError(field, "must not be empty")
+    return value
+
+
+def _string_map(value: Any, field: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise FieldError(field, "must be an object of strings")
+    return value
+
+
+def runnable_image_config(flavor: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The checked image_config of a runnable-image bundle: every field of the flavor (defaults
+    filled in), each FieldError named `flavor.<field>`."""
+    known = RUNNABLE_IMAGE_FIELDS[flavor]
+    for key in values:
+        if key not in known and key != "flavor":
+            raise FieldError(f"flavor.{key}", f"is not a field of the {flavor} flavor")
+    for key in _RUNNABLE_REQUIRED[flavor]:
+        if values.get(key) is None:
+            raise FieldError(f"flavor.{key}", "This field is required.")
+    config = {key: values.get(key, default) for key, default in known.items()}
+    config = {key: (known[key] if value is None and known[key] is not None else value) for key, value in config.items()}
+
+    def name(key: str) -> str:
+        return f"flavor.{key}"
+
+    if not isinstance(config["repository"], str) or not _IMAGE_PART.match(config["repository"]):
+        raise FieldError(name("repository"), "must be an image repository such as my-registry/my-server")
+    if not isinstance(config["tag"], str) or not _TAG.match(config["tag"]):
+        raise FieldError(name("tag"), "must be an image tag (letters, digits, '_', '.', '-')")
+    _string_list(config["command"], name("command"), empty_ok=flavor == ModelBundle.Flavor.STREAMING_ENHANCED_RUNNABLE_IMAGE)
+    if config["protocol"] != "http":
+        raise FieldError(name("protocol"), "must be http")
+    route_keys = ["predict_route", "healthcheck_route"]
+    if flavor == ModelBundle.Flavor.STREAMING_ENHANCED_RUNNABLE_IMAGE:
+        route_keys.append("streaming_predict_route")
+        _string_list(config["streaming_command"], name("streaming_command"), empty_ok=False)
+    for key in route_keys:
+        if not isinstance(config[key], str) or not _ROUTE.match(config[key]):
+            raise FieldError(name(key), "must be a path starting with '/'")
+    if config["env"] is not None:
+        _string_map(config["env"], name("env"))
+    delay = config["readiness_initial_delay_seconds"]
+    if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= 86400:
+        raise FieldError(name("readiness_initial_delay_seconds"), "must be an integer from 0 to 86400")
+    # Refused rather than dropped: the forwarder serves the predict route only, and runs in
+    # the one way this server knows.
+    for key in ("extra_routes", "routes"):
+        if _string_list(config[key], name(key)):
+            raise FieldError(name(key), "extra routes are not supported here; leave it empty")
+    if config["forwarder_type"] not in ("default",):
+        raise FieldError(name("forwarder_type"), "only the default forwarder is supported here")
+    for key in ("worker_command", "worker_env"):
+        if config[key] is not None:
+            raise FieldError(name(key), "is not supported here (the forwarder is ours); leave it null")
+    if flavor == ModelBundle.Flavor.TRITON_ENHANCED_RUNNABLE_IMAGE:
+        if not isinstance(config["triton_model_repository"], str) or not config["triton_model_repository"]:
+            raise FieldError(name("triton_model_repository"), "must be a non-empty string")
+        if not isinstance(config["triton_commit_tag"], str) or not _TAG.match(config["triton_commit_tag"]):
+            raise FieldError(name("triton_commit_tag"), "must be an image tag")
+        cpus = config["triton_num_cpu"]
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus <= 0:
+            raise FieldError(name("triton_num_cpu"), "must be a positive number")
+        if config["triton_model_replicas"] is not None:
+            _string_map(config["triton_model_replicas"], name("triton_model_replicas"))
+        for key in ("triton_storage", "triton_memory"):
+            if config[key] is not None and not isinstance(config[key], str):
+                raise FieldError(name(key), "must be a string such as 4Gi")
+        triton_delay = config["triton_readiness_initial_delay_seconds"]
+        if isinstance(triton_delay, bool) or not isinstance(triton_delay, int) or triton_delay < 0:
+            raise FieldError(name("triton_readiness_initial_delay_seconds"), "must be a non-negative integer")
+    return config
+
+
+@transaction.atomic
+def bundle_create_runnable_image(
+    *, team: Team, user, name: Any, flavor: str, values: dict[str, Any], metadata: Any = None,
+    schema_location: str | None = None,
+) -> ModelBundle:
+    """A bundle that is a container image of the user's own server (no stored artifact): the
+    docker runtime runs it next to our forwarder (workers.forwarder)."""
+    if flavor not in RUNNABLE_IMAGE_FIELDS:
+        raise FieldError("flavor", f"{flavor!r} is not a runnable image flavor")
+    if not isinstance(name, str) or not name.strip():
+        raise FieldError("name", "must be a non-empty string")
+    if "/" in name:
+        raise FieldError("name", "must not contain '/' (the name is part of URLs)")
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise FieldError("metadata", "must be a JSON object")
+    config = runnable_image_config(flavor, values)
+    bundle = ModelBundle(
+        team=team,
+        created_by=user if getattr(user, "pk", None) else None,
+        name=name,
+        packaging_type=ModelBundle.PackagingType.LIRA,
+        flavor=flavor,
+        artifact=None,
+        location="",
+        requirements=[],
+        env_params={},
+        framework={},
+        metadata=metadata,
+        app_config=None,
+        schema_location=schema_location or None,
+        image_config=config,
+    )
+    bundle.full_clean()
+    bundle.save()
+    return bundle

@@ -10,10 +10,29 @@ from workers.deployments import Deployment
 from workers.protocol import endpoint_prefix
 from workers.runtimes.base import ReplicaSpec
 
+# The port a runnable image's server listens on, in its own network namespace (the
+# contract's convention, as in the hosted service).
+RUNNABLE_IMAGE_PORT = 5005
+
 
 def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> dict[str, str]:
     """The LAUNCH_* variables workers.serve reads. LAUNCH_REDIS_URL is added by the controller
     when it starts the replica (workers.redis_acl: credentials of the replica's own)."""
+    common = {
+        "LAUNCH_PREFIX": prefix,
+        "LAUNCH_REPLICA_ID": replica_id,
+        "LAUNCH_CONCURRENCY": str(concurrency),
+        "LAUNCH_HEARTBEAT_TTL_SECONDS": str(settings.HEARTBEAT_TIMEOUT_SECONDS),
+    }
+    if bundle.is_runnable_image:
+        image = bundle.image_config
+        forward = {
+            "port": RUNNABLE_IMAGE_PORT,
+            "predict_route": image["predict_route"],
+            "healthcheck_route": image["healthcheck_route"],
+            "readiness_timeout_seconds": image["readiness_initial_delay_seconds"],
+        }
+        return {**common, "LAUNCH_FORWARD_CONFIG": json.dumps(forward)}
     config = {
         "packaging_type": bundle.packaging_type,
         "app_config": bundle.app_config,
@@ -22,12 +41,9 @@ def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> di
         "python_version": bundle.python_version,
     }
     return {
-        "LAUNCH_PREFIX": prefix,
-        "LAUNCH_REPLICA_ID": replica_id,
+        **common,
         "LAUNCH_BUNDLE_URL": download_url_for(bundle.artifact, ttl_seconds=24 * 3600),
         "LAUNCH_BUNDLE_CONFIG": json.dumps(config),
-        "LAUNCH_CONCURRENCY": str(concurrency),
-        "LAUNCH_HEARTBEAT_TTL_SECONDS": str(settings.HEARTBEAT_TIMEOUT_SECONDS),
     }
 
 
@@ -48,6 +64,7 @@ def bundle_replica_spec(owner, *, kind: str, prefix: str, replica_id: str, label
         framework=bundle.framework or bundle.env_params or {},
         requirements=tuple(bundle.requirements or ()),
         labels={**labels, **{f"user.{k}": str(v) for k, v in owner.labels.items()}},
+        runnable_image={**bundle.image_config, "image": bundle.image} if bundle.is_runnable_image else {},
     )
 
 

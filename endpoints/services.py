@@ -78,6 +78,27 @@ def _validate_rules(endpoint: ModelEndpoint) -> None:
             )
     elif endpoint.gpu_type:
         raise FieldError("gpu_type", "must be empty when gpus is 0")
+    refusal = runnable_image_refusal(endpoint.bundle, settings.LAUNCH_RUNTIME)
+    if refusal:
+        raise FieldError("model_bundle_id", refusal)
+
+
+def runnable_image_refusal(bundle: ModelBundle, runtime: str) -> str | None:
+    """Why this server cannot deploy `bundle`, when it is a runnable image it cannot run."""
+    if not bundle.is_runnable_image:
+        return None
+    if runtime != "docker":
+        return (
+            f"bundle {bundle.id!r} is a runnable image ({bundle.flavor}): its container runs next to our "
+            f"forwarder, which needs the docker runtime (LAUNCH_RUNTIME=docker and a registered Docker host); "
+            f"this server runs the {runtime} runtime"
+        )
+    if bundle.flavor == ModelBundle.Flavor.TRITON_ENHANCED_RUNNABLE_IMAGE:
+        return (
+            f"bundle {bundle.id!r} is a triton_enhanced_runnable_image: it is stored, but this server does not "
+            "start a Triton server next to it yet; use the runnable_image flavor with Triton inside your image"
+        )
+    return None
 
 
 def _enqueue_reconcile(endpoint_id: str) -> None:

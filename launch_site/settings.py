@@ -167,6 +167,13 @@ DOCKER_WORKDIR = env_str("LAUNCH_DOCKER_WORKDIR") or "/app"
 # Read-only (or :rw) bind mounts added to every replica container, e.g. a model cache.
 DOCKER_EXTRA_MOUNTS = env_mounts("LAUNCH_DOCKER_EXTRA_MOUNTS")
 DOCKER_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_TIMEOUT_SECONDS", 5.0)
+# The network of a runnable image's container (its forwarder joins its namespace): its own
+# namespace, so every replica's server can listen on port 5005. "bridge" reaches Redis and
+# the web server by the host's address (not 127.0.0.1); "none" suits an embedded Redis on a
+# unix socket, which only the forwarder gets mounted.
+DOCKER_RUNNABLE_IMAGE_NETWORK = env_str("LAUNCH_DOCKER_RUNNABLE_IMAGE_NETWORK") or "bridge"
+# The forwarder container's own memory limit (not booked by placement: it is small).
+DOCKER_FORWARDER_MEMORY_BYTES = env_int("LAUNCH_DOCKER_FORWARDER_MEMORY_BYTES", 256 * 1024**2, minimum=32 * 1024**2)
 DOCKER_BUILD_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_BUILD_TIMEOUT_SECONDS", 1800.0)
 DOCKER_GPU_PROBE_IMAGE = env_str("LAUNCH_DOCKER_GPU_PROBE_IMAGE") or "nvidia/cuda:12.4.1-base-ubuntu22.04"
 HOST_UNHEALTHY_AFTER_FAILURES = env_int("LAUNCH_HOST_UNHEALTHY_AFTER_FAILURES", 3, minimum=1)

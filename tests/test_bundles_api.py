@@ -291,7 +291,7 @@ def test_v2_zip_bundle_with_custom_framework(owner):
     assert flavor["framework"] == {"framework_type": "custom_base_image", "image_repository": "repo", "image_tag": "t"}
 
 
-@pytest.mark.parametrize("flavor", ["runnable_image", "triton_enhanced_runnable_image", "mystery"])
+@pytest.mark.parametrize("flavor", ["mystery", "lira"])
 def test_v2_unsupported_flavor_is_422_not_supported(owner, flavor):
     response = owner.client.post("/v2/model-bundles", v2_body(uploaded_location(owner), flavor=flavor), format="json")
     assert response.status_code == 422

@@ -23,24 +23,11 @@ SPEC_PATH = Path(settings.BASE_DIR) / "docs/reference/launch-openapi.json"
 
 # Routes of the contract this server does not serve (it answers 404 or 405 for them).
 NOT_SERVED = {
-    ("post", "/v1/docker-image-batch-jobs"),
-    ("get", "/v1/docker-image-batch-jobs"),
-    ("get", "/v1/docker-image-batch-jobs/{batch_job_id}"),
-    ("put", "/v1/docker-image-batch-jobs/{batch_job_id}"),
-    ("post", "/v1/docker-image-batch-job-bundles"),
-    ("get", "/v1/docker-image-batch-job-bundles"),
-    ("get", "/v1/docker-image-batch-job-bundles/latest"),
-    ("get", "/v1/docker-image-batch-job-bundles/{docker_image_batch_job_bundle_id}"),
     ("get", "/v1/files"),
     ("post", "/v1/files"),
     ("get", "/v1/files/{file_id}"),
     ("delete", "/v1/files/{file_id}"),
     ("get", "/v1/files/{file_id}/content"),
-    ("get", "/v1/triggers"),
-    ("post", "/v1/triggers"),
-    ("get", "/v1/triggers/{trigger_id}"),
-    ("put", "/v1/triggers/{trigger_id}"),
-    ("delete", "/v1/triggers/{trigger_id}"),
     ("post", "/v1/streaming-tasks"),
     ("post", "/v1/model-endpoints/{model_endpoint_id}/restart"),
     ("get", "/v1/model-endpoints-schema.json"),
@@ -186,6 +173,23 @@ class World:
         ]
         self.batch_input = self.upload(b'[{"args": {"x": 1}}]', "/v1/hosted_inference/batch_task_input_upload")
         self.batch_job_id = self.ok("post", "/v1/batch-jobs", self.batch_body())["job_id"]
+        self.image_bundle_id = self.ok("post", "/v1/docker-image-batch-job-bundles", self.image_bundle_body())[
+            "docker_image_batch_job_bundle_id"
+        ]
+        self.image_job_id = self.ok("post", "/v1/docker-image-batch-jobs", self.image_job_body())["job_id"]
+        self.trigger_id = self.ok("post", "/v1/triggers", self.trigger_body())["trigger_id"]
+
+    def image_bundle_body(self) -> dict:
+        return {"name": "contract-image-job", "image_repository": "acme/job", "image_tag": "1", "command": ["run"],
+                "env": {}, "mount_location": "/launch/job.json", "resource_requests": {"cpus": 1}, "public": False}
+
+    def image_job_body(self) -> dict:
+        return {"docker_image_batch_job_bundle_id": self.image_bundle_id, "job_config": {"a": 1}, "labels": {},
+                "resource_requests": {"memory": "1Gi"}, "override_job_max_runtime_s": 60}
+
+    def trigger_body(self, name: str = "contract-trigger") -> dict:
+        return {"name": name, "cron_schedule": "0 * * * *", "bundle_id": self.image_bundle_id,
+                "default_job_config": {}, "default_job_metadata": {}}
 
     def ok(self, method: str, url: str, body: dict | None = None) -> dict:
         response = getattr(self.client, method)(url, body, format="json")
@@ -273,25 +277,34 @@ class World:
             ("post", "/v1/async-tasks"): lambda: {"args": {"x": 2}},
             ("post", "/v1/batch-jobs"): lambda: self.batch_body(),
             ("put", "/v1/batch-jobs/{batch_job_id}"): lambda: {"cancel": True},
+            ("post", "/v1/docker-image-batch-job-bundles"): lambda: self.image_bundle_body(),
+            ("post", "/v1/docker-image-batch-jobs"): lambda: self.image_job_body(),
+            ("put", "/v1/docker-image-batch-jobs/{batch_job_id}"): lambda: {"cancel": True},
+            ("post", "/v1/triggers"): lambda: self.trigger_body(f"contract-trigger-new{suffix}"),
+            ("put", "/v1/triggers/{trigger_id}"): lambda: {"cron_schedule": "5 * * * *", "suspend": False},
         }
         url = (
             path.replace("{model_bundle_id}", self.bundle_id)
             .replace("{model_endpoint_id}", self.endpoint_id)
             .replace("{task_id}", self.task_id)
-            .replace("{batch_job_id}", self.batch_job_id)
+            .replace("{batch_job_id}", self.image_job_id if "docker-image" in path else self.batch_job_id)
+            .replace("{docker_image_batch_job_bundle_id}", self.image_bundle_id)
+            .replace("{trigger_id}", self.trigger_id)
         )
         query = {
             "/v1/model-bundles/latest": "?model_name=contract-model",
             "/v2/model-bundles/latest": "?model_name=contract-model",
             "/v1/async-tasks": f"?model_endpoint_id={self.endpoint_id}",
             "/v1/sync-tasks": f"?model_endpoint_id={self.endpoint_id}",
+            "/v1/docker-image-batch-job-bundles/latest": "?bundle_name=contract-image-job",
         }.get(path, "")
         body = bodies.get((method, path))
         return url + query, body() if body else None
 
 
 @pytest.fixture
-def world(owner) -> World:
+def world(owner, settings) -> World:
+    settings.LAUNCH_RUNTIME = "docker"  # docker-image batch jobs need it (nothing runs here)
     return World(owner)
 
 

@@ -50,6 +50,7 @@ class Replica(models.Model):
     class Owner(models.TextChoices):
         ENDPOINT = "endpoint"
         BATCH_JOB = "batch_job"
+        IMAGE_JOB = "image_job"  # a docker-image batch job (batchjobs.image_jobs)
 
     class State(models.TextChoices):
         STARTING = "starting"  # launched, loading its bundle

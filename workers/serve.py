@@ -202,7 +202,7 @@ class Replica:
         self.redis = redis.Redis.from_url(env["LAUNCH_REDIS_URL"], health_check_interval=30, socket_connect_timeout=5)
         self.keys = protocol.Keys(env["LAUNCH_PREFIX"])
         self.replica_id = env["LAUNCH_REPLICA_ID"]
-        self.bundle_url = env["LAUNCH_BUNDLE_URL"]
+        self.bundle_url = env.get("LAUNCH_BUNDLE_URL", "")
         self.config = json.loads(env.get("LAUNCH_BUNDLE_CONFIG") or "{}")
         self.concurrency = max(1, int(env.get("LAUNCH_CONCURRENCY") or 1))
         self.heartbeat_ttl = float(env.get("LAUNCH_HEARTBEAT_TTL_SECONDS") or 10)

@@ -8,7 +8,7 @@ import json
 from rest_framework import serializers
 
 from bundles.models import ModelBundle
-from bundles.services import FRAMEWORK_TYPES, PACKAGING_TYPE_FOR_FLAVOR
+from bundles.services import FRAMEWORK_TYPES, PACKAGING_TYPE_FOR_FLAVOR, RUNNABLE_IMAGE_FIELDS
 from launch_site.errors import FieldError
 
 
@@ -67,8 +67,12 @@ class FlavorSerializer(serializers.Serializer):
         # Say "not supported" for the spec's other flavors (runnable_image, ...) before
         # complaining about the fields those flavors do not have.
         flavor = data.get("flavor") if isinstance(data, dict) else None
-        if flavor is not None and flavor not in PACKAGING_TYPE_FOR_FLAVOR:
-            raise FieldError("flavor", f"{flavor!r} is not supported here; use cloudpickle_artifact or zip_artifact")
+        if flavor is not None and flavor not in PACKAGING_TYPE_FOR_FLAVOR and flavor not in RUNNABLE_IMAGE_FIELDS:
+            supported = ", ".join([*PACKAGING_TYPE_FOR_FLAVOR, *RUNNABLE_IMAGE_FIELDS])
+            raise FieldError("flavor", f"{flavor!r} is not supported here; use one of {supported}")
+        if flavor in RUNNABLE_IMAGE_FIELDS:
+            # Checked field by field in bundles.services.runnable_image_config.
+            return dict(data)
         return super().to_internal_value(data)
 
 
@@ -155,6 +159,8 @@ def bundle_v1(bundle: ModelBundle) -> dict:
 
 
 def bundle_flavor(bundle: ModelBundle) -> dict:
+    if bundle.is_runnable_image:
+        return {**bundle.image_config, "flavor": bundle.flavor}
     flavor = {
         "flavor": bundle.flavor,
         "requirements": bundle.requirements,

@@ -88,6 +88,17 @@ class BundleV2ListView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         flavor = data["flavor"]
+        if flavor["flavor"] in services.RUNNABLE_IMAGE_FIELDS:
+            bundle = services.bundle_create_runnable_image(
+                team=request_team(request),
+                user=request.user,
+                name=data["name"],
+                flavor=flavor["flavor"],
+                values=flavor,
+                metadata=data.get("metadata"),
+                schema_location=data.get("schema_location"),
+            )
+            return Response({"model_bundle_id": bundle.id})
         bundle = services.bundle_create(
             team=request_team(request),
             user=request.user,

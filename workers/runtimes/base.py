@@ -29,6 +29,9 @@ class ReplicaSpec:
     framework: dict = field(default_factory=dict)
     requirements: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    # A runnable-image bundle: its image_config plus "image" (repository:tag). The replica is
+    # then the user's container plus our forwarder (workers.forwarder), not workers.serve.
+    runnable_image: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ are found and removed (`reconcile_orphans`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,11 +34,15 @@ from workers.runtimes.base import ExitInfo, Placement, ReplicaSpec, Runtime, Sta
 logger = logging.getLogger(__name__)
 
 REPLICA_LABEL = "launch.replica"
+# A runnable-image replica is two containers with its REPLICA_LABEL: the user's ("user") and
+# our forwarder ("forwarder"), which joins the user's network namespace.
+ROLE_LABEL = "launch.role"
+ROLE_USER, ROLE_FORWARDER = "user", "forwarder"
 DERIVED_REPOSITORY = "launch-worker-derived"
 # What the serve loop needs besides the standard library, for images built on a user's
 # custom base image (our own worker images have them already).
 SERVE_REQUIREMENTS = ("redis==8.1.0", "cloudpickle==3.1.2")
-SERVE_FILES = ("workers/__init__.py", "workers/protocol.py", "workers/serve.py")
+SERVE_FILES = ("workers/__init__.py", "workers/protocol.py", "workers/serve.py", "workers/forwarder.py")
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,11 @@ def container_name(replica_id: str) -> str:
     return f"launch-{replica_id}"
 
 
+def forwarder_name(replica_id: str) -> str:
+    """The forwarder container of a runnable-image replica (container_name is the user's)."""
+    return f"launch-{replica_id}-forwarder"
+
+
 class DockerRuntime(Runtime):
     name = "docker"
 
@@ -301,6 +311,8 @@ class DockerRuntime(Runtime):
     def start(self, spec: ReplicaSpec, placement: Placement) -> str:
         host = Host.objects.get(pk=placement.host_id)
         client = docker_client(host)
+        if spec.runnable_image:
+            return self._start_runnable_image(spec, placement, host, client)
         existing = self._container(client, spec.replica_id)
         if existing is not None:
             # A retried start (the controller died after creating it): keep a running one.
@@ -370,6 +382,139 @@ class DockerRuntime(Runtime):
         )
         return container.id
 
+    def _start_runnable_image(self, spec: ReplicaSpec, placement: Placement, host: Host, client) -> str:
+        """The user's container (its image, command and env, the replica's CPU, memory and GPU
+        limits, its own network namespace, no Redis credentials and no mounts of ours) plus the
+        forwarder (our worker image, the replica's LAUNCH_* environment with its Redis user)
+        in the user's network namespace, where the user's server is 127.0.0.1:5005.
+
+        Why a second container and not an entrypoint wrapper: the user's image stays as built
+        (any base, any Python or none, its own ENTRYPOINT), and the credentials live only in a
+        process the user's code cannot see (another PID namespace, another environment)."""
+        user_name, forwarder = container_name(spec.replica_id), forwarder_name(spec.replica_id)
+        existing, existing_forwarder = self._container(client, spec.replica_id), self._named(client, forwarder)
+        if existing is not None and existing_forwarder is not None:
+            if existing.status == "running" and existing_forwarder.status == "running":
+                return existing.id  # a retried start: both halves are up
+        for name in (forwarder, user_name):
+            self._remove_quietly(client, name)
+        image = spec.runnable_image
+        user_choice = WorkerImageChoice(image=image["image"], python="", workdir="")
+        forwarder_choice = worker_image_for(dataclasses.replace(spec, gpus=0, framework={}))
+        # Either raises StartDeferred (being pulled) or ImageBuildFailed.
+        user_image = image_ready(host, client, user_choice, ())
+        forwarder_image = image_ready(host, client, forwarder_choice, ())
+        gpu_ids = list(placement.gpu_device_ids)
+        environment = dict(image.get("env") or {})
+        device_requests = []
+        if gpu_ids:
+            environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+            if not host.gpus_via_env_only:
+                device_requests = [DeviceRequest(device_ids=gpu_ids, capabilities=[["gpu"]])]
+        extra = {source: {"bind": target, "mode": mode} for source, target, mode in settings.DOCKER_EXTRA_MOUNTS}
+        forwarder_volumes = dict(extra)
+        if urlparse(host.docker_url).scheme == "unix":
+            forwarder_volumes.update(_local_paths(spec))
+        labels = self._labels(spec)
+        limits = {"nano_cpus": int(spec.cpus * 1e9)} if spec.cpus else {}
+        if spec.memory_bytes:
+            limits["mem_limit"] = spec.memory_bytes
+        command = image.get("command") or image.get("streaming_command") or None
+        try:
+            user = client.containers.create(
+                user_image, command, name=user_name, detach=True, init=True, environment=environment,
+                labels={**labels, ROLE_LABEL: ROLE_USER}, network_mode=settings.DOCKER_RUNNABLE_IMAGE_NETWORK,
+                device_requests=device_requests, volumes=extra, **self._locked_down(), **limits,
+            )
+            user.start()
+            forwarder_container = client.containers.create(
+                forwarder_image, [forwarder_choice.python, "-m", "workers.forwarder"], name=forwarder,
+                detach=True, init=True, environment={"PYTHONUNBUFFERED": "1", **spec.env},
+                labels={**labels, ROLE_LABEL: ROLE_FORWARDER}, working_dir=forwarder_choice.workdir,
+                network_mode=f"container:{user.id}", volumes=forwarder_volumes,
+                mem_limit=settings.DOCKER_FORWARDER_MEMORY_BYTES, **self._locked_down(),
+            )
+            forwarder_container.start()
+        except docker.errors.ImageNotFound:
+            for name in (forwarder, user_name):
+                self._remove_quietly(client, name)
+            raise StartDeferred(f"an image of replica {spec.replica_id} vanished from host {host.name}") from None
+        except docker.errors.APIError:
+            for name in (forwarder, user_name):
+                self._remove_quietly(client, name)
+            raise
+        Replica.objects.filter(id=spec.replica_id).update(
+            host_id=host.pk, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
+        )
+        return user.id
+
+    def start_job_container(
+        self, spec: ReplicaSpec, placement: Placement, *, image: str, command: list[str],
+        environment: dict[str, str], files: bytes | None,
+    ) -> str:
+        """One container of a user's image that runs `command` once (a docker-image batch job,
+        batchjobs.image_jobs): the replica's limits, GPUs and labels, the user-container network,
+        no credentials of ours; `files` (a tar) is copied in before it starts. Returns its id."""
+        host = Host.objects.get(pk=placement.host_id)
+        client = docker_client(host)
+        self._remove_quietly(client, container_name(spec.replica_id))
+        user_image = image_ready(host, client, WorkerImageChoice(image=image, python="", workdir=""), ())
+        gpu_ids = list(placement.gpu_device_ids)
+        environment = dict(environment)
+        device_requests = []
+        if gpu_ids:
+            environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+            if not host.gpus_via_env_only:
+                device_requests = [DeviceRequest(device_ids=gpu_ids, capabilities=[["gpu"]])]
+        limits = {"nano_cpus": int(spec.cpus * 1e9)} if spec.cpus else {}
+        if spec.memory_bytes:
+            limits["mem_limit"] = spec.memory_bytes
+        volumes = {source: {"bind": target, "mode": mode} for source, target, mode in settings.DOCKER_EXTRA_MOUNTS}
+        try:
+            container = client.containers.create(
+                user_image, command, name=container_name(spec.replica_id), detach=True, init=True,
+                environment=environment, labels={**self._labels(spec), ROLE_LABEL: ROLE_USER},
+                network_mode=settings.DOCKER_RUNNABLE_IMAGE_NETWORK, device_requests=device_requests,
+                volumes=volumes, **self._locked_down(), **limits,
+            )
+            if files:
+                container.put_archive("/", files)
+            container.start()
+        except docker.errors.APIError:
+            self._remove_quietly(client, container_name(spec.replica_id))
+            raise
+        Replica.objects.filter(id=spec.replica_id).update(
+            host_id=host.pk, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
+        )
+        return container.id
+
+    @staticmethod
+    def _labels(spec: ReplicaSpec) -> dict[str, str]:
+        return {
+            **spec.labels,
+            REPLICA_LABEL: spec.replica_id,
+            "launch.owner_kind": spec.owner_kind,
+            "launch.owner_id": spec.owner_id,
+            "launch.team": spec.team,
+        }
+
+    @staticmethod
+    def _locked_down() -> dict:
+        return {
+            "privileged": False,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "restart_policy": {"Name": "no"},
+            "log_config": LogConfig(type="json-file", config={"max-size": "50m", "max-file": "2"}),
+        }
+
+    @staticmethod
+    def _named(client, name: str):
+        try:
+            return client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+
     @staticmethod
     def _remove_quietly(client, name: str) -> None:
         try:
@@ -378,72 +523,114 @@ class DockerRuntime(Runtime):
             pass
 
     def stop(self, replica) -> None:
+        """SIGTERM to the serve loop, or for a runnable image to its forwarder, which finishes
+        its in-flight tasks and exits; is_alive then removes the user's container."""
         client = self._client_of(replica)
         if client is None:
             return
-        try:
-            client.api.kill(self._ref(replica), signal="SIGTERM")
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as error:
-            if error.status_code != 409:  # 409: not running any more
+        for ref in (forwarder_name(replica.id), self._ref(replica)):
+            try:
+                client.api.kill(ref, signal="SIGTERM")
+                return
+            except docker.errors.NotFound:
+                continue  # not a runnable image (no forwarder), or gone
+            except docker.errors.APIError as error:
+                if error.status_code != 409:  # 409: not running any more
+                    logger.warning("SIGTERM to replica %s failed: %s", replica.id, error)
+                return
+            except Exception as error:  # noqa: BLE001 - host unreachable: the probe handles it
                 logger.warning("SIGTERM to replica %s failed: %s", replica.id, error)
-        except Exception as error:  # noqa: BLE001 - host unreachable: the probe handles it
-            logger.warning("SIGTERM to replica %s failed: %s", replica.id, error)
+                return
 
     def kill(self, replica) -> None:
         client = self._client_of(replica)
         if client is None:
             return
-        try:
-            client.api.remove_container(self._ref(replica), force=True)
-        except docker.errors.NotFound:
-            pass
-        except Exception as error:  # noqa: BLE001 - unreachable: reconcile_orphans removes it later
-            logger.warning("removing replica %s failed: %s", replica.id, error)
+        for ref in (self._ref(replica), forwarder_name(replica.id)):
+            try:
+                client.api.remove_container(ref, force=True)
+            except docker.errors.NotFound:
+                pass
+            except Exception as error:  # noqa: BLE001 - unreachable: reconcile_orphans removes it later
+                logger.warning("removing replica %s failed: %s", replica.id, error)
 
-    def is_alive(self, replica) -> bool:
-        host = self._host(replica)
-        if host is None or not host.healthy:
-            return False
-        try:
-            state = docker_client(host).api.inspect_container(self._ref(replica))["State"]
-        except docker.errors.NotFound:
-            return False
-        except Exception:  # noqa: BLE001
-            # A blip is not a death: the probe marks the host unhealthy after a few failures.
-            return True
-        return bool(state.get("Running"))
-
-    def exit_info(self, replica) -> ExitInfo | None:
-        """From the container's state once it has exited: its exit status, the signal that
-        killed it (docker-init, PID 1 in every replica container, exits 128+N when its child
-        dies of signal N, as does a container killed with `docker kill`) and whether the
-        kernel killed it for its memory limit. None while it runs, before it started, and
-        once the container is removed (kill() removes it) or its host is unreachable."""
+    def _states(self, replica) -> list[dict] | None:
+        """The State of each container of the replica (the serve loop's; or the user's, then the
+        forwarder's); None when its host is down or unreachable. A missing container reads as
+        {"Status": "missing"}."""
         host = self._host(replica)
         if host is None or not host.healthy:  # no timeout-long wait on a host known to be down
             return None
+        client = docker_client(host)
         try:
-            state = docker_client(host).api.inspect_container(self._ref(replica))["State"]
-        except Exception:  # noqa: BLE001 - gone or unreachable: nothing to tell
+            attrs = client.api.inspect_container(self._ref(replica))
+        except docker.errors.NotFound:
+            return [{"Status": "missing"}]
+        states = [attrs["State"]]
+        if (attrs["Config"].get("Labels") or {}).get(ROLE_LABEL) == ROLE_USER:
+            try:
+                states.append(client.api.inspect_container(forwarder_name(replica.id))["State"])
+            except docker.errors.NotFound:
+                states.append({"Status": "missing"})
+        return states
+
+    def is_alive(self, replica) -> bool:
+        """Every container of the replica runs. Half a runnable-image replica is no replica:
+        when one of its two containers has ended, the other is removed (the ended one stays,
+        for exit_info and logs, until kill() or the orphan sweep)."""
+        try:
+            states = self._states(replica)
+        except Exception:  # noqa: BLE001
+            # A blip is not a death: the probe marks the host unhealthy after a few failures.
+            return True
+        if states is None:
+            return False
+        running = [bool(state.get("Running")) for state in states]
+        if all(running):
+            return True
+        if len(states) == 2 and any(running):
+            client = self._client_of(replica)
+            survivor = forwarder_name(replica.id) if running[1] else self._ref(replica)
+            if client is not None:
+                self._remove_quietly(client, survivor)
+        return False
+
+    def exit_info(self, replica) -> ExitInfo | None:
+        """From the state of the container that ended (the user's first, for a runnable
+        image): its exit status, the signal that killed it (docker-init, PID 1 in every replica
+        container, exits 128+N when its child dies of signal N, as does a container killed with
+        `docker kill`) and whether the kernel killed it for its memory limit. None while it
+        runs, before it started, and once the container is removed (kill() removes it) or its
+        host is unreachable."""
+        try:
+            states = self._states(replica)
+        except Exception:  # noqa: BLE001 - unreachable: nothing to tell
             return None
-        if state.get("Status") not in ("exited", "dead"):
-            return None
-        code = state.get("ExitCode")
-        code = int(code) if code is not None else None
-        signal = code - 128 if code is not None and 128 < code <= 128 + 64 else None
-        return ExitInfo(exit_code=code, signal=signal, oom=bool(state.get("OOMKilled")))
+        for state in states or ():
+            if state.get("Status") not in ("exited", "dead"):
+                continue
+            code = state.get("ExitCode")
+            code = int(code) if code is not None else None
+            signal = code - 128 if code is not None and 128 < code <= 128 + 64 else None
+            return ExitInfo(exit_code=code, signal=signal, oom=bool(state.get("OOMKilled")))
+        return None
 
     def logs(self, replica, tail_lines: int = 200) -> str:
+        """The container's output; for a runnable image, the user's container's then the
+        forwarder's, each under a heading."""
         client = self._client_of(replica)
         if client is None:
             return ""
-        try:
-            data = client.api.logs(self._ref(replica), stdout=True, stderr=True, tail=tail_lines)
-        except Exception:  # noqa: BLE001 - gone or unreachable: no logs to show
-            return ""
-        return data.decode(errors="replace")
+        parts = []
+        for ref, heading in ((self._ref(replica), "container"), (forwarder_name(replica.id), "forwarder")):
+            try:
+                data = client.api.logs(ref, stdout=True, stderr=True, tail=tail_lines)
+            except Exception:  # noqa: BLE001 - gone or unreachable: no logs to show
+                continue
+            parts.append((heading, data.decode(errors="replace")))
+        if len(parts) == 1 and parts[0][0] == "container":
+            return parts[0][1]
+        return "".join(f"--- {heading} ---\n{text}" for heading, text in parts)
 
     # --- adoption and orphans ------------------------------------------------------------
 
@@ -458,7 +645,8 @@ class DockerRuntime(Runtime):
                 logger.warning("listing containers on %s failed: %s", host.name, error)
                 continue
             for container in containers:
-                found[container.labels[REPLICA_LABEL]] = (host.pk, container.id)
+                if container.labels.get(ROLE_LABEL) != ROLE_FORWARDER:
+                    found[container.labels[REPLICA_LABEL]] = (host.pk, container.id)
         return found
 
     def running_replica_ids(self) -> set[str]:
@@ -474,9 +662,10 @@ class DockerRuntime(Runtime):
             except Exception as error:  # noqa: BLE001
                 logger.warning("listing containers on %s failed: %s", host.name, error)
                 continue
-            candidates = {
-                c.labels[REPLICA_LABEL]: c for c in containers if c.labels[REPLICA_LABEL] not in live_replica_ids
-            }
+            candidates: dict[str, list] = {}
+            for c in containers:
+                if c.labels[REPLICA_LABEL] not in live_replica_ids:
+                    candidates.setdefault(c.labels[REPLICA_LABEL], []).append(c)
             if not candidates:
                 continue
             # Look again: a replica started since the caller's snapshot has its row saved
@@ -484,17 +673,18 @@ class DockerRuntime(Runtime):
             still_live = set(
                 Replica.objects.filter(id__in=candidates, state__in=LIVE_STATES).values_list("id", flat=True)
             )
-            for replica_id, container in candidates.items():
+            for replica_id, found in candidates.items():
                 if replica_id in still_live:
                     continue
-                try:
-                    container.remove(force=True)
-                    removed.append(replica_id)
-                    logger.info("removed orphan container of replica %s on %s", replica_id, host.name)
-                except docker.errors.NotFound:
-                    pass
-                except Exception as error:  # noqa: BLE001
-                    logger.warning("removing orphan %s on %s failed: %s", replica_id, host.name, error)
+                for container in found:  # the forwarder and the user's container of a runnable image
+                    try:
+                        container.remove(force=True)
+                        logger.info("removed orphan container of replica %s on %s", replica_id, host.name)
+                    except docker.errors.NotFound:
+                        pass
+                    except Exception as error:  # noqa: BLE001
+                        logger.warning("removing orphan %s on %s failed: %s", replica_id, host.name, error)
+                removed.append(replica_id)
         return removed
 
     # --- helpers -------------------------------------------------------------------------

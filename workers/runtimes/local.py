@@ -63,6 +63,13 @@ class LocalRuntime(Runtime):
                 f"this server runs replicas as local processes and has no GPUs; {spec.gpus} "
                 f"{spec.gpu_type or 'GPU'} asked for (register a GPU host and use LAUNCH_RUNTIME=docker)"
             )
+        if spec.runnable_image:
+            # The endpoint services refuse these at create; this holds for a server whose
+            # runtime setting changed under an existing endpoint.
+            raise PlacementError(
+                f"image {spec.runnable_image['image']} is a runnable image: it needs the docker runtime "
+                "(LAUNCH_RUNTIME=docker), not local processes"
+            )
         return Placement()
 
     def start(self, spec: ReplicaSpec, placement: Placement) -> str:
