@@ -108,7 +108,7 @@ def endpoint_detail(request: HttpRequest, team: Team, endpoint_id: str) -> HttpR
 def _status_context(endpoint: ModelEndpoint) -> dict:
     replicas = dashboard_selectors.replica_rows(endpoint)
     return {
-        "endpoint": endpoint, "replicas": replicas, "logs": dashboard_selectors.creation_logs(endpoint),
+        "endpoint": endpoint, "replicas": replicas,
         "restarts": sum(replica.state == "failed" for replica in replicas),
     }
 
