@@ -378,12 +378,6 @@ if status == 'SUCCESS' or status == 'FAILURE' then
 end
 if status then
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[6])
-  local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at')
-  local now, created, started = tonumber(ARGV[6]), tonumber(times[1]), tonumber(times[2])
-  local latency = string.sub(KEYS[4], 1, -6) .. 'latency'
-  if created and started then observe(latency, 'queue_wait', started - created) end
-  if started then observe(latency, 'run', now - started) end
-  if created then observe(latency, 'total', now - created) end
   if ARGV[2] == 'SUCCESS' then
     if ARGV[5] ~= '' then
       redis.call('HSET', KEYS[1], 'result_pickled', ARGV[5])
@@ -397,6 +391,15 @@ end
 redis.call('LPUSH', KEYS[3], ARGV[7])
 redis.call('EXPIRE', KEYS[3], ARGV[8])
 redis.call('HINCRBY', KEYS[4], ARGV[9], 1)
+-- Timings last: the outcome above is recorded whatever happens here.
+if status then
+  local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at')
+  local now, created, started = tonumber(ARGV[6]), tonumber(times[1]), tonumber(times[2])
+  local latency = string.sub(KEYS[4], 1, -6) .. 'latency'
+  if created and started then observe(latency, 'queue_wait', started - created) end
+  if started then observe(latency, 'run', now - started) end
+  if created then observe(latency, 'total', now - created) end
+end
 return 1
 """
 
