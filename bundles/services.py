@@ -81,8 +81,13 @@ def _storage_left(team_id: int, *, lock: bool) -> int | None:
     quota = (quotas.select_for_update() if lock else quotas).first()
     if quota is None or quota.max_bundle_storage_bytes is None:
         return None
+    return quota.max_bundle_storage_bytes - storage_used_bytes(team_id)
+
+
+def storage_used_bytes(team_id: int) -> int:
+    """What counts against the team's storage quota: the bytes of its stored objects."""
     used = StoredObject.objects.filter(team_id=team_id, size__isnull=False).aggregate(total=Sum("size"))["total"]
-    return quota.max_bundle_storage_bytes - (used or 0)
+    return used or 0
 
 
 def stored_object_upload(*, stored: StoredObject, stream: IO[bytes], content_length: int | None = None) -> StoredObject:

@@ -103,7 +103,11 @@ def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | Non
     ttl = endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
     client = get_redis() if wait_seconds is None else get_waiting_redis()
     with client.pipeline(transaction=False) as pipe:
-        protocol.add_task(pipe, keys, task_id, json.dumps(payload), ttl_seconds=ttl, now=time.time())
+        protocol.add_task(
+            pipe, keys, task_id, json.dumps(payload), ttl_seconds=ttl, now=time.time(),
+            extra={"kind": "async" if wait_seconds is None else "sync"},
+            history_length=settings.REQUEST_HISTORY_LENGTH,
+        )
         if endpoint.desired_workers == 0:
             # Scale from zero without waiting for the next tick.
             pipe.lpush(protocol.WAKE_KEY, "1")

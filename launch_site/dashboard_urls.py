@@ -6,7 +6,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from launch_site.dashboard import batch, bundles, endpoints, keys
+from launch_site.dashboard import batch, bundles, endpoints, keys, usage
 
 app_name = "dashboard"
 
@@ -21,6 +21,8 @@ urlpatterns = [
     path("endpoints/new/", endpoints.endpoint_create, name="endpoint-create"),
     path("endpoints/<str:endpoint_id>/", endpoints.endpoint_detail, name="endpoint-detail"),
     path("endpoints/<str:endpoint_id>/status/", endpoints.endpoint_status, name="endpoint-status"),
+    path("endpoints/<str:endpoint_id>/requests/", endpoints.endpoint_requests, name="endpoint-requests"),
+    path("endpoints/<str:endpoint_id>/charts/", endpoints.endpoint_charts, name="endpoint-charts"),
     path("endpoints/<str:endpoint_id>/edit/", endpoints.endpoint_edit, name="endpoint-edit"),
     path("endpoints/<str:endpoint_id>/delete/", endpoints.endpoint_delete, name="endpoint-delete"),
     path("endpoints/<str:endpoint_id>/tasks/", endpoints.task_create, name="task-create"),
@@ -32,4 +34,5 @@ urlpatterns = [
     path("batch-jobs/<str:job_id>/cancel/", batch.batch_job_cancel, name="batch-cancel"),
     path("api-keys/", keys.api_key_list, name="api-keys"),
     path("api-keys/<int:key_id>/revoke/", keys.api_key_revoke_view, name="api-key-revoke"),
+    path("usage/", usage.usage, name="usage"),
 ]

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_rq",
     "django_htmx",
     "launch_site",
@@ -154,6 +155,14 @@ REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 10.0)
 REPLICA_RESTART_BACKOFF_SECONDS = env_float("REPLICA_RESTART_BACKOFF_SECONDS", 0.5)
 REPLICA_RESTART_BACKOFF_MAX_SECONDS = env_float("REPLICA_RESTART_BACKOFF_MAX_SECONDS", 30.0)
 TASK_EXPIRES_SECONDS = env_int("TASK_EXPIRES_SECONDS", 24 * 3600, minimum=1)
+# Each endpoint keeps the ids of its newest tasks for the dashboard's request list.
+REQUEST_HISTORY_LENGTH = env_int("REQUEST_HISTORY_LENGTH", 500, minimum=0)
+# The controller samples each endpoint's counters this often for the charts, and keeps
+# METRICS_RETENTION_SECONDS of samples (a capped list per endpoint in Redis).
+METRICS_SAMPLE_SECONDS = env_float("METRICS_SAMPLE_SECONDS", 10.0)
+METRICS_RETENTION_SECONDS = env_int("METRICS_RETENTION_SECONDS", 24 * 3600, minimum=60)
+# /metrics answers staff sessions, and requests with `Authorization: Bearer <this token>`.
+METRICS_TOKEN = env_str("METRICS_TOKEN") or ""
 TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 3, minimum=1)
 SCALE_DOWN_DELAY_SECONDS = env_float("SCALE_DOWN_DELAY_SECONDS", 60.0)
 HEARTBEAT_TIMEOUT_SECONDS = env_float("HEARTBEAT_TIMEOUT_SECONDS", 10.0)
@@ -200,6 +209,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Self-hosted model deployment: bundles, endpoints, tasks, batch jobs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from our own static files (drf-spectacular-sidecar): the docs work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

@@ -10,6 +10,7 @@ urlpatterns = [
     path("healthz", views.healthz),
     path("healthcheck", views.healthz),
     path("readyz", views.readyz),
+    path("metrics", views.metrics),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -147,3 +147,173 @@ def test_deploy_form_errors_show_in_the_browser(live_server, page):
     error = page.locator("#field-min_workers .errorlist")
     assert "a sync endpoint keeps at least one worker" in error.inner_text()
     assert page.input_value("#id_name") == "sync-zero"
+
+
+SCREENSHOTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".screenshots")
+
+
+def slow_doubler_bundle():
+    def load_model_fn():
+        import time
+
+        time.sleep(3)  # a cold start long enough to watch (and to measure its phases against)
+        return 2
+
+    def load_predict_fn(model):
+        def predict(x):
+            import time
+
+            time.sleep(0.15)
+            return {"doubled": x * model}
+
+        return predict
+
+    return {"load_model_fn": load_model_fn, "load_predict_fn": load_predict_fn}
+
+
+def _number(page, selector: str) -> int:
+    return int(page.inner_text(selector).strip())
+
+
+def test_async_endpoint_page_stays_live_and_everything_is_measured(live_stack, page, settings):
+    """One live stack for the observability promises: the endpoint page left open shows
+    replicas 0 -> N -> 0 and the queue rising and falling; 50 requests show in the request
+    list and a chart; /metrics parses and has the endpoint's series; a replica's cold-start
+    phases add up to its measured start; no main page overflows at 390 px; the API docs
+    render with every outside request blocked. Screenshots go to .screenshots/."""
+    import time
+
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from accounts.models import Team
+    from accounts.services import api_key_create
+    from tests.stack import api_for
+    from workers.models import Replica
+
+    settings.SCALE_DOWN_DELAY_SECONDS = 1.0
+    settings.METRICS_SAMPLE_SECONDS = 0.5
+    settings.METRICS_TOKEN = "scrape-me"
+    # The controller may have taken its first sample with the default interval: start afresh.
+    from launch_site.redis_client import get_redis
+    from workers.metrics import SAMPLE_LOCK_KEY
+
+    get_redis().delete(SAMPLE_LOCK_KEY)
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    base = live_stack
+    log_in(page, base, "mona")
+    team = Team.objects.get(name="mona-team")
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.get(username="mona")
+    _, raw_key = api_key_create(user=user, team=team, name="browser-test")
+
+    class Persona:
+        key = raw_key
+
+    api = api_for(base, Persona)
+    bundle_id = api.upload_bundle(slow_doubler_bundle(), "slow-doubler")
+    api.create_endpoint(bundle_id, "watched", endpoint_type="async", min_workers=0, max_workers=2, per_worker=2)
+    endpoint_id = api.get("/v1/model-endpoints?name=watched").json()["model_endpoints"][0]["id"]
+    api.wait_endpoint(endpoint_id, "READY")
+
+    page.goto(f"{base}/endpoints/{endpoint_id}/")
+    page.wait_for_selector("#status-panel[data-status=READY]")
+    assert _number(page, ".available-workers") == 0
+    page.evaluate("window.noReload = true")
+
+    task_ids = [
+        api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": n}}).json()["task_id"]
+        for n in range(50)
+    ]
+    seen_queue, seen_workers = 0, 0
+    deadline = time.monotonic() + 90
+    # Up: the queue shows waiting requests, then replicas become available, without a reload.
+    while time.monotonic() < deadline and not (seen_queue > 0 and seen_workers > 0):
+        seen_queue = max(seen_queue, _number(page, ".queue-depth"))
+        seen_workers = max(seen_workers, _number(page, ".available-workers"))
+        time.sleep(0.2)
+    assert seen_queue > 0 and seen_workers > 0, (seen_queue, seen_workers)
+    for task_id in task_ids:
+        assert api.wait_task(task_id, timeout=60)["status"] == "SUCCESS"
+    # Down: the queue empties and the replicas go back to zero, still without a reload.
+    page.wait_for_function(
+        "document.querySelector('.queue-depth').innerText.trim() === '0'"
+        " && document.querySelector('.available-workers').innerText.trim() === '0'"
+        " && document.querySelector('.unavailable-workers').innerText.trim() === '0'",
+        timeout=60_000,
+    )
+    assert page.evaluate("window.noReload") is True
+    page.screenshot(path=f"{SCREENSHOTS}/endpoint-after-scale-down.png", full_page=True)
+
+    # The request list shows the 50 requests (live), and the charts have data.
+    page.wait_for_selector("#requests:has-text('(50)')", timeout=10_000)
+    assert page.locator("#request-list tr[data-status=SUCCESS]").count() == 50
+    time.sleep(1.5)  # a few more samples after the last request
+    page.reload()
+    chart = page.locator("[data-chart=requests] svg")
+    assert int(chart.get_attribute("data-points")) >= 2
+    # Latency percentiles come from the histogram's growth between samples taken while it ran.
+    assert int(page.locator("[data-chart=p95] svg").get_attribute("data-points")) >= 1
+    page.screenshot(path=f"{SCREENSHOTS}/endpoint-detail.png", full_page=True)
+    page.click("#request-list a >> nth=0")
+    page.wait_for_selector("#task[data-status=SUCCESS]")
+    assert "Replica" in page.inner_text("#task") and "waited" in page.inner_text("#task")
+    page.screenshot(path=f"{SCREENSHOTS}/task.png", full_page=True)
+
+    # /metrics: refused without credentials, parsed with the official parser with the token.
+    assert requests.get(f"{base}/metrics", timeout=30).status_code == 401
+    scraped = requests.get(f"{base}/metrics", headers={"Authorization": "Bearer scrape-me"}, timeout=30)
+    assert scraped.status_code == 200
+    families = {family.name: family for family in text_string_to_metric_families(scraped.text)}
+    done = [s for s in families["launch_endpoint_requests"].samples
+            if s.labels.get("endpoint_id") == endpoint_id and s.labels["status"] == "success"
+            and s.name.endswith("_total")]  # fmt: skip
+    assert done and done[0].value == 50
+    run_count = [s for s in families["launch_endpoint_run_seconds"].samples
+                 if s.name.endswith("_count") and s.labels["endpoint_id"] == endpoint_id]  # fmt: skip
+    assert run_count[0].value == 50
+    assert any(s.labels.get("endpoint_id") == endpoint_id for s in families["launch_endpoint_cold_start_seconds"].samples)
+
+    # Cold-start phases add up to the measured start (placed -> seen ready) within 10%.
+    replica = Replica.objects.filter(owner_id=endpoint_id, ready_at__isnull=False).order_by("created_at").first()
+    phases = dict(replica.cold_start_phases)
+    assert set(phases) == {"started", "downloaded", "loaded", "ready"}
+    assert phases["loaded"] >= 2.9  # the bundle's 3 s load
+    measured = (replica.ready_at - replica.created_at).total_seconds()
+    assert abs(sum(phases.values()) - measured) <= 0.1 * measured, (phases, measured)
+
+    # Phones: no main page overflows horizontally at 390x844.
+    page.set_viewport_size({"width": 390, "height": 844})
+    pages = {
+        "endpoints": "/endpoints/", "endpoint": f"/endpoints/{endpoint_id}/", "bundles": "/bundles/",
+        "bundle-new": "/bundles/new/", "endpoint-new": "/endpoints/new/", "batch-jobs": "/batch-jobs/",
+        "batch-new": "/batch-jobs/new/", "api-keys": "/api-keys/", "usage": "/usage/",
+        "task": f"/endpoints/{endpoint_id}/tasks/{task_ids[0]}/",
+    }  # fmt: skip
+    for name, path in pages.items():
+        page.goto(base + path)
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        page.screenshot(path=f"{SCREENSHOTS}/{name}-390.png", full_page=True)
+        assert overflow <= 0, f"{path} overflows by {overflow} px at 390 px"
+    page.set_viewport_size({"width": 1280, "height": 900})
+    for name, path in pages.items():
+        page.goto(base + path)
+        page.screenshot(path=f"{SCREENSHOTS}/{name}.png", full_page=True)
+
+    # The API docs render from our own static files with every outside request blocked.
+    outside = []
+
+    def block_outside(route):
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", block_outside)
+    page.goto(f"{base}/api/docs/")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
+    page.wait_for_selector(".opblock", timeout=60_000)
+    page.screenshot(path=f"{SCREENSHOTS}/api-docs.png")
+    assert outside == []

@@ -179,33 +179,43 @@ def test_deploy_form_shows_a_quota_refusal_on_top(browser, bundle, owner, endpoi
     assert b"at most 1 endpoints" in response.content
 
 
-def test_status_fragment_is_200_while_pending_and_286_when_terminal(browser, endpoint):
+def version_of(response) -> str:
+    return re.search(r'hx-vals=\'\{"v": "([0-9a-f]+)"\}\'', response.content.decode()).group(1)
+
+
+def test_status_panel_keeps_polling_when_ready_and_sends_only_changes(browser, endpoint):
     url = f"/endpoints/{endpoint.id}/status/"
     pending = browser.get(url, **HTMX)
     assert pending.status_code == 200
-    assert b"every 2s" in pending.content
+    assert b"every 2s [document.visibilityState==&#x27;visible&#x27;]" in pending.content or (
+        b"every 2s [document.visibilityState=='visible']" in pending.content
+    )
     assert b"<html" not in pending.content
 
+    # An endpoint is never terminal: READY replicas and its queue still move.
     ModelEndpoint.objects.filter(pk=endpoint.pk).update(status=ModelEndpoint.Status.READY)
     ready = browser.get(url, **HTMX)
-    assert ready.status_code == 286
-    assert b"READY" in ready.content
-    assert b"hx-trigger" not in ready.content
+    assert ready.status_code == 200
+    assert b"READY" in ready.content and b"hx-trigger" in ready.content
+    # Polling with the version it shows: nothing changed, nothing sent (204, htmx swaps nothing).
+    assert browser.get(url, {"v": version_of(ready)}, **HTMX).status_code == 204
+    get_redis().lpush(protocol.Keys(protocol.endpoint_prefix(endpoint.id)).queue, "x")
+    moved = browser.get(url, {"v": version_of(ready)}, **HTMX)
+    assert moved.status_code == 200
+    assert re.search(rb'class="queue-depth">1<', moved.content)
 
     ModelEndpoint.objects.filter(pk=endpoint.pk).update(
         status=ModelEndpoint.Status.UPDATE_FAILED, status_reason="Traceback: <weights> missing"
     )
     failed = browser.get(url, **HTMX)
-    assert failed.status_code == 286
-    assert b"Traceback: &lt;weights&gt; missing" in failed.content
-
-    cell = browser.get(url + "?cell=1", **HTMX)
-    assert cell.status_code == 286
-    assert b"UPDATE_FAILED" in cell.content and b"Traceback" not in cell.content
+    assert failed.status_code == 200
+    # The traceback shows once (the log tails are folded away), scrolled to its end.
+    assert failed.content.count(b"Traceback: &lt;weights&gt; missing") == 1
+    assert b'id="status-reason" data-scroll-end' in failed.content
 
 
 def test_status_fragment_of_a_deleted_endpoint_stops_polling(browser, endpoint):
-    url = f"/endpoints/{endpoint.id}/status/?cell=1"
+    url = f"/endpoints/{endpoint.id}/status/"
     ModelEndpoint.objects.filter(pk=endpoint.pk).update(status=ModelEndpoint.Status.DELETE_IN_PROGRESS)
     assert browser.get(url, **HTMX).status_code == 200
     ModelEndpoint.objects.filter(pk=endpoint.pk).delete()
@@ -214,15 +224,21 @@ def test_status_fragment_of_a_deleted_endpoint_stops_polling(browser, endpoint):
     assert b"DELETED" in gone.content
 
 
-def test_list_polls_only_the_rows_that_are_not_terminal(browser, endpoint, bundle, owner):
+def test_list_rows_stay_live_with_workers_and_queue(browser, endpoint, bundle, owner):
     ready = endpoint_create(
         team=owner.team, user=owner.user, name="steady", model_bundle_id=bundle.id, endpoint_type="async",
         min_workers=0, max_workers=1, per_worker=1, cpus=1, memory="1Gi",
     )  # fmt: skip
     ModelEndpoint.objects.filter(pk=ready.pk).update(status=ModelEndpoint.Status.READY)
     html = browser.get("/endpoints/").content.decode()
-    assert f'/endpoints/{endpoint.id}/status/?cell=1" hx-trigger="every 2s"' in html
-    assert f"/endpoints/{ready.id}/status/" not in html
+    assert 'id="endpoint-rows" hx-get="/endpoints/?rows=1"' in html
+    get_redis().lpush(protocol.Keys(protocol.endpoint_prefix(ready.id)).queue, "a", "b", "c")
+    rows = browser.get("/endpoints/", {"rows": "1"}, **HTMX).content.decode()
+    assert "<html" not in rows and 'class="page-head"' not in rows
+    steady_row = re.search(r"<tr>(?:(?!</tr>).)*steady(?:(?!</tr>).)*</tr>", rows, re.S).group(0)
+    assert '<td class="num queue-cell">3</td>' in steady_row
+    searched = browser.get("/endpoints/", {"rows": "1", "q": "stead"}, **HTMX).content.decode()
+    assert ready.id in searched and endpoint.id not in searched
 
 
 def test_htmx_request_gets_the_fragment_and_a_plain_request_the_page(browser, endpoint):
@@ -342,10 +358,14 @@ def test_delete_is_a_post_and_marks_the_endpoint_for_deletion(browser, endpoint)
 def test_api_key_is_shown_once_works_and_can_be_revoked(browser, owner):
     from rest_framework.test import APIClient
 
-    response = browser.post("/api-keys/", {"name": "laptop"})
-    assert response.status_code == 200
-    raw_key = re.search(rb"<code>(lk_[0-9a-f]+_[^<]+)</code>", response.content).group(1).decode()
+    created = browser.post("/api-keys/", {"name": "laptop"})
+    # Post/redirect/get: the key is shown on the page the redirect leads to, and only there.
+    assert created.status_code == 302 and created["Location"] == "/api-keys/"
+    response = browser.get("/api-keys/")
+    raw_key = re.search(rb'<code id="new-key-value">(lk_[0-9a-f]+_[^<]+)</code>', response.content).group(1).decode()
     assert response["Cache-Control"] == "no-store"
+    assert b"data-copy" in response.content
+    assert owner.team.api_keys.filter(name="laptop").count() == 1
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
     assert api.get("/v1/model-endpoints").status_code == 200
@@ -462,7 +482,7 @@ def test_upload_without_a_file_or_over_the_limit_is_a_file_error(browser, settin
 
 def test_a_poll_after_the_session_ended_sends_the_page_to_login(client, endpoint):
     response = client.get(
-        f"/endpoints/{endpoint.id}/status/?cell=1", HTTP_HX_CURRENT_URL="http://testserver/endpoints/", **HTMX
+        f"/endpoints/{endpoint.id}/status/", HTTP_HX_CURRENT_URL="http://testserver/endpoints/", **HTMX
     )
     assert response.status_code == 200
     assert response["HX-Redirect"] == "/accounts/login/?next=%2Fendpoints%2F"

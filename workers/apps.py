@@ -15,3 +15,7 @@ class WorkersConfig(AppConfig):
         # Local replicas' logs are kept bounded, and cgroups of gone replicas removed.
         register_tick_hook(rotate_replica_logs)
         register_tick_hook(remove_leftover_cgroups)
+        # Samples of every endpoint's counters for the dashboard's charts.
+        from workers.metrics import sample_tick
+
+        register_tick_hook(sample_tick)

@@ -103,15 +103,16 @@ def _observe(deployment: Deployment, replicas: list[Replica]) -> str | None:
     of the current generation, when one of its replicas failed for the bundle's own reason."""
     redis = get_redis()
     keys = protocol.Keys(deployment.prefix)
+    phase_fields = [f"t_{phase}" for phase in lifecycle.COLD_START_PHASES]
     with redis.pipeline(transaction=False) as pipe:
         for replica in replicas:
-            pipe.hmget(keys.replica(replica.id), ["state", "error"])
+            pipe.hmget(keys.replica(replica.id), ["state", "error", *phase_fields])
             pipe.exists(keys.heartbeat(replica.id))
         answers = pipe.execute()
     load_error = None
     now = timezone.now()
     for index, replica in enumerate(replicas):
-        reported, error = (v.decode(errors="replace") if v is not None else None for v in answers[2 * index])
+        reported, error, *times = (v.decode(errors="replace") if v is not None else None for v in answers[2 * index])
         runtime = get_runtime(replica.runtime)
         alive = runtime.is_alive(replica)
         facts = lifecycle.Facts(
@@ -133,7 +134,12 @@ def _observe(deployment: Deployment, replicas: list[Replica]) -> str | None:
         tail = ""
         if transition.to == State.FAILED and not facts.load_error:
             tail = runtime.logs(replica, tail_lines=LOG_TAIL_LINES).strip()
-        won = lifecycle.apply(replica, transition, runtime=runtime, prefix=deployment.prefix, log_tail=tail)
+        fields = None
+        if transition.to == State.READY:
+            fields = {"cold_start": lifecycle.cold_start_times(dict(zip(phase_fields, times, strict=True)), replica.created_at)}
+        won = lifecycle.apply(
+            replica, transition, runtime=runtime, prefix=deployment.prefix, log_tail=tail, fields=fields
+        )
         if won and transition.to == State.FAILED:
             logger.warning("replica %s of %s %s failed (%s): %s", replica.id, deployment.kind, deployment.id,
                            transition.cause, transition.reason.splitlines()[0] if transition.reason else "")

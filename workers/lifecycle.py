@@ -131,10 +131,12 @@ def seconds_in_state(replica: Replica, now: datetime) -> float:
 
 # --- writing transitions ----------------------------------------------------------------------
 
-def compare_and_set(replica: Replica, to: str, reason: str = "", *, now: datetime | None = None) -> bool:
-    """Move the row from the state we read to `to`; False when someone else moved it first."""
+def compare_and_set(replica: Replica, to: str, reason: str = "", *, now: datetime | None = None,
+                    fields: dict | None = None) -> bool:
+    """Move the row from the state we read to `to` (writing `fields` with it); False when
+    someone else moved it first."""
     now = now or timezone.now()
-    changes: dict = {"state": to}
+    changes: dict = {"state": to, **(fields or {})}
     if reason:
         changes["reason"] = reason
     if to == State.READY:
@@ -148,7 +150,8 @@ def compare_and_set(replica: Replica, to: str, reason: str = "", *, now: datetim
     return won
 
 
-def apply(replica: Replica, transition: Transition, *, runtime, prefix: str, log_tail: str = "") -> bool:
+def apply(replica: Replica, transition: Transition, *, runtime, prefix: str, log_tail: str = "",
+          fields: dict | None = None) -> bool:
     """Carry out a transition; returns whether this caller made it (the compare-and-set won).
 
     A replica that leaves the live states hands back its in-flight tasks: requeued, or failed
@@ -160,7 +163,7 @@ def apply(replica: Replica, transition: Transition, *, runtime, prefix: str, log
     reason = transition.reason
     if log_tail:
         reason = f"{reason}; last output:\n{log_tail}"
-    if not compare_and_set(replica, transition.to, reason):
+    if not compare_and_set(replica, transition.to, reason, fields=fields):
         return False
     if transition.to in (State.STOPPED, State.FAILED):
         release(replica, prefix=prefix, reason=transition.reason, cause=transition.cause, log_tail=log_tail)
@@ -187,6 +190,36 @@ def stop(replica: Replica, *, runtime) -> bool:
         return False
     runtime.stop(replica)
     return compare_and_set(replica, State.DRAINING)
+
+
+# --- cold starts ----------------------------------------------------------------------------------
+
+# The phases of a cold start, in order: the replica writes the t_* times into its hash
+# (workers.serve); `placed` is the row's creation (the controller placed it and starts it).
+COLD_START_PHASES = ("started", "downloaded", "loaded", "ready")
+
+
+def cold_start_times(reported: dict[str, str | None], placed_at: datetime) -> dict[str, float]:
+    """The phase times (unix seconds) to keep on the row, from the replica hash's t_* fields."""
+    times = {"placed": placed_at.timestamp()}
+    for phase in COLD_START_PHASES:
+        try:
+            times[phase] = float(reported[f"t_{phase}"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return times
+
+
+def cold_start_phases(times: dict[str, float]) -> list[tuple[str, float]]:
+    """[(phase, seconds it took)] from the previous phase to each one, e.g. ("downloaded", 0.2)
+    is the bundle download; the seconds add up to placed -> ready."""
+    phases = []
+    previous = times.get("placed")
+    for phase in COLD_START_PHASES:
+        if phase in times and previous is not None:
+            phases.append((phase, max(0.0, times[phase] - previous)))
+            previous = times[phase]
+    return phases
 
 
 # --- restarts -----------------------------------------------------------------------------------

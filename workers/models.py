@@ -75,6 +75,9 @@ class Replica(models.Model):
     reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # The cold start's phase times, unix seconds: placed, started, downloaded, loaded, ready
+    # (workers.lifecycle.cold_start_phases turns them into seconds per phase).
+    cold_start = models.JSONField(default=dict, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -86,6 +89,17 @@ class Replica(models.Model):
     @property
     def is_live(self) -> bool:
         return self.state in (self.State.STARTING, self.State.READY, self.State.DRAINING)
+
+    @property
+    def cold_start_phases(self) -> list[tuple[str, float]]:
+        from workers.lifecycle import cold_start_phases
+
+        return cold_start_phases(self.cold_start or {})
+
+    @property
+    def cold_start_seconds(self) -> float | None:
+        phases = self.cold_start_phases
+        return sum(seconds for _, seconds in phases) if phases else None
 
 
 class WorkerImage(models.Model):

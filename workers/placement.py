@@ -33,24 +33,28 @@ def _describe_gpus(count: int, gpu_type: str | None) -> str:
     return f"{count} free {kind}" if count == 1 or gpu_type else f"{count} free GPUs"
 
 
-def _free_capacity(hosts: list[Host], spec: ReplicaSpec) -> list[_Free]:
+def host_capacity(hosts: list[Host]) -> list[_Free]:
+    """What each host has free now (CPUs, memory, GPU ids), for the capacity views."""
+    return _free_capacity(hosts, None)
+
+
+def _free_capacity(hosts: list[Host], spec: ReplicaSpec | None) -> list[_Free]:
     free = {
         host.pk: _Free(
             host=host, cpus=host.cpus or 0.0, memory_bytes=host.memory_bytes or 0, gpu_ids=list(host.gpu_device_ids)
         )
         for host in hosts
     }
-    live = (
-        Replica.objects.filter(host__in=hosts, state__in=LIVE_STATES)
-        .exclude(id=spec.replica_id)
-        .values_list("host_id", "cpus", "memory_bytes", "gpu_device_ids", "owner_kind", "owner_id")
-    )
+    live = Replica.objects.filter(host__in=hosts, state__in=LIVE_STATES)
+    if spec is not None:
+        live = live.exclude(id=spec.replica_id)
+    live = live.values_list("host_id", "cpus", "memory_bytes", "gpu_device_ids", "owner_kind", "owner_id")
     for host_id, cpus, memory_bytes, gpu_ids, owner_kind, owner_id in live:
         entry = free[host_id]
         entry.cpus -= cpus or 0.0
         entry.memory_bytes -= memory_bytes or 0
         entry.used_gpu_ids.update(str(i) for i in gpu_ids or ())
-        if owner_kind == spec.owner_kind and owner_id == spec.owner_id:
+        if spec is not None and owner_kind == spec.owner_kind and owner_id == spec.owner_id:
             entry.owner_replicas += 1
     for entry in free.values():
         entry.gpu_ids = [i for i in entry.gpu_ids if i not in entry.used_gpu_ids]

@@ -20,6 +20,7 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                              traceback    the error text on FAILURE
                              created_at, started_at, finished_at   unix seconds
                              replica      the replica that last ran it
+                             kind         sync | async (the gateway's tasks)
   <p>done:<task_id>        list; the final record (JSON) is LPUSHed here for a sync waiter
                            blocked on BLPOP. Expires quickly.
   <p>running               sorted set: task id -> started_at, of the tasks a replica runs now;
@@ -27,8 +28,21 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                            timeout (and kills their replica).
   <p>hb:<replica>          heartbeat, a key with a short TTL refreshed by the replica.
   <p>replica:<replica>     hash: state (loading|ready|failed|stopping), error (load
-                           traceback), python_version, pid, updated_at.
+                           traceback), python_version, pid, updated_at, and the cold start's
+                           phase times (unix seconds): t_started (the process runs),
+                           t_downloaded (bundle fetched), t_loaded (predict function built),
+                           t_ready (serving).
   <p>stats                 hash of counters: completed, failed.
+  <p>latency               hash: a histogram per timing of finished tasks, written by the
+                           FINISH script: `<timing>:<bucket>` counts (not cumulative; bucket
+                           is an upper bound of LATENCY_BUCKETS or +Inf), `<timing>:sum`,
+                           `<timing>:count`; timings: queue_wait (created -> started), run
+                           (started -> finished), total (created -> finished).
+  <p>history               list: the ids of the endpoint's newest tasks (newest first),
+                           capped at the gateway's history length (LPUSH + LTRIM in the
+                           submit pipeline).
+  <p>samples               list: JSON samples of the counters every few seconds, newest first
+                           (workers.metrics, for the dashboard's charts).
 
 This module is the one owner of the task record: the gateway, the batch runner, the
 controller and the serve loop write, read, requeue and fail tasks only through the functions
@@ -84,12 +98,15 @@ def owner_prefix(owner_kind: str, owner_id: str) -> str:
 class Keys:
     """Key names under one prefix."""
 
-    __slots__ = ("prefix", "queue", "stats")
+    __slots__ = ("history", "latency", "prefix", "queue", "samples", "stats")
 
     def __init__(self, prefix: str):
         self.prefix = prefix
         self.queue = prefix + "queue"
         self.stats = prefix + "stats"
+        self.latency = prefix + "latency"
+        self.history = prefix + "history"
+        self.samples = prefix + "samples"
 
     def inflight(self, replica_id: str) -> str:
         return f"{self.prefix}inflight:{replica_id}"
@@ -159,9 +176,10 @@ def final_record(status: str, *, result: str | None = None, traceback: str | Non
 # --- writing a task (gateway, batch runner) --------------------------------------------------
 
 def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: int, now: float,
-             inline: bool = True, extra: dict | None = None) -> None:
+             inline: bool = True, extra: dict | None = None, history_length: int = 0) -> None:
     """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry. `inline`
-    puts the payload in the entry too, so a replica runs it without reading the hash."""
+    puts the payload in the entry too, so a replica runs it without reading the hash.
+    `history_length` > 0 also records the id in the owner's capped list of recent tasks."""
     task_key = keys.task(task_id)
     pipe.hset(task_key, mapping={
         "payload": payload_json, "status": PENDING, "attempts": 0, "created_at": now, **(extra or {}),
@@ -169,6 +187,9 @@ def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: 
     pipe.expire(task_key, ttl_seconds)
     entry = queue_entry(task_id, expires_at=now + ttl_seconds, payload=payload_json) if inline else task_id
     pipe.lpush(keys.queue, entry)
+    if history_length > 0:
+        pipe.lpush(keys.history, task_id)
+        pipe.ltrim(keys.history, 0, history_length - 1)
 
 
 def wait_final(pipe, keys: Keys, task_id: str, *, timeout_seconds: float) -> None:
@@ -191,6 +212,72 @@ def read_task(client, keys: Keys, task_id: str) -> dict | None:
         "traceback": traceback.decode() if traceback is not None else None,
         "result_pickled": bool(pickled),
     }
+
+
+HISTORY_FIELDS = ("status", "created_at", "started_at", "finished_at", "replica", "attempts", "kind")
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode(errors="replace") if value is not None else None
+
+
+def _number(value: bytes | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _timings(record: dict) -> dict:
+    """Queue wait and run time (seconds) from the record's timestamps, where known."""
+    created, started, finished = record["created_at"], record["started_at"], record["finished_at"]
+    return {
+        "queue_wait": started - created if started is not None and created is not None else None,
+        "run": finished - started if finished is not None and started is not None else None,
+        "total": finished - created if finished is not None and created is not None else None,
+    }
+
+
+def recent_tasks(client, keys: Keys, *, limit: int) -> list[dict]:
+    """The owner's newest tasks (newest first) with status, timings, replica and the last line
+    of the error; tasks that expired are left out. Two round trips."""
+    task_ids = [_text(raw) for raw in client.lrange(keys.history, 0, max(limit, 1) - 1)]
+    if not task_ids:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.hmget(keys.task(task_id), [*HISTORY_FIELDS, "traceback"])
+        answers = pipe.execute()
+    tasks = []
+    for task_id, values in zip(task_ids, answers, strict=True):
+        if values[0] is None:
+            continue
+        status, created, started, finished, replica, attempts, kind, error = values
+        record = {
+            "task_id": task_id, "status": _text(status), "created_at": _number(created),
+            "started_at": _number(started), "finished_at": _number(finished), "replica": _text(replica) or "",
+            "attempts": int(_number(attempts) or 0), "kind": _text(kind) or "",
+        }
+        lines = (_text(error) or "").strip().splitlines()
+        record["error_line"] = lines[-1] if lines else ""
+        record.update(_timings(record))
+        tasks.append(record)
+    return tasks
+
+
+def read_task_detail(client, keys: Keys, task_id: str) -> dict | None:
+    """Everything the task page shows (payload, timings, replica, traceback); None if gone."""
+    values = client.hmget(keys.task(task_id), [*HISTORY_FIELDS, "payload", "traceback"])
+    if values[0] is None:
+        return None
+    status, created, started, finished, replica, attempts, kind, payload, error = values
+    record = {
+        "status": _text(status), "created_at": _number(created), "started_at": _number(started),
+        "finished_at": _number(finished), "replica": _text(replica) or "", "attempts": int(_number(attempts) or 0),
+        "kind": _text(kind) or "", "payload": _text(payload) or "", "traceback": _text(error),
+    }
+    record.update(_timings(record))
+    return record
 
 
 def read_fields(client, keys: Keys, task_ids: list[str], fields: list[str]) -> list[list[bytes | None]]:
@@ -251,12 +338,38 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return payload
 """
 
+# Upper bounds (seconds) of the latency histograms' buckets (the `latency` hash), and the
+# Lua that counts one observation into them: part of the FINISH script, so timing a task costs
+# no round trip of its own.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+LATENCY_TIMINGS = ("queue_wait", "run", "total")
+
+
+def bucket_label(upper: float) -> str:
+    """The hash field's bound as Lua's tostring writes it (1 -> "1", 0.5 -> "0.5")."""
+    return str(int(upper)) if upper == int(upper) else repr(upper)
+
+
+_OBSERVE_FUNCTION = "local buckets = {" + ", ".join(bucket_label(b) for b in LATENCY_BUCKETS) + "}" + """
+local function observe(key, timing, seconds)
+  if seconds < 0 then seconds = 0 end
+  local bound = '+Inf'
+  for _, upper in ipairs(buckets) do
+    if seconds <= upper then bound = tostring(upper) break end
+  end
+  redis.call('HINCRBY', key, timing .. ':' .. bound, 1)
+  redis.call('HINCRBY', key, timing .. ':count', 1)
+  redis.call('HINCRBYFLOAT', key, timing .. ':sum', seconds)
+end
+"""
+
+
 # KEYS: task, inflight, done, stats, running. ARGV: entry, status, result, traceback,
 # pickled (or ''), now, done_record, done_ttl, counter, task_id.
 # The task hash is only written while it exists (an expired task must not come back without
 # a TTL) and is not final yet (the first outcome wins). The done list is filled either way
-# so a sync waiter is answered.
-FINISH_SCRIPT = """
+# so a sync waiter is answered. The latency hash sits next to stats (same prefix).
+FINISH_SCRIPT = _OBSERVE_FUNCTION + """
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[10])
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -278,6 +391,15 @@ end
 redis.call('LPUSH', KEYS[3], ARGV[7])
 redis.call('EXPIRE', KEYS[3], ARGV[8])
 redis.call('HINCRBY', KEYS[4], ARGV[9], 1)
+-- Timings last: the outcome above is recorded whatever happens here.
+if status then
+  local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at')
+  local now, created, started = tonumber(ARGV[6]), tonumber(times[1]), tonumber(times[2])
+  local latency = string.sub(KEYS[4], 1, -6) .. 'latency'
+  if created and started then observe(latency, 'queue_wait', started - created) end
+  if started then observe(latency, 'run', now - started) end
+  if created then observe(latency, 'total', now - created) end
+end
 return 1
 """
 

@@ -230,10 +230,15 @@ class Replica:
             self.stopping.wait(self.heartbeat_ttl / 5)
 
     def load(self) -> None:
-        self.set_state(protocol.REPLICA_LOADING)
+        # The cold start's phases (workers.protocol, replica hash): the controller copies them
+        # onto the Replica row when it sees the replica ready.
+        self.set_state(protocol.REPLICA_LOADING, t_started=time.time())
         started = time.monotonic()
         try:
-            self.predict = load_predict_fn(self.config, fetch_bundle(self.bundle_url))
+            data = fetch_bundle(self.bundle_url)
+            self.redis.hset(self.keys.replica(self.replica_id), "t_downloaded", time.time())
+            self.predict = load_predict_fn(self.config, data)
+            self.redis.hset(self.keys.replica(self.replica_id), "t_loaded", time.time())
         except BaseException:  # noqa: BLE001 - SystemExit from user code is a load failure too
             error = traceback.format_exc()
             print(error, file=sys.stderr, flush=True)
@@ -310,7 +315,7 @@ class Replica:
             return self.stop()
         # Ready before the first task is taken: a replica that dies from here on is known to
         # have loaded, so the controller never takes its death for a broken bundle.
-        self.set_state(protocol.REPLICA_READY)
+        self.set_state(protocol.REPLICA_READY, t_ready=time.time())
         print(f"replica {self.replica_id} ready ({self.concurrency} at a time)", flush=True)
         workers = [
             threading.Thread(target=self.work_loop, name=f"worker-{n}", daemon=True) for n in range(self.concurrency)

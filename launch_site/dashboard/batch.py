@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.models import Team
@@ -30,7 +31,15 @@ def progress(job: BatchJob) -> dict:
     done = job.items_completed + job.items_failed
     pending = max(total - done, 0) if total is not None else None
     scale = 100 / total if total else 0
+    # Duration, throughput and ETA from the job's own timestamps (no extra bookkeeping).
+    end = job.finished_at or timezone.now()
+    elapsed = (end - job.started_at).total_seconds() if job.started_at else None
+    rate = done / elapsed if elapsed and done else None
+    eta = pending / rate if rate and pending and not job.is_terminal else None
     return {
+        "elapsed": elapsed,
+        "rate": rate,
+        "eta": eta,
         "total": total,
         "completed": job.items_completed,
         "failed": job.items_failed,
@@ -90,6 +99,7 @@ def batch_job_progress(request: HttpRequest, team: Team, job_id: str) -> HttpRes
     job = selectors.batch_job_get(team=team, job_id=job_id)
     job.progress = progress(job)
     response = render_page(request, "dashboard/batch/progress.html", {"job": job})
+    # The terminal render is sent (Finished, the result link, no Cancel) and polling stops.
     if request.htmx and job.is_terminal:
         response.status_code = STOP_POLLING
     return response

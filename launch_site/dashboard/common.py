@@ -3,6 +3,8 @@ rendering, and turning service errors into form errors."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from functools import wraps
 
@@ -24,12 +26,42 @@ PAGE_BASE = "dashboard/base.html"
 FRAGMENT_BASE = "dashboard/fragment.html"
 # htmx stops polling an element whose response has this status (htmx docs: "286 Stop Polling").
 STOP_POLLING = 286
+# A live part carries the version of what it shows (`hx-vals`); a poll that would render the
+# same answers 204 (htmx swaps nothing: scroll positions and open <details> stay).
+LIVE_VERSION_PLACEHOLDER = "__LIVE_VERSION__"
+UNCHANGED = 204
+
+
+_CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken" value="[^"]*"')
+
+
+def live_trigger(seconds: int) -> str:
+    """hx-trigger of a live part: poll every `seconds` while the tab is visible (a hidden tab
+    sends nothing), and at once when it becomes visible again."""
+    visible = "[document.visibilityState=='visible']"
+    return f"every {seconds}s {visible}, visibilitychange{visible} from:document"
+
+
+def live_response(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """Version a live part's fragment; answer 204 when the poller already shows this version."""
+    body = response.content.decode()
+    if LIVE_VERSION_PLACEHOLDER not in body:
+        return response
+    # The CSRF token is masked afresh on every render: it is not a change.
+    version = hashlib.blake2b(_CSRF_INPUT.sub("", body).encode(), digest_size=8).hexdigest()
+    if request.htmx and request.GET.get("v") == version and response.status_code == 200:
+        return HttpResponse(status=UNCHANGED)
+    response.content = body.replace(LIVE_VERSION_PLACEHOLDER, version).encode()
+    return response
 
 
 def render_page(request: HttpRequest, template: str, context: dict | None = None, *, status: int = 200) -> HttpResponse:
     """One template for the page and its fragment: an htmx request gets only the content block."""
     fragment = bool(getattr(request, "htmx", False)) and not request.htmx.boosted
-    context = {**(context or {}), "fragment": fragment, "base_template": FRAGMENT_BASE if fragment else PAGE_BASE}
+    context = {
+        **(context or {}), "fragment": fragment, "base_template": FRAGMENT_BASE if fragment else PAGE_BASE,
+        "live_fast": live_trigger(2), "live_slow": live_trigger(10), "live_version": LIVE_VERSION_PLACEHOLDER,
+    }  # fmt: skip
     return render(request, template, context, status=status)
 
 

@@ -1,4 +1,8 @@
-"""Endpoint pages: list, deploy, detail with a live status panel, edit, delete, "Try it"."""
+"""Endpoint pages: list, deploy, detail with live parts (status and replicas, recent requests,
+charts), edit, delete, "Try it", the task page.
+
+An endpoint is never terminal (its replicas and queue move while READY), so its live parts
+poll for as long as the page is open and visible; only a deleted endpoint stops them (286)."""
 
 from __future__ import annotations
 
@@ -12,33 +16,53 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.models import Team
 from endpoints import gateway, selectors, services
 from endpoints.models import ModelEndpoint
+from launch_site.dashboard import charts
 from launch_site.dashboard import selectors as dashboard_selectors
-from launch_site.dashboard.common import SERVICE_ERRORS, STOP_POLLING, add_service_error, render_page, team_view
+from launch_site.dashboard.common import (
+    SERVICE_ERRORS,
+    STOP_POLLING,
+    add_service_error,
+    live_response,
+    render_page,
+    team_view,
+)
 from launch_site.dashboard.forms import EndpointEditForm, EndpointForm, TryItForm
 from launch_site.errors import NotFoundError
-from workers import protocol
+from workers import metrics, protocol
 
-# The states an endpoint stays in until someone edits it; the others change on their own.
-TERMINAL_STATUSES = (ModelEndpoint.Status.READY, ModelEndpoint.Status.UPDATE_FAILED)
 TERMINAL_TASK_STATUSES = (protocol.SUCCESS, protocol.FAILURE)
 FIELD_NAMES = {"model_bundle_id": "bundle"}
 
 
 def _with_state(endpoints: list[ModelEndpoint]) -> list[ModelEndpoint]:
-    """Attach live worker counts and queue depth (one query and one Redis round trip for all)."""
+    """Attach live worker counts, queue depth and counters (one query and one Redis round
+    trip for all)."""
     counts = selectors.replica_counts(endpoints)
-    depths = dashboard_selectors.queue_depths(endpoints)
+    figures = metrics.endpoint_figures([endpoint.id for endpoint in endpoints])
     for endpoint in endpoints:
         endpoint.workers = counts[endpoint.id]
-        endpoint.queue_depth = depths[endpoint.id]
-        endpoint.is_terminal = endpoint.status in TERMINAL_STATUSES
+        endpoint.queue_depth = figures[endpoint.id]["queued"]
+        endpoint.figures = figures[endpoint.id]
     return endpoints
 
 
 @team_view
 def endpoint_list(request: HttpRequest, team: Team) -> HttpResponse:
-    endpoints = _with_state(list(selectors.endpoint_list(team=team)))
-    return render_page(request, "dashboard/endpoints/list.html", {"endpoints": endpoints})
+    """The list; its rows are one live part (`?rows=1`), refreshed while the page is visible."""
+    search = request.GET.get("q", "").strip()
+    endpoints = selectors.endpoint_list(team=team)
+    if search:
+        endpoints = endpoints.filter(name__icontains=search)
+    endpoints = _with_state(list(endpoints.select_related("bundle")[:200]))
+    for endpoint in endpoints:
+        endpoint.sparkline = charts.sparkline(
+            metrics.chart_series(endpoint.id, seconds=3600, points=30)["requests"]
+        )
+    context = {"endpoints": endpoints, "q": search}
+    if request.htmx and request.GET.get("rows"):
+        return live_response(request, render_page(request, "dashboard/endpoints/rows.html", context))
+    context["getting_started"] = dashboard_selectors.getting_started(request, team=team)
+    return render_page(request, "dashboard/endpoints/list.html", context)
 
 
 @team_view
@@ -59,7 +83,8 @@ def endpoint_create(request: HttpRequest, team: Team) -> HttpResponse:
         except SERVICE_ERRORS as error:
             add_service_error(form, error, field_names=FIELD_NAMES)
         else:
-            messages.success(request, f"Deploying {endpoint.name}: replicas are starting.")
+            # No flash message: the live status panel says what happens (a "starting" banner
+            # would stay above an UPDATE_FAILED badge).
             return redirect("dashboard:endpoint-detail", endpoint_id=endpoint.id)
     status = 422 if form.errors else 200
     return render_page(
@@ -71,17 +96,25 @@ def endpoint_create(request: HttpRequest, team: Team) -> HttpResponse:
 def endpoint_detail(request: HttpRequest, team: Team, endpoint_id: str) -> HttpResponse:
     endpoint = _with_state([selectors.endpoint_get(team=team, endpoint_id=endpoint_id)])[0]
     context = {
-        "endpoint": endpoint,
-        "logs": dashboard_selectors.creation_logs(endpoint),
+        **_status_context(endpoint),
+        **_requests_context(request, endpoint),
+        **_charts_context(request, endpoint),
         "try_form": TryItForm(initial={"args": "{}"}),
+        "getting_started": dashboard_selectors.getting_started(request, team=team, endpoint=endpoint),
     }
     return render_page(request, "dashboard/endpoints/detail.html", context)
 
 
-@team_view
-def endpoint_status(request: HttpRequest, team: Team, endpoint_id: str) -> HttpResponse:
-    """The live status cell (`?cell=1`, for list rows) or panel (detail page): polled while not terminal."""
-    template = "dashboard/endpoints/status_cell.html" if request.GET.get("cell") else "dashboard/endpoints/status.html"
+def _status_context(endpoint: ModelEndpoint) -> dict:
+    replicas = dashboard_selectors.replica_rows(endpoint)
+    return {
+        "endpoint": endpoint, "replicas": replicas,
+        "restarts": sum(replica.state == "failed" for replica in replicas),
+    }
+
+
+def _live_part(request: HttpRequest, team: Team, endpoint_id: str, template: str, context_of) -> HttpResponse:
+    """A live part of the endpoint page: it polls for as long as the endpoint exists."""
     try:
         endpoint = _with_state([selectors.endpoint_get(team=team, endpoint_id=endpoint_id)])[0]
     except NotFoundError:
@@ -91,13 +124,51 @@ def endpoint_status(request: HttpRequest, team: Team, endpoint_id: str) -> HttpR
         response = render_page(request, template, {"endpoint": None, "endpoint_id": endpoint_id})
         response.status_code = STOP_POLLING
         return response
-    context = {"endpoint": endpoint}
-    if not request.GET.get("cell"):
-        context["logs"] = dashboard_selectors.creation_logs(endpoint)
-    response = render_page(request, template, context)
-    if request.htmx and endpoint.is_terminal:
-        response.status_code = STOP_POLLING
-    return response
+    return live_response(request, render_page(request, template, context_of(endpoint)))
+
+
+@team_view
+def endpoint_status(request: HttpRequest, team: Team, endpoint_id: str) -> HttpResponse:
+    """The status panel with the replica table and log tails."""
+    return _live_part(request, team, endpoint_id, "dashboard/endpoints/status.html", _status_context)
+
+
+TASK_STATUS_FILTERS = (protocol.PENDING, protocol.STARTED, protocol.SUCCESS, protocol.FAILURE)
+
+
+def _requests_context(request: HttpRequest, endpoint: ModelEndpoint) -> dict:
+    wanted = request.GET.get("status", "")
+    tasks = dashboard_selectors.recent_tasks(endpoint)
+    shown = [task for task in tasks if task["status"] == wanted] if wanted in TASK_STATUS_FILTERS else tasks
+    return {"endpoint": endpoint, "tasks": shown[:50], "task_count": len(tasks), "status_filter": wanted,
+            "status_filters": TASK_STATUS_FILTERS}
+
+
+@team_view
+def endpoint_requests(request: HttpRequest, team: Team, endpoint_id: str) -> HttpResponse:
+    """The recent requests, newest first, optionally of one status (`?status=`)."""
+    return _live_part(
+        request, team, endpoint_id, "dashboard/endpoints/requests.html", lambda e: _requests_context(request, e)
+    )
+
+
+CHART_RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
+
+
+def _charts_context(request: HttpRequest, endpoint: ModelEndpoint) -> dict:
+    chosen = request.GET.get("range", "1h")
+    chosen = chosen if chosen in CHART_RANGES else "1h"
+    series = metrics.chart_series(endpoint.id, seconds=CHART_RANGES[chosen])
+    return {"endpoint": endpoint, "charts": charts.endpoint_charts(series), "chart_range": chosen,
+            "chart_ranges": list(CHART_RANGES)}
+
+
+@team_view
+def endpoint_charts(request: HttpRequest, team: Team, endpoint_id: str) -> HttpResponse:
+    """Requests, errors, latency, queue and replicas over the last hour (or `?range=6h|24h`)."""
+    return _live_part(
+        request, team, endpoint_id, "dashboard/endpoints/charts.html", lambda e: _charts_context(request, e)
+    )
 
 
 @team_view
@@ -160,8 +231,14 @@ def task_create(request: HttpRequest, team: Team, endpoint_id: str) -> HttpRespo
     )
 
 
+PAYLOAD_SHOWN_CHARS = 2000
+
+
 def _task_view(record: dict, task_id: str) -> dict:
     task = {"task_id": task_id, **record, "is_terminal": record["status"] in TERMINAL_TASK_STATUSES}
+    payload = record.get("payload") or ""
+    task["payload_text"] = payload[:PAYLOAD_SHOWN_CHARS]
+    task["payload_truncated"] = len(payload) > PAYLOAD_SHOWN_CHARS
     if record.get("result") is not None:
         # The replica stores json.dumps(output); show it indented, or as is if it is not JSON.
         try:
@@ -176,7 +253,9 @@ def task_detail(request: HttpRequest, team: Team, endpoint_id: str, task_id: str
     endpoint = selectors.endpoint_get(team=team, endpoint_id=endpoint_id)
     if protocol.endpoint_id_of_task(task_id) != endpoint.id:
         raise NotFoundError(f"no task {task_id!r} on this endpoint")
-    task = _task_view(gateway.task_get(team=team, task_id=task_id), task_id)
+    record = gateway.task_get(team=team, task_id=task_id)
+    details = dashboard_selectors.task_detail(endpoint, task_id) or {}
+    task = _task_view({**details, **record}, task_id)
     response = render_page(request, "dashboard/endpoints/task.html", {"endpoint": endpoint, "task": task})
     if request.htmx and task["is_terminal"]:
         response.status_code = STOP_POLLING

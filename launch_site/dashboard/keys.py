@@ -13,21 +13,28 @@ from launch_site.dashboard import selectors
 from launch_site.dashboard.common import SERVICE_ERRORS, add_service_error, render_page, team_view
 from launch_site.dashboard.forms import ApiKeyForm
 
+NEW_KEY_SESSION = "new_api_key"
+
 
 @team_view
 @require_http_methods(["GET", "POST"])
 def api_key_list(request: HttpRequest, team: Team) -> HttpResponse:
     form = ApiKeyForm(request.POST or None)
-    new_key = None
     if request.method == "POST" and form.is_valid():
         try:
             api_key, raw_key = api_key_create(user=request.user, team=team, name=form.cleaned_data["name"])
         except SERVICE_ERRORS as error:
             add_service_error(form, error)
         else:
-            # Rendered in this response only (never stored in the session): it is shown once.
-            new_key = {"key": api_key, "raw": raw_key}
-            form = ApiKeyForm()
+            # Post/redirect/get: a refresh must not create a second key. The raw key rides in
+            # the session only until the next page shows it (popped there: shown once).
+            request.session[NEW_KEY_SESSION] = {"id": api_key.id, "raw": raw_key}
+            return redirect("dashboard:api-keys")
+    new_key = None
+    pending = request.session.pop(NEW_KEY_SESSION, None) if request.method == "GET" else None
+    if pending:
+        key = next((k for k in selectors.api_keys(team=team, user=request.user) if k.id == pending["id"]), None)
+        new_key = {"key": key, "raw": pending["raw"]} if key else None
     context = {"keys": selectors.api_keys(team=team, user=request.user), "form": form, "new_key": new_key}
     response = render_page(request, "dashboard/keys.html", context, status=422 if form.errors else 200)
     if new_key:

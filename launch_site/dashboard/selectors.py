@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Count, Max
 
 from accounts.models import ApiKey, Team
@@ -39,30 +40,49 @@ def bundles_for_select(*, team: Team):
     return ModelBundle.objects.filter(team=team).order_by("-created_at")
 
 
-def queue_depths(endpoints) -> dict[str, int]:
-    """Requests waiting in each endpoint's queue (not counting those in flight)."""
-    endpoints = list(endpoints)
-    if not endpoints:
-        return {}
-    with get_redis().pipeline(transaction=False) as pipe:
-        for endpoint in endpoints:
-            pipe.llen(protocol.Keys(protocol.endpoint_prefix(endpoint.id)).queue)
-        return {endpoint.id: depth for endpoint, depth in zip(endpoints, pipe.execute(), strict=True)}
+REPLICAS_SHOWN = 10
+# Log tails are read (a file, or a Docker call) only for the newest few replicas per refresh.
+REPLICAS_WITH_LOGS = 3
 
 
-def creation_logs(endpoint: ModelEndpoint, *, tail_lines: int = 60) -> str:
-    """The output tail of the endpoint's newest replicas (why a load failed, what it printed)."""
-    replicas = Replica.objects.filter(owner_kind=Replica.Owner.ENDPOINT, owner_id=endpoint.id).order_by("-created_at")[
-        :3
-    ]
-    parts = []
-    for replica in reversed(replicas):
-        try:
-            text = get_runtime(replica.runtime).logs(replica, tail_lines=tail_lines)
-        except Exception as error:  # noqa: BLE001 - a host that is down must not break the page
-            text = f"(logs unavailable: {error})"
-        parts.append(f"--- replica {replica.id} ({replica.state}) ---\n{text}")
-    return "\n".join(parts)
+def replica_rows(endpoint: ModelEndpoint, *, tail_lines: int = 60) -> list[Replica]:
+    """The endpoint's newest replicas (live ones first), the newest few with their log tail
+    (why a load failed, what it printed)."""
+    replicas = list(
+        Replica.objects.select_related("host")
+        .filter(owner_kind=Replica.Owner.ENDPOINT, owner_id=endpoint.id)
+        .order_by("-created_at")[:REPLICAS_SHOWN]
+    )
+    for index, replica in enumerate(replicas):
+        replica.log_tail = None
+        if index < REPLICAS_WITH_LOGS:
+            try:
+                replica.log_tail = get_runtime(replica.runtime).logs(replica, tail_lines=tail_lines)
+            except Exception as error:  # noqa: BLE001 - a host that is down must not break the page
+                replica.log_tail = f"(logs unavailable: {error})"
+    return sorted(replicas, key=lambda r: (not r.is_live, -r.created_at.timestamp()))
+
+
+def recent_tasks(endpoint: ModelEndpoint) -> list[dict]:
+    keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
+    return protocol.recent_tasks(get_redis(), keys, limit=settings.REQUEST_HISTORY_LENGTH)
+
+
+def task_detail(endpoint: ModelEndpoint, task_id: str) -> dict | None:
+    return protocol.read_task_detail(get_redis(), protocol.Keys(protocol.endpoint_prefix(endpoint.id)), task_id)
+
+
+def getting_started(request, *, team: Team, endpoint: ModelEndpoint | None = None) -> dict:
+    """What the first-steps snippets need: this server's real URL and the user's newest key's
+    prefix (the raw key is never stored, so the snippet shows where it goes)."""
+    key = ApiKey.objects.filter(team=team, user=request.user, revoked_at__isnull=True).order_by("-created_at").first()
+    return {
+        "base_url": request.build_absolute_uri("/").rstrip("/"),
+        "key_hint": f"lk_{key.prefix}_…" if key else None,
+        "has_bundles": ModelBundle.objects.filter(team=team).exists(),
+        "has_endpoints": ModelEndpoint.objects.filter(team=team).exists(),
+        "endpoint": endpoint,
+    }
 
 
 def api_keys(*, team: Team, user) -> list[ApiKey]:

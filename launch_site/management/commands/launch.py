@@ -133,7 +133,7 @@ class Command(BaseCommand):
             f"  Login:     {login} / {password}",
         ]
         if raw_key:
-            lines.append(f"  API key:   {raw_key}  (shown once; make another with `manage.py create_api_key {login}`)")
+            lines.append(f"  API key:   {raw_key}  (shown once; make another with `.venv/bin/python manage.py create_api_key {login}`)")
         else:
             lines.append(f"  API key:   created on first start; make another with `.venv/bin/python manage.py create_api_key {login}`")
         lines += [f"  Data:      {settings.LAUNCH_HOME}", "Press Ctrl-C to stop.", ""]
