@@ -163,7 +163,9 @@ def slow_doubler_bundle():
         def predict(x):
             import time
 
-            time.sleep(0.15)
+            # Long enough that the queue stays visible for several polls on a loaded machine
+            # (50 tasks on 2 replicas: about 10 s).
+            time.sleep(0.4)
             return {"doubled": x * model}
 
         return predict
