@@ -33,7 +33,7 @@ USER_PREFIX = "launch-"
 # too), plus what redis-py sends on connect.
 REPLICA_COMMANDS = (
     "ping", "hello", "auth", "select",
-    "blmove", "lrem", "lpush", "set", "del", "hset", "hget", "hincrby", "exists", "expire", "zadd", "zrem",
+    "blmove", "lrem", "lpush", "rpush", "set", "del", "hset", "hget", "hexists", "hincrby", "exists", "expire", "zadd", "zrem",
     "eval", "evalsha", "script|load", "script|exists",
 )
 # Granted when the server knows them (Redis >= 7 refuses a rule naming an unknown command).
