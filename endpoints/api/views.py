@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated, ParseError
 from rest_framework.response import Response
@@ -174,14 +175,14 @@ class InferenceView(APIView):
             body = _json_body(request)
             endpoint = selectors.endpoint_for_tasks(team=api_key.team, endpoint_id=endpoint_id)
             answer = self.serve(request, endpoint, body)
-            return answer if isinstance(answer, HttpResponse) else JsonResponse(answer)
+            return answer if isinstance(answer, HttpResponseBase) else JsonResponse(answer)
         except Exception as exc:  # noqa: BLE001 - rendered like every API error, or re-raised
             response = error_json_response(exc)
             if response is None:
                 raise
             return response
 
-    def serve(self, request, endpoint: ModelEndpoint, body) -> dict | HttpResponse:
+    def serve(self, request, endpoint: ModelEndpoint, body) -> dict | HttpResponseBase:
         raise NotImplementedError
 
 
@@ -238,10 +239,13 @@ class StreamingTaskView(InferenceView):
 
 
 def _server_sent_events(records):
-    for record in records:
-        # A comment line keeps the connection alive while the predict is quiet; writing it is
-        # also how the server notices a client that went away.
-        yield b": keep-alive\n\n" if record is None else f"data: {json.dumps(record)}\n\n".encode()
+    try:
+        for record in records:
+            # A comment line keeps the connection alive while the predict is quiet; writing it
+            # is also how the server notices a client that went away.
+            yield b": keep-alive\n\n" if record is None else f"data: {json.dumps(record)}\n\n".encode()
+    finally:
+        records.close()  # the client went away: the gateway tells the replica to stop
 
 
 class AsyncTaskDetailView(APIView):
