@@ -137,6 +137,9 @@ class ModelEndpointsApiView(APIView):
     """The same document as a page a person reads (a browser asks for text/html), else as JSON
     (the contract's answer type)."""
 
+    def perform_content_negotiation(self, request, force=False):
+        return super().perform_content_negotiation(request, force=True)  # text/html is answered in get
+
     def get(self, request):
         endpoints = list(selectors.endpoint_list(team=request_team(request)))
         document = endpoints_openapi(endpoints, server=request.build_absolute_uri("/"))
