@@ -2,6 +2,8 @@
 
 Submit is one Redis round trip (task hash + queue push in one pipeline); a sync wait is
 one more (BLPOP on the task's done list, which the replica fills with the final record).
+A streaming task goes through the same queue; the gateway then pops its items one by one
+(workers.protocol.read_stream) until the final record.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 
 from django.conf import settings
 
 from accounts.models import Team
+from endpoints import callbacks
 from endpoints.models import ModelEndpoint
 from launch_site.errors import ApplicationError, FieldError, NotFoundError, UnavailableError
 from launch_site.redis_client import get_redis, get_waiting_redis
@@ -35,8 +39,12 @@ def task_payload(data: dict) -> dict:
         raise FieldError("body", "must be a JSON object with args or url")
     if data.get("cloudpickle") is not None:
         raise FieldError("cloudpickle", "pickled inputs are not accepted; send args (JSON) or url")
-    if data.get("callback_url") is not None or data.get("callback_auth") is not None:
-        raise FieldError("callback_url", "callbacks are not supported by this server; poll the task instead")
+    if data.get("destination_path") is not None:
+        raise FieldError("destination_path", "results are kept with the task here; leave it out and read "
+                                             "result or result_url")
+    if data.get("num_retries") is not None:
+        raise FieldError("num_retries", "not supported: a task is retried only when its replica dies "
+                                        "(up to TASK_MAX_ATTEMPTS times); leave it out")
     has_args, has_url = data.get("args") is not None, data.get("url") is not None
     if has_args == has_url:
         raise FieldError("args", "send exactly one of args or url")
@@ -50,10 +58,64 @@ def task_payload(data: dict) -> dict:
     return payload
 
 
-def task_submit(*, endpoint: ModelEndpoint, payload: dict) -> str:
-    """Queue a task; returns its id."""
-    task_id, _ = _submit(endpoint, payload, wait_seconds=None)
+def task_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, dict | None] | None = None) -> str:
+    """Queue a task; returns its id. With `callback` (url, auth: endpoints.callbacks), its
+    outcome is posted there when it ends."""
+    task_id, _ = _submit(endpoint, payload, wait_seconds=None, callback=callback)
     return task_id
+
+
+def task_stream(*, endpoint: ModelEndpoint, payload: dict) -> Iterator[dict | None]:
+    """Queue a streaming task, then yield what it produces: each item as a SUCCESS record, and
+    at the end a FAILURE record when it failed (its traceback). Yields None when nothing came
+    for STREAM_KEEPALIVE_SECONDS (the caller sends a keep-alive, which notices a gone client).
+    When the caller stops early (its client went away, GeneratorExit) or the stream ran past
+    STREAM_TIMEOUT_SECONDS, the replica is told to stop the predict."""
+    _check_can_serve(endpoint)
+    if payload.get("return_pickled"):
+        raise FieldError("return_pickled", "a stream sends JSON items; return_pickled is not offered")
+    keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
+    task_id, _ = _submit(endpoint, {**payload, "stream": True}, wait_seconds=None)
+    return _stream_records(keys, task_id)
+
+
+def _stream_records(keys: protocol.Keys, task_id: str) -> Iterator[dict | None]:
+    client = get_waiting_redis()
+    deadline = time.monotonic() + settings.STREAM_TIMEOUT_SECONDS
+    next_index = 0
+    finished = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                yield _failure(f"the stream ran past STREAM_TIMEOUT_SECONDS ({settings.STREAM_TIMEOUT_SECONDS:g} s)")
+                return
+            answer = protocol.read_stream(
+                client, keys, task_id, timeout_seconds=max(1, int(min(settings.STREAM_KEEPALIVE_SECONDS, left)))
+            )
+            if answer is None:
+                yield None
+                continue
+            kind, record = answer
+            if kind == "item":
+                # A task run again after its replica died streams from its start: skip what
+                # this client already has.
+                if record["i"] == next_index:
+                    next_index += 1
+                    yield {"status": protocol.SUCCESS, "result": {"result": record["result"]}, "traceback": None,
+                           "status_code": 200}
+                continue
+            finished = True
+            if record["status"] != protocol.SUCCESS:
+                yield _failure(record.get("traceback") or "the task failed")
+            return
+    finally:
+        if not finished:
+            protocol.cancel_stream(get_redis(), keys, task_id, ttl_seconds=protocol.DONE_LIST_TTL_SECONDS)
+
+
+def _failure(traceback: str) -> dict:
+    return {"status": protocol.FAILURE, "result": None, "traceback": traceback, "status_code": 500}
 
 
 def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None) -> tuple[str, dict]:
@@ -93,7 +155,8 @@ def _check_can_serve(endpoint: ModelEndpoint) -> None:
         raise UnavailableError(f"endpoint {endpoint.name!r} has no replica: {endpoint.status_reason}")
 
 
-def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | None) -> tuple[str, list | None]:
+def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | None,
+            callback: tuple[str, dict | None] | None = None) -> tuple[str, list | None]:
     """Write the task, queue it and, with `wait_seconds`, wait for its final record, all in
     one round trip: Redis runs a pipeline's commands in order, so the BLPOP at its end
     blocks until the replica pushes the record (or the timeout). A waiting pipeline goes
@@ -103,9 +166,15 @@ def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | Non
     ttl = endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
     client = get_redis() if wait_seconds is None else get_waiting_redis()
     with client.pipeline(transaction=False) as pipe:
+        if callback is not None:
+            callbacks.add_task_callback(
+                pipe, endpoint_id=endpoint.id, task_id=task_id, url=callback[0], auth=callback[1], ttl_seconds=ttl
+            )
+        extra = {"kind": "stream" if payload.get("stream") else "async" if wait_seconds is None else "sync"}
+        if callback is not None:
+            extra["callback"] = "1"
         protocol.add_task(
-            pipe, keys, task_id, json.dumps(payload), ttl_seconds=ttl, now=time.time(),
-            extra={"kind": "async" if wait_seconds is None else "sync"},
+            pipe, keys, task_id, json.dumps(payload), ttl_seconds=ttl, now=time.time(), extra=extra,
             history_length=settings.REQUEST_HISTORY_LENGTH,
         )
         if endpoint.desired_workers == 0:
@@ -126,10 +195,13 @@ def _task_keys(team: Team, task_id: str) -> protocol.Keys:
 
 
 def task_get(*, team: Team, task_id: str) -> dict:
-    """The task record (owner-scoped: another team's task is not found)."""
-    record = protocol.read_task(get_redis(), _task_keys(team, task_id), task_id)
+    """The task record (owner-scoped: another team's task is not found), with its callback's
+    outcome under `callback` when it has one."""
+    client = get_redis()
+    record = protocol.read_task(client, _task_keys(team, task_id), task_id)
     if record is None:
         raise NotFoundError(f"no task {task_id!r} (it may have expired)")
+    record["callback"] = callbacks.callback_state(client, task_id)
     return record
 
 

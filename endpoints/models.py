@@ -26,6 +26,7 @@ class ModelEndpoint(models.Model):
     class EndpointType(models.TextChoices):
         SYNC = "sync"
         ASYNC = "async"
+        STREAMING = "streaming"
 
     class Status(models.TextChoices):
         READY = "READY"
@@ -39,10 +40,13 @@ class ModelEndpoint(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     name = models.CharField(max_length=63)
     bundle = models.ForeignKey("bundles.ModelBundle", on_delete=models.PROTECT, related_name="endpoints")
-    endpoint_type = models.CharField(max_length=8, choices=EndpointType.choices)
+    endpoint_type = models.CharField(max_length=9, choices=EndpointType.choices)
     min_workers = models.PositiveIntegerField()
     max_workers = models.PositiveIntegerField()
+    # The autoscaling target (requests per worker) ...
     per_worker = models.PositiveIntegerField()
+    # ... and the tasks one replica runs at once; None: per_worker (what it reads back as).
+    concurrent_requests_per_worker = models.PositiveIntegerField(null=True, blank=True)
     # Resources as the user wrote them ("8Gi", 2, "500m") and parsed for placement.
     cpus = models.CharField(max_length=32)
     cpus_millis = models.PositiveIntegerField()
@@ -59,6 +63,17 @@ class ModelEndpoint(models.Model):
     default_callback_auth = models.JSONField(null=True, blank=True)
     task_expires_seconds = models.PositiveIntegerField(null=True, blank=True)
     queue_message_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # Served first where endpoints compete for capacity: the tick reconciles (and so places)
+    # high-priority endpoints before the others.
+    high_priority = models.BooleanField(default=False)
+    # Stored and returned as sent; the usage figures can be grouped by them.
+    billing_tags = models.JSONField(null=True, blank=True)
+    # Replicas always load their bundle before serving: prewarm true (or unset) is what happens.
+    prewarm = models.BooleanField(null=True, blank=True)
+    # Only false (or unset) is accepted: there is no cost optimizer here.
+    optimize_costs = models.BooleanField(null=True, blank=True)
+    # Signs callback deliveries (HMAC-SHA256); shown once, in the creation answer.
+    callback_secret = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.UPDATE_PENDING)
     status_reason = models.TextField(blank=True)
@@ -81,3 +96,8 @@ class ModelEndpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"
+
+    @property
+    def concurrency(self) -> int:
+        """Tasks one replica runs at once."""
+        return self.concurrent_requests_per_worker or self.per_worker

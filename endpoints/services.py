@@ -7,10 +7,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 
 from accounts.models import Team
 from accounts.quotas import quota_check, usage_of
 from bundles.models import ModelBundle
+from endpoints import callbacks
 from endpoints.models import GPU_TYPES, ModelEndpoint
 from endpoints.quantities import parse_bytes, parse_cpus
 from launch_site.errors import ConflictError, FieldError
@@ -19,9 +21,41 @@ from launch_site.errors import ConflictError, FieldError
 EDITABLE_FIELDS = (
     "bundle", "min_workers", "max_workers", "per_worker", "cpus", "memory", "storage", "gpus", "gpu_type",
     "labels", "metadata", "post_inference_hooks", "default_callback_url", "default_callback_auth",
-    "task_expires_seconds", "queue_message_timeout_seconds",
+    "task_expires_seconds", "queue_message_timeout_seconds", "concurrent_requests_per_worker",
+    "high_priority", "billing_tags", "prewarm", "optimize_costs",
 )
-ROLLOVER_FIELDS = ("bundle", "cpus", "memory", "storage", "gpus", "gpu_type", "per_worker")
+ROLLOVER_FIELDS = (
+    "bundle", "cpus", "memory", "storage", "gpus", "gpu_type", "per_worker", "concurrent_requests_per_worker",
+)
+
+
+def check_contract_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The contract's fields this server cannot honour with the value sent are refused here,
+    naming the field; the others are cleaned. Returns the values to store."""
+    if values.get("public_inference"):
+        raise FieldError("public_inference", "unauthenticated inference is not offered by this server; "
+                                             "send false or leave it out")
+    if values.get("nodes_per_worker") not in (None, 1):
+        raise FieldError("nodes_per_worker", "multi-node workers are not supported: it must be 1")
+    if values.get("optimize_costs"):
+        raise FieldError("optimize_costs", "there is no cost optimizer here: send false or leave it out")
+    if values.get("prewarm") is False:
+        raise FieldError("prewarm", "replicas always load their bundle before they take requests "
+                                    "(prewarm true); false is not offered")
+    if values.get("forwarder_max_concurrency") is not None:
+        raise FieldError("forwarder_max_concurrency", "applies to runnable-image bundles, which this server does "
+                                                      "not serve; leave it out")
+    cleaned = {key: value for key, value in values.items()
+               if key not in ("public_inference", "nodes_per_worker", "forwarder_max_concurrency")}
+    if "post_inference_hooks" in cleaned:
+        cleaned["post_inference_hooks"] = callbacks.clean_hooks(cleaned["post_inference_hooks"])
+    if "default_callback_url" in cleaned:
+        cleaned["default_callback_url"] = callbacks.clean_url(cleaned["default_callback_url"], "default_callback_url")
+    if "default_callback_auth" in cleaned:
+        cleaned["default_callback_auth"] = callbacks.clean_auth(
+            cleaned["default_callback_auth"], "default_callback_auth"
+        )
+    return cleaned
 
 
 def _bundle_for(team: Team, bundle_id: str, field: str = "model_bundle_id") -> ModelBundle:
@@ -57,14 +91,20 @@ def _apply_resources(endpoint: ModelEndpoint, values: dict[str, Any]) -> None:
 
 
 def _validate_rules(endpoint: ModelEndpoint) -> None:
-    if endpoint.endpoint_type == ModelEndpoint.EndpointType.SYNC and endpoint.min_workers < 1:
-        raise FieldError("min_workers", "a sync endpoint keeps at least one worker: min_workers must be >= 1")
+    if endpoint.endpoint_type != ModelEndpoint.EndpointType.ASYNC and endpoint.min_workers < 1:
+        raise FieldError(
+            "min_workers", f"a {endpoint.endpoint_type} endpoint keeps at least one worker: min_workers must be >= 1"
+        )
     if endpoint.max_workers < endpoint.min_workers:
         raise FieldError("max_workers", f"must be >= min_workers ({endpoint.min_workers})")
     if endpoint.max_workers < 1:
         raise FieldError("max_workers", "must be at least 1")
     if endpoint.per_worker < 1:
         raise FieldError("per_worker", "must be at least 1")
+    if endpoint.concurrent_requests_per_worker is not None and endpoint.concurrent_requests_per_worker < 1:
+        raise FieldError("concurrent_requests_per_worker", "must be at least 1")
+    if endpoint.billing_tags is not None and not isinstance(endpoint.billing_tags, dict):
+        raise FieldError("billing_tags", "must be an object")
     if endpoint.gpus > 0:
         if not endpoint.gpu_type:
             raise FieldError("gpu_type", "is required when gpus > 0")
@@ -111,21 +151,26 @@ def _enqueue_reconcile(endpoint_id: str) -> None:
 def endpoint_create(*, team: Team, user, name: str, model_bundle_id: str, endpoint_type: str, min_workers: int,
                     max_workers: int, per_worker: int, cpus: Any, memory: Any, storage: Any = None, gpus: int = 0,
                     gpu_type: str | None = None, labels: dict | None = None, metadata: dict | None = None,
-                    post_inference_hooks: list | None = None, default_callback_url: str | None = None,
-                    default_callback_auth: dict | None = None, task_expires_seconds: int | None = None,
-                    queue_message_timeout_seconds: int | None = None) -> ModelEndpoint:
-    """Record a new endpoint (UPDATE_PENDING) and ask the controller to deploy it."""
+                    **options: Any) -> ModelEndpoint:
+    """Record a new endpoint (UPDATE_PENDING) and ask the controller to deploy it. `options`:
+    the contract's other fields (check_contract_options); its callback secret is generated here
+    and shown once, by the caller."""
     if endpoint_type not in ModelEndpoint.EndpointType.values:
-        raise FieldError("endpoint_type", "must be sync or async")
+        raise FieldError("endpoint_type", "must be sync, async or streaming")
+    options = check_contract_options(options)
+    unknown = set(options) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise TypeError(f"endpoint_create got unknown fields {sorted(unknown)}")
     endpoint = ModelEndpoint(
         team=team, created_by=user, name=name, bundle=_bundle_for(team, model_bundle_id),
         endpoint_type=endpoint_type, min_workers=min_workers, max_workers=max_workers, per_worker=per_worker,
         gpus=gpus or 0, gpu_type=gpu_type or None, labels=labels or {}, metadata=metadata or {},
-        post_inference_hooks=post_inference_hooks, default_callback_url=default_callback_url,
-        default_callback_auth=default_callback_auth, task_expires_seconds=task_expires_seconds,
-        queue_message_timeout_seconds=queue_message_timeout_seconds,
         status=ModelEndpoint.Status.UPDATE_PENDING, desired_workers=min_workers,
+        callback_secret=callbacks.new_secret(),
     )
+    for field, value in options.items():
+        if value is not None:
+            setattr(endpoint, field, value)
     _apply_resources(endpoint, {"cpus": cpus, "memory": memory, "storage": storage})
     _validate_rules(endpoint)
     quota_check(team=team, adding=usage_of(endpoint))
@@ -143,7 +188,7 @@ def endpoint_update(*, endpoint: ModelEndpoint, changes: dict[str, Any]) -> Mode
     endpoint = ModelEndpoint.objects.select_for_update().get(pk=endpoint.pk)
     if endpoint.status == ModelEndpoint.Status.DELETE_IN_PROGRESS:
         raise ConflictError(f"endpoint {endpoint.name!r} is being deleted")
-    changes = {key: value for key, value in changes.items() if value is not None}
+    changes = check_contract_options({key: value for key, value in changes.items() if value is not None})
     if "model_bundle_id" in changes:
         changes["bundle"] = _bundle_for(endpoint.team, changes.pop("model_bundle_id"))
     before = {field: getattr(endpoint, field) for field in ROLLOVER_FIELDS}
@@ -166,6 +211,18 @@ def endpoint_update(*, endpoint: ModelEndpoint, changes: dict[str, Any]) -> Mode
     endpoint.save()
     _enqueue_reconcile(endpoint.id)
     return endpoint
+
+
+@transaction.atomic
+def endpoint_restart(*, endpoint: ModelEndpoint) -> None:
+    """A rolling restart: a new generation, so the controller replaces every replica the way
+    it rolls over an edit (new ones ready before old ones drain), and no request fails."""
+    updated = ModelEndpoint.objects.filter(pk=endpoint.pk).exclude(
+        status=ModelEndpoint.Status.DELETE_IN_PROGRESS
+    ).update(generation=F("generation") + 1, status=ModelEndpoint.Status.UPDATE_PENDING, status_reason="")
+    if not updated:
+        raise ConflictError(f"endpoint {endpoint.name!r} is being deleted")
+    _enqueue_reconcile(endpoint.id)
 
 
 @transaction.atomic

@@ -109,6 +109,8 @@ EMBEDDED_REDIS_SOCKET = LAUNCH_HOME / "run" / "redis.sock"
 REDIS_URL = env_str("REDIS_URL") or f"unix://{EMBEDDED_REDIS_SOCKET}"
 RQ_QUEUES = {
     "control": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+    # Callback deliveries (endpoints.callbacks), apart so a slow sink never delays a deploy.
+    "callbacks": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 120},
 }
 RQ = {"COMMIT_MODE": "on_db_commit"}
 
@@ -163,6 +165,19 @@ METRICS_SAMPLE_SECONDS = env_float("METRICS_SAMPLE_SECONDS", 10.0)
 METRICS_RETENTION_SECONDS = env_int("METRICS_RETENTION_SECONDS", 24 * 3600, minimum=60)
 # /metrics answers staff sessions, and requests with `Authorization: Bearer <this token>`.
 METRICS_TOKEN = env_str("METRICS_TOKEN") or ""
+# A streaming request holds a web server thread for its life: it ends (FAILURE event, and the
+# replica stops the predict) after this long. SSE keep-alive comments are sent every
+# STREAM_KEEPALIVE_SECONDS while the predict is quiet, which also notices a gone client.
+STREAM_TIMEOUT_SECONDS = env_float("STREAM_TIMEOUT_SECONDS", 600.0)
+STREAM_KEEPALIVE_SECONDS = env_float("STREAM_KEEPALIVE_SECONDS", 5.0)
+# Callbacks (endpoints.callbacks): a failed delivery is retried with doubling delays from
+# CALLBACK_RETRY_BASE_SECONDS for at most CALLBACK_RETRY_FOR_SECONDS after the task ended.
+CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 10.0)
+CALLBACK_RETRY_BASE_SECONDS = env_float("CALLBACK_RETRY_BASE_SECONDS", 1.0)
+CALLBACK_RETRY_FOR_SECONDS = env_float("CALLBACK_RETRY_FOR_SECONDS", 3600.0)
+# Callback URLs that resolve to private, loopback or link-local addresses are refused unless
+# the operator allows them (a sink inside the same network; the tests' loopback sink).
+CALLBACK_ALLOW_PRIVATE_TARGETS = env_bool("CALLBACK_ALLOW_PRIVATE_TARGETS", False)
 TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 3, minimum=1)
 SCALE_DOWN_DELAY_SECONDS = env_float("SCALE_DOWN_DELAY_SECONDS", 60.0)
 HEARTBEAT_TIMEOUT_SECONDS = env_float("HEARTBEAT_TIMEOUT_SECONDS", 10.0)

@@ -181,6 +181,7 @@ out["pickled"] = response_dict(pickled_response)
 out["pickled_value"] = unpickle(pickled_response.result_url)
 out["failing"] = response_dict(failing.get())
 out["task_id_is_text"] = isinstance(plain.async_task_id, str)
+out["by_id"] = client.get_async_response(plain.async_task_id)
 """
 
 
@@ -193,6 +194,8 @@ def test_async_endpoint_predict_then_get_returns_results_and_tracebacks(run_flow
     assert out["pickled_value"] == 9
     assert out["failing"]["status"] == "FAILURE"
     assert "ValueError: negative input -1" in out["failing"]["traceback"]
+    # get_async_response: GET task/result/{id}, the task by its id alone
+    assert out["by_id"]["state"] == "SUCCESS" and out["by_id"]["result"] == "49"
 
 
 ZIP_FLOW = r"""

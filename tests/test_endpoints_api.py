@@ -62,7 +62,7 @@ def test_list_filters_by_exact_name(owner):
         ({"memory": "lots"}, "memory", "size"),
         ({"cpus": "-1"}, "cpus", "CPUs"),
         ({"per_worker": 0}, "per_worker", ""),
-        ({"endpoint_type": "streaming"}, "endpoint_type", ""),
+        ({"endpoint_type": "batch"}, "endpoint_type", ""),
         ({"name": "has space"}, "name", ""),
         ({"model_bundle_id": "bun_missing"}, "model_bundle_id", "no model bundle"),
     ],

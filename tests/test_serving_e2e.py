@@ -184,3 +184,52 @@ def test_delete_drains_replicas_and_removes_the_endpoint(live_stack, owner):
         assert time.monotonic() < deadline, "endpoint was never removed"
         time.sleep(0.1)
     assert not Replica.objects.filter(owner_id=endpoint_id, state__in=["starting", "ready", "draining"]).exists()
+
+
+def test_restart_replaces_replicas_while_eight_clients_see_no_failure(live_stack, owner):
+    import threading
+
+    import requests
+
+    from workers.models import Replica
+
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(slow_bundle(0.02), "restartable"), "restartable")
+    api.wait_endpoint(endpoint_id, "READY", available_workers=1)
+    first = Replica.objects.get(owner_id=endpoint_id, state=Replica.State.READY)
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def client():
+        session = requests.Session()
+        session.auth = (owner.key, "")
+        while not stop.is_set():
+            response = session.post(f"{live_stack}/v1/sync-tasks?model_endpoint_id={endpoint_id}",
+                                    json={"args": {"x": 1}}, timeout=60)
+            outcomes.append("ok" if response.status_code == 200 and response.json()["result"] == {"result": "2"}
+                            else f"{response.status_code} {response.text[:200]}")
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    try:
+        assert api.post(f"/v1/model-endpoints/{endpoint_id}/restart").json() == {"restarted": True}
+        deadline = time.monotonic() + 60
+        while True:
+            first.refresh_from_db()
+            if first.state == Replica.State.STOPPED and Replica.objects.filter(
+                owner_id=endpoint_id, state=Replica.State.READY
+            ).exists():
+                break
+            assert time.monotonic() < deadline, "the restart never replaced the replica"
+            time.sleep(0.1)
+        count = len(outcomes)
+        while len(outcomes) < count + 16:  # requests served by the new replica too
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=60)
+    failures = [outcome for outcome in outcomes if outcome != "ok"]
+    assert failures == [] and len(outcomes) > 16

@@ -21,6 +21,9 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                              created_at, started_at, finished_at   unix seconds
                              replica      the replica that last ran it
                              kind         sync | async (the gateway's tasks)
+                             callback     "1" when the control plane posts the outcome to a
+                                          callback URL (its URL and credentials live in the
+                                          control plane's own keys, never here)
   <p>done:<task_id>        list; the final record (JSON) is LPUSHed here for a sync waiter
                            blocked on BLPOP. Expires quickly.
   <p>running               sorted set: task id -> started_at, of the tasks a replica runs now;
@@ -43,6 +46,15 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                            submit pipeline).
   <p>samples               list: JSON samples of the counters every few seconds, newest first
                            (workers.metrics, for the dashboard's charts).
+  <p>stream:<task_id>      list; a streaming task's items, each `{"i": n, "result": JSON text}`,
+                           RPUSHed by the replica as the predict yields them. The gateway pops
+                           them (BLPOP on this list, then the done list), so the final record
+                           comes after the last item. Expires with the done list.
+  <p>cancel:<task_id>      set by the gateway when a streaming client went away (or its stream
+                           timed out); the replica checks it between items and stops the predict.
+  <p>callbacks             list of ids of tasks that ended and carry the `callback` flag,
+                           LPUSHed by the scripts that finish a task; the controller's tick
+                           drains it into delivery jobs (endpoints.callbacks).
 
 This module is the one owner of the task record: the gateway, the batch runner, the
 controller and the serve loop write, read, requeue and fail tasks only through the functions
@@ -131,6 +143,16 @@ class Keys:
     def running(self) -> str:
         return self.prefix + "running"
 
+    @property
+    def callbacks(self) -> str:
+        return self.prefix + "callbacks"
+
+    def stream(self, task_id: str) -> str:
+        return f"{self.prefix}stream:{task_id}"
+
+    def cancel(self, task_id: str) -> str:
+        return f"{self.prefix}cancel:{task_id}"
+
 
 def queue_entry(task_id: str, *, expires_at: float | None = None, payload: str | None = None) -> str:
     """`<task_id>` alone (the replica reads the payload from the task hash), or
@@ -196,6 +218,31 @@ def wait_final(pipe, keys: Keys, task_id: str, *, timeout_seconds: float) -> Non
     """On a pipeline: block until the task's final record is pushed (BLPOP). The connection's
     socket timeout must exceed the wait (launch_site.redis_client.get_waiting_redis)."""
     pipe.blpop([keys.done(task_id)], timeout=timeout_seconds)
+
+
+def stream_item(index: int, result_json: str) -> str:
+    """One item of a streaming task, as the replica pushes it."""
+    return json.dumps({"i": index, "result": result_json})
+
+
+def read_stream(client, keys: Keys, task_id: str, *, timeout_seconds: float) -> tuple[str, dict] | None:
+    """The next thing a streaming task produced: ("item", {"i", "result"}) or ("final", final
+    record), or None when nothing came within the timeout. BLPOP takes its keys in order, so
+    the final record is read only once every item before it has been."""
+    answer = client.blpop([keys.stream(task_id), keys.done(task_id)], timeout=timeout_seconds)
+    if answer is None:
+        return None
+    key, value = answer
+    kind = "item" if key.decode() == keys.stream(task_id) else "final"
+    return kind, json.loads(value)
+
+
+def cancel_stream(client, keys: Keys, task_id: str, *, ttl_seconds: int) -> None:
+    """Ask the replica running a streaming task to stop it (its client went away)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set(keys.cancel(task_id), "1", ex=max(1, ttl_seconds))
+        pipe.delete(keys.stream(task_id))
+        pipe.execute()
 
 
 def read_task(client, keys: Keys, task_id: str) -> dict | None:
@@ -364,7 +411,7 @@ end
 """
 
 
-# KEYS: task, inflight, done, stats, running. ARGV: entry, status, result, traceback,
+# KEYS: task, inflight, done, stats, running, callbacks. ARGV: entry, status, result, traceback,
 # pickled (or ''), now, done_record, done_ttl, counter, task_id.
 # The task hash is only written while it exists (an expired task must not come back without
 # a TTL) and is not final yet (the first outcome wins). The done list is filled either way
@@ -386,6 +433,9 @@ if status then
     end
   else
     redis.call('HSET', KEYS[1], 'traceback', ARGV[4])
+  end
+  if redis.call('HEXISTS', KEYS[1], 'callback') == 1 then
+    redis.call('LPUSH', KEYS[6], ARGV[10])
   end
 end
 redis.call('LPUSH', KEYS[3], ARGV[7])
@@ -418,6 +468,9 @@ local function fail(prefix, task_id, reason, now, done_ttl)
   end
   if status then
     redis.call('HSET', task_key, 'status', 'FAILURE', 'traceback', reason, 'finished_at', now)
+    if redis.call('HEXISTS', task_key, 'callback') == 1 then
+      redis.call('LPUSH', prefix .. 'callbacks', task_id)
+    end
   end
   local done = prefix .. 'done:' .. task_id
   redis.call('LPUSH', done, cjson.encode({status='FAILURE', result=cjson.null, traceback=reason,

@@ -33,7 +33,8 @@ USER_PREFIX = "launch-"
 # too), plus what redis-py sends on connect.
 REPLICA_COMMANDS = (
     "ping", "hello", "auth", "select",
-    "blmove", "lrem", "lpush", "set", "del", "hset", "hget", "hmget", "hincrby", "hincrbyfloat", "exists", "expire", "zadd", "zrem",
+    "blmove", "lrem", "lpush", "rpush", "set", "del", "hset", "hget", "hmget", "hexists", "hincrby", "hincrbyfloat",
+    "exists", "expire", "zadd", "zrem",
     "eval", "evalsha", "script|load", "script|exists",
 )
 # Granted when the server knows them (Redis >= 7 refuses a rule naming an unknown command).

@@ -14,6 +14,11 @@ Lifecycle: replica hash `loading` -> `ready` (or `failed` with the traceback, ex
 worker thread moves a task id from the queue to this replica's in-flight list (BLMOVE, so a
 crash leaves it where the controller finds it), marks it STARTED, runs it and records the
 outcome in one script. SIGTERM: stop taking tasks, finish the ones in flight, exit 0.
+
+A predict that returns an iterator (a generator) is run to the end and its items collected
+into a list for sync and async requests; for a streaming request (payload `stream: true`)
+each item is pushed to the task's stream list as it is produced, and the predict is closed
+when the gateway says its client went away (the cancel key, checked between items).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import time
 import traceback
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import import_module
 
 import redis
@@ -144,15 +149,43 @@ def call(predict: Callable, value):
     return predict(**value) if isinstance(value, dict) else predict(value)
 
 
+class StreamCancelled(Exception):
+    """The streaming client went away (or its stream timed out): stop the predict."""
+
+
+Emit = Callable[[int, object], None]
+
+
+def collect(output, emit: Emit | None) -> object:
+    """An iterator's items as a list, each passed to `emit` as it comes (streaming); any other
+    output as it is (a streaming request then gets it as its only item)."""
+    if not isinstance(output, Iterator):
+        if emit is not None:
+            emit(0, output)
+        return output
+    items = []
+    try:
+        for item in output:
+            if emit is not None:
+                emit(len(items), item)
+            items.append(item)
+    finally:
+        close = getattr(output, "close", None)
+        if close is not None:
+            close()  # a generator stopped early runs its finally blocks now
+    return items
+
+
 class OutOfMemory(Exception):
     """A task hit the replica's memory limit (a resource limit turns an allocation past it into
     MemoryError); the replica ends after recording it, and the controller replaces it."""
 
 
-def run_single(predict: Callable, request: dict, memory_limit: str = "") -> tuple[str, str, str, bytes]:
+def run_single(predict: Callable, request: dict, memory_limit: str = "",
+               emit: Emit | None = None) -> tuple[str, str, str, bytes]:
     """-> (status, result JSON text, traceback, pickled result)."""
     try:
-        output = call(predict, _input(request))
+        output = collect(call(predict, _input(request)), emit)
         if request.get("return_pickled"):
             import cloudpickle
 
@@ -161,6 +194,8 @@ def run_single(predict: Callable, request: dict, memory_limit: str = "") -> tupl
     except MemoryError:
         limit = f" (limit {memory_limit})" if memory_limit else ""
         return protocol.FAILURE, "", f"out of memory{limit}\n{traceback.format_exc()}", b""
+    except StreamCancelled:
+        return protocol.FAILURE, "", "cancelled: the streaming client went away", b""
     except Exception:  # noqa: BLE001 - the user's error is the task's outcome
         return protocol.FAILURE, "", traceback.format_exc(), b""
 
@@ -286,7 +321,8 @@ class Replica:
         if "items" in request:
             status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
         else:
-            status, result, error, pickled = run_single(self.predict, request, self.memory_limit)
+            emit = self.stream_emitter(task_id) if request.get("stream") else None
+            status, result, error, pickled = run_single(self.predict, request, self.memory_limit, emit)
             if status == protocol.FAILURE and error.startswith("out of memory"):
                 # What is left of this process after a MemoryError cannot be trusted: end it
                 # with the status that tells the controller why (workers.lifecycle).
@@ -298,12 +334,28 @@ class Replica:
         )
         counter = "completed" if status == protocol.SUCCESS else "failed"
         connection.send_command(
-            "EVAL", protocol.FINISH_SCRIPT, 5, task_key, self.inflight, self.keys.done(task_id), self.keys.stats,
-            self.keys.running, entry, status, result, error, pickled, time.time(), record,
+            "EVAL", protocol.FINISH_SCRIPT, 6, task_key, self.inflight, self.keys.done(task_id), self.keys.stats,
+            self.keys.running, self.keys.callbacks, entry, status, result, error, pickled, time.time(), record,
             protocol.DONE_LIST_TTL_SECONDS, counter, task_id,
         )
         for _ in range(replies + 1):
             connection.read_response()
+
+    def stream_emitter(self, task_id: str) -> Emit:
+        """Pushes one item of a streaming task and, in the same round trip, asks whether its
+        client went away."""
+        stream_key, cancel_key = self.keys.stream(task_id), self.keys.cancel(task_id)
+
+        def emit(index: int, item: object) -> None:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(stream_key, protocol.stream_item(index, json.dumps(item)))
+                pipe.expire(stream_key, protocol.DONE_LIST_TTL_SECONDS)
+                pipe.exists(cancel_key)
+                cancelled = pipe.execute()[-1]
+            if cancelled:
+                raise StreamCancelled
+
+        return emit
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())

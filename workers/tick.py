@@ -58,10 +58,12 @@ def tick() -> None:
     from endpoints.models import ModelEndpoint
 
     restore_replica_credentials()
+    # High-priority endpoints first: where endpoints compete for the same capacity (hosts,
+    # quotas), the ones reconciled first are placed first.
     endpoints = list(ModelEndpoint.objects.only(
         "id", "status", "status_reason", "generation", "min_workers", "max_workers", "per_worker",
-        "desired_workers", "low_demand_since",
-    ))
+        "desired_workers", "low_demand_since", "high_priority",
+    ).order_by("-high_priority", "created_at"))
     live: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for owner_kind, owner_id, replica_id, state in Replica.objects.filter(state__in=LIVE_STATES).values_list(
         "owner_kind", "owner_id", "id", "state"

@@ -17,7 +17,7 @@ from accounts.models import Team
 from accounts.selectors import request_team
 from bundles import selectors as bundle_selectors
 from bundles.models import ModelBundle
-from endpoints import gateway, selectors, services
+from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import NAME_HELP, QuantityField
 from endpoints.api.views import endpoints_representation, task_result_shape
 from endpoints.models import GPU_TYPES
@@ -197,6 +197,7 @@ class LegacySyncTaskView(APIView):
     def post(self, request, endpoint_name: str):
         endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
         payload = legacy_task_payload(request.data)
+        callbacks.task_callback(endpoint, request.data, async_task=False)
         task_id, record = gateway.task_run_sync(endpoint=endpoint, payload=payload, timeout_seconds=None)
         return Response(legacy_task_answer(request, task_id, record))
 
@@ -204,7 +205,9 @@ class LegacySyncTaskView(APIView):
 class LegacyAsyncTaskCreateView(APIView):
     def post(self, request, endpoint_name: str):
         endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
-        task_id = gateway.task_submit(endpoint=endpoint, payload=legacy_task_payload(request.data))
+        payload = legacy_task_payload(request.data)
+        callback = callbacks.task_callback(endpoint, request.data, async_task=True)
+        task_id = gateway.task_submit(endpoint=endpoint, payload=payload, callback=callback)
         return Response({"task_id": task_id})
 
 
@@ -215,4 +218,12 @@ class LegacyAsyncTaskDetailView(APIView):
         if protocol.endpoint_id_of_task(task_id) != endpoint.id:
             raise NotFoundError(f"no task {task_id!r} on endpoint {endpoint_name!r}")
         record = gateway.task_get(team=team, task_id=task_id)
+        return Response(legacy_task_answer(request, task_id, record))
+
+
+class LegacyTaskResultView(APIView):
+    """`get_async_response(task_id)`: the task by its id alone (ids carry their endpoint)."""
+
+    def get(self, request, task_id: str):
+        record = gateway.task_get(team=request_team(request), task_id=task_id)
         return Response(legacy_task_answer(request, task_id, record))

@@ -23,14 +23,35 @@ class QuantityField(serializers.Field):
 
 
 class CallbackAuthField(serializers.DictField):
-    pass
+    """The contract's CallbackAuth; its rules are checked by endpoints.callbacks.clean_auth."""
+
+
+def _contract_options(*, create: bool) -> dict[str, serializers.Field]:
+    """The contract's fields beyond the basic shape, the same on create and update (types
+    only; endpoints.services.check_contract_options honours or refuses each value)."""
+    fields = {
+        "concurrent_requests_per_worker": serializers.IntegerField(min_value=1, required=False, allow_null=True),
+        "forwarder_max_concurrency": serializers.IntegerField(min_value=1, max_value=20, required=False,
+                                                              allow_null=True),
+        "optimize_costs": serializers.BooleanField(required=False, allow_null=True),
+        "prewarm": serializers.BooleanField(required=False, allow_null=True),
+        "high_priority": serializers.BooleanField(required=False, allow_null=True),
+        "billing_tags": serializers.DictField(required=False, allow_null=True),
+        "public_inference": serializers.BooleanField(required=False, allow_null=True),
+    }
+    if create:
+        fields["nodes_per_worker"] = serializers.IntegerField(min_value=1, required=False, default=1)
+    return fields
 
 
 class EndpointCreateSerializer(serializers.Serializer):
+    def get_fields(self):
+        return {**super().get_fields(), **_contract_options(create=True)}
+
     name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63,
                                   error_messages={"invalid": f"use {NAME_HELP}"})
     model_bundle_id = serializers.CharField()
-    endpoint_type = serializers.ChoiceField(choices=["sync", "async"])
+    endpoint_type = serializers.ChoiceField(choices=["sync", "async", "streaming"])
     # metadata, storage and labels are required (storage may be null), as in the contract.
     metadata = serializers.DictField()
     post_inference_hooks = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)
@@ -51,6 +72,9 @@ class EndpointCreateSerializer(serializers.Serializer):
 
 
 class EndpointUpdateSerializer(serializers.Serializer):
+    def get_fields(self):
+        return {**super().get_fields(), **_contract_options(create=False)}
+
     model_bundle_id = serializers.CharField(required=False, allow_null=True)
     metadata = serializers.DictField(required=False, allow_null=True)
     post_inference_hooks = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.template.loader import render_to_string
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated, ParseError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import api_key_from_request
 from accounts.selectors import request_team
-from endpoints import gateway, selectors, services
+from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import EndpointCreateSerializer, EndpointUpdateSerializer
 from endpoints.models import ModelEndpoint
+from endpoints.openapi import endpoints_openapi
 from launch_site.errors import FieldError, error_json_response, query_error
 from launch_site.redis_client import get_redis
 from workers import protocol
@@ -46,7 +49,7 @@ def endpoint_representation(endpoint: ModelEndpoint, counts: dict, queued: int |
             "min_workers": endpoint.min_workers,
             "max_workers": endpoint.max_workers,
             "per_worker": endpoint.per_worker,
-            "concurrent_requests_per_worker": endpoint.per_worker,
+            "concurrent_requests_per_worker": endpoint.concurrency,
             "available_workers": counts["available"],
             "unavailable_workers": counts["unavailable"],
         },
@@ -57,10 +60,14 @@ def endpoint_representation(endpoint: ModelEndpoint, counts: dict, queued: int |
             "gpu_type": endpoint.gpu_type,
             "storage": endpoint.storage,
             "nodes_per_worker": 1,
-            "optimize_costs": None,
+            "optimize_costs": endpoint.optimize_costs,
         },
         "num_queued_items": queued,
         "public_inference": False,
+        # Fields of the create body that the contract's answer lacks, returned as stored.
+        "high_priority": endpoint.high_priority,
+        "billing_tags": endpoint.billing_tags,
+        "prewarm": endpoint.prewarm,
         "task_expires_seconds": endpoint.task_expires_seconds,
         "queue_message_timeout_seconds": endpoint.queue_message_timeout_seconds,
     }
@@ -89,7 +96,8 @@ class ModelEndpointListView(APIView):
         serializer = EndpointCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         endpoint = services.endpoint_create(team=request_team(request), user=request.user, **serializer.validated_data)
-        return Response({"endpoint_creation_task_id": endpoint.id})
+        # Shown once: it signs this endpoint's callback deliveries (docs/callbacks.md).
+        return Response({"endpoint_creation_task_id": endpoint.id, "callback_signing_secret": endpoint.callback_secret})
 
 
 class ModelEndpointDetailView(APIView):
@@ -108,6 +116,36 @@ class ModelEndpointDetailView(APIView):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         services.endpoint_delete(endpoint=endpoint)
         return Response({"deleted": True})
+
+
+class ModelEndpointRestartView(APIView):
+    def post(self, request, endpoint_id: str):
+        endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
+        services.endpoint_restart(endpoint=endpoint)
+        return Response({"restarted": True})
+
+
+class ModelEndpointsSchemaView(APIView):
+    """The OpenAPI document of the team's endpoints: how to call each of them."""
+
+    def get(self, request):
+        endpoints = list(selectors.endpoint_list(team=request_team(request)))
+        return Response(endpoints_openapi(endpoints, server=request.build_absolute_uri("/")))
+
+
+class ModelEndpointsApiView(APIView):
+    """The same document as a page a person reads (a browser asks for text/html), else as JSON
+    (the contract's answer type)."""
+
+    def perform_content_negotiation(self, request, force=False):
+        return super().perform_content_negotiation(request, force=True)  # text/html is answered in get
+
+    def get(self, request):
+        endpoints = list(selectors.endpoint_list(team=request_team(request)))
+        document = endpoints_openapi(endpoints, server=request.build_absolute_uri("/"))
+        if "text/html" in request.headers.get("Accept", ""):
+            return HttpResponse(render_to_string("endpoints/api.html", {"document": document}))
+        return Response(document)
 
 
 def task_result_shape(request, task_id: str, record: dict) -> dict | None:
@@ -139,14 +177,15 @@ class InferenceView(APIView):
                 raise query_error("model_endpoint_id", "is required")
             body = _json_body(request)
             endpoint = selectors.endpoint_for_tasks(team=api_key.team, endpoint_id=endpoint_id)
-            return JsonResponse(self.serve(request, endpoint, body))
+            answer = self.serve(request, endpoint, body)
+            return answer if isinstance(answer, HttpResponseBase) else JsonResponse(answer)
         except Exception as exc:  # noqa: BLE001 - rendered like every API error, or re-raised
             response = error_json_response(exc)
             if response is None:
                 raise
             return response
 
-    def serve(self, request, endpoint: ModelEndpoint, body) -> dict:
+    def serve(self, request, endpoint: ModelEndpoint, body) -> dict | HttpResponseBase:
         raise NotImplementedError
 
 
@@ -160,6 +199,7 @@ def _json_body(request):
 class SyncTaskView(InferenceView):
     def serve(self, request, endpoint, body) -> dict:
         payload = gateway.task_payload(body)
+        callbacks.task_callback(endpoint, body, async_task=False)
         timeout = body.get("timeout_seconds")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise FieldError("timeout_seconds", "must be a positive number of seconds")
@@ -174,7 +214,41 @@ class SyncTaskView(InferenceView):
 
 class AsyncTaskCreateView(InferenceView):
     def serve(self, request, endpoint, body) -> dict:
-        return {"task_id": gateway.task_submit(endpoint=endpoint, payload=gateway.task_payload(body))}
+        payload = gateway.task_payload(body)
+        callback = callbacks.task_callback(endpoint, body, async_task=True)
+        return {"task_id": gateway.task_submit(endpoint=endpoint, payload=payload, callback=callback)}
+
+
+class StreamingTaskView(InferenceView):
+    """Server-sent events: one `data: {status, result: {result}, traceback, status_code}` event
+    per item the predict yields (the shape the current client's EndpointResponseStream reads),
+    and a FAILURE event with the traceback when it fails. Errors before the stream starts are
+    ordinary JSON error answers."""
+
+    def serve(self, request, endpoint, body):
+        payload = gateway.task_payload(body)
+        callbacks.task_callback(endpoint, body, async_task=False)
+        if body.get("timeout_seconds") is not None:
+            raise FieldError("timeout_seconds", "a stream is bounded by the server's STREAM_TIMEOUT_SECONDS; "
+                                                "leave it out")
+        if endpoint.endpoint_type != ModelEndpoint.EndpointType.STREAMING:
+            raise FieldError("model_endpoint_id", f"endpoint {endpoint.name!r} is {endpoint.endpoint_type}, "
+                                                  "not streaming; use /v1/sync-tasks or /v1/async-tasks")
+        records = gateway.task_stream(endpoint=endpoint, payload=payload)
+        response = StreamingHttpResponse(_server_sent_events(records), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # a proxy must pass each event on at once
+        return response
+
+
+def _server_sent_events(records):
+    try:
+        for record in records:
+            # A comment line keeps the connection alive while the predict is quiet; writing it
+            # is also how the server notices a client that went away.
+            yield b": keep-alive\n\n" if record is None else f"data: {json.dumps(record)}\n\n".encode()
+    finally:
+        records.close()  # the client went away: the gateway tells the replica to stop
 
 
 class AsyncTaskDetailView(APIView):
@@ -186,6 +260,7 @@ class AsyncTaskDetailView(APIView):
             "result": task_result_shape(request, task_id, record),
             "traceback": record.get("traceback"),
             "status_code": None,
+            **({"callback": record["callback"]} if record.get("callback") else {}),
         })
 
 

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         ticker.start()
         # Control-plane jobs are short and run our own code only, so no fork per job:
         # SimpleWorker keeps the local runtime's child processes in this process.
-        queues = [django_rq.get_queue(name) for name in ("control",)]
+        queues = [django_rq.get_queue(name) for name in ("control", "callbacks")]
         worker = SimpleWorker(queues, connection=queues[0].connection)
         try:
             worker.work(with_scheduler=False, logging_level="WARNING")

@@ -1,0 +1,199 @@
+"""Callbacks end to end: a real replica finishes async tasks, the controller's tick turns them
+into jobs on the `callbacks` RQ queue, a worker on that queue POSTs to a sink on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+
+import django_rq
+import pytest
+from rq.job import Job
+
+from tests.stack import api_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("callbacks")]
+
+
+class Sink:
+    """An HTTP server on loopback that records each POST and fails the first `failures`."""
+
+    def __init__(self, failures: int = 0):
+        self.failures = failures
+        self.received: list[dict] = []
+        self.attempts = 0
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                sink.attempts += 1
+                if sink.attempts <= sink.failures:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                sink.received.append({"headers": dict(self.headers), "raw": body, "body": json.loads(body)})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, f"the sink got {len(self.received)} of {count} callbacks"
+            time.sleep(0.05)
+        return self.received
+
+
+def verify(secret: str, headers: dict, raw: bytes) -> bool:
+    """What a receiver does (docs/callbacks.md)."""
+    fields = dict(part.split("=", 1) for part in headers["X-Launch-Signature"].split(","))
+    expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + raw, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields["v1"])
+
+
+@pytest.fixture
+def callback_worker(live_stack, settings):
+    """Works the callbacks queue in a thread of this process (an RQ worker installs signal
+    handlers, which only the main thread may): pops each job and performs it, as the
+    controller's worker does."""
+    settings.CALLBACK_ALLOW_PRIVATE_TARGETS = True
+    settings.CALLBACK_RETRY_BASE_SECONDS = 0.3
+    stop = threading.Event()
+
+    def work():
+        queue = django_rq.get_queue("callbacks")
+        while not stop.is_set():
+            job_id = queue.connection.lpop(queue.key)
+            if job_id is None:
+                stop.wait(0.05)
+                continue
+            Job.fetch(job_id.decode(), connection=queue.connection).perform()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    yield live_stack
+    stop.set()
+    thread.join(timeout=15)
+
+
+def squarer():
+    def load_predict_fn(model):
+        def predict(x):
+            if x < 0:
+                raise ValueError("negative")
+            return x * x
+
+        return predict
+
+    return {"model": None, "load_predict_fn": load_predict_fn}
+
+
+def create_async(api, name: str, **fields) -> tuple[str, str]:
+    bundle_id = api.upload_bundle(squarer(), name)
+    body = {
+        "name": name, "model_bundle_id": bundle_id, "endpoint_type": "async", "metadata": {}, "cpus": 1, "gpus": 0,
+        "memory": "1Gi", "storage": None, "min_workers": 1, "max_workers": 1, "per_worker": 1, "labels": {}, **fields,
+    }
+    created = api.post("/v1/model-endpoints", json=body)
+    assert created.status_code == 200, created.text
+    answer = created.json()
+    return answer["endpoint_creation_task_id"], answer["callback_signing_secret"]
+
+
+def test_each_async_task_posts_one_signed_callback_with_its_outcome(callback_worker, owner):
+    api = api_for(callback_worker, owner)
+    sink = Sink()
+    endpoint_id, secret = create_async(
+        api, "called-back", post_inference_hooks=["callback"], default_callback_url=sink.url,
+        default_callback_auth={"kind": "basic", "username": "hook", "password": "s3cret"},
+    )
+    assert "callback_signing_secret" not in api.endpoint(endpoint_id)  # shown once
+    task_ids = [
+        api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": x}}).json()["task_id"]
+        for x in (2, 3, -1)
+    ]
+    received = sink.wait_for(3)
+    by_task = {r["body"]["task_id"]: r for r in received}
+    assert set(by_task) == set(task_ids)
+    assert by_task[task_ids[0]]["body"] == {"task_id": task_ids[0], "status": "SUCCESS", "result": {"result": "4"}}
+    failed = by_task[task_ids[2]]["body"]
+    assert failed["status"] == "FAILURE" and "ValueError: negative" in failed["traceback"]
+    for record in received:
+        assert verify(secret, record["headers"], record["raw"])
+        assert not verify("another secret", record["headers"], record["raw"])
+        assert record["headers"]["Authorization"] == "Basic " + base64.b64encode(b"hook:s3cret").decode()
+    task = api.get(f"/v1/async-tasks/{task_ids[0]}").json()
+    assert task["callback"] == {"delivered": True, "attempts": 1, "last_error": None}
+    time.sleep(1)  # a duplicate would have arrived by now (the tick runs every 0.2 s)
+    assert len(sink.received) == 3
+
+
+def test_sink_that_fails_twice_gets_the_callback_on_the_third_try(callback_worker, owner):
+    api = api_for(callback_worker, owner)
+    sink = Sink(failures=2)
+    endpoint_id, secret = create_async(api, "retried")
+    task_id = api.post(
+        f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 5}, "callback_url": sink.url}
+    ).json()["task_id"]
+    (record,) = sink.wait_for(1)
+    assert sink.attempts == 3
+    assert record["body"] == {"task_id": task_id, "status": "SUCCESS", "result": {"result": "25"}}
+    assert verify(secret, record["headers"], record["raw"])
+    callback = api.get(f"/v1/async-tasks/{task_id}").json()["callback"]
+    assert callback["delivered"] is True and callback["attempts"] == 3
+    assert callback["last_error"] == "HTTP 503 from the callback URL"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"default_callback_url": "ftp://example.com/x"}, "default_callback_url"),
+        ({"default_callback_url": "http://127.0.0.1:9/x"}, "default_callback_url"),
+        ({"default_callback_url": "http://10.0.0.8/x"}, "default_callback_url"),
+        ({"default_callback_auth": {"kind": "basic", "username": "u"}}, "default_callback_auth"),
+        ({"default_callback_auth": {"kind": "token"}}, "default_callback_auth"),
+        ({"post_inference_hooks": ["billing"]}, "post_inference_hooks"),
+    ],
+)
+def test_bad_callback_settings_are_422_naming_the_field(owner, world_bundle, fields, field):
+    body = {
+        "name": "bad-callback", "model_bundle_id": world_bundle, "endpoint_type": "async", "metadata": {}, "cpus": 1,
+        "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": 0, "max_workers": 1, "per_worker": 1,
+        "labels": {}, **fields,
+    }
+    response = owner.client.post("/v1/model-endpoints", body, format="json")
+    assert response.status_code == 422, response.content
+    assert response.json()["detail"][0]["loc"][-1] == field
+
+
+def test_callback_on_a_sync_task_is_refused(owner, world_bundle):
+    body = {
+        "name": "sync-cb", "model_bundle_id": world_bundle, "endpoint_type": "sync", "metadata": {}, "cpus": 1,
+        "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": 1, "max_workers": 1, "per_worker": 1, "labels": {},
+    }
+    endpoint_id = owner.client.post("/v1/model-endpoints", body, format="json").json()["endpoint_creation_task_id"]
+    response = owner.client.post(
+        f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", {"args": {"x": 1}, "callback_url": "https://example.com/"},
+        format="json",
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "callback_url"
+
+
+@pytest.fixture
+def world_bundle(db, owner):
+    from tests.factories import make_bundle
+
+    return make_bundle(team=owner.team).id
