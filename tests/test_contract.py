@@ -28,15 +28,6 @@ NOT_SERVED = {
     ("get", "/v1/files/{file_id}"),
     ("delete", "/v1/files/{file_id}"),
     ("get", "/v1/files/{file_id}/content"),
-    ("post", "/v1/streaming-tasks"),
-    ("post", "/v1/model-endpoints/{model_endpoint_id}/restart"),
-    ("get", "/v1/model-endpoints-schema.json"),
-    ("get", "/v1/model-endpoints-api"),
-    ("get", "/v1/triggers"),
-    ("post", "/v1/triggers"),
-    ("get", "/v1/triggers/{trigger_id}"),
-    ("put", "/v1/triggers/{trigger_id}"),
-    ("delete", "/v1/triggers/{trigger_id}"),
 }
 
 # Request fields of the contract that this server accepts and ignores, so a wrong type in
