@@ -32,23 +32,24 @@ def ray_installed() -> bool:
     return True
 
 
-def _free_ports(count: int) -> list[int]:
+def _free_ports(count: int, taken: set[int] | frozenset = frozenset()) -> list[int]:
     sockets, ports = [], []
-    for _ in range(count):
+    while len(ports) < count:
         s = socket.socket()
         s.bind(("", 0))
         sockets.append(s)
-        ports.append(s.getsockname()[1])
+        if s.getsockname()[1] not in taken:
+            ports.append(s.getsockname()[1])
     for s in sockets:
         s.close()
     return ports
 
 
-def _free_port_range(count: int) -> int:
-    """The first port of `count` consecutive free ports."""
+def _free_port_range(count: int, taken: set[int]) -> int:
+    """The first port of `count` consecutive free ports, none of them in `taken`."""
     for _ in range(200):
         base = _free_ports(1)[0]
-        if base + count > 65000:
+        if base + count > 65000 or taken.intersection(range(base, base + count)):
             continue
         held = []
         try:
@@ -109,6 +110,8 @@ class RayTestCluster:
         self.nodes: list[RayNode] = []
         self.removed: list[RayNode] = []
         self.gcs_port = _free_ports(1)[0]
+        # Every port given to a node so far (a worker port is bound only when a worker starts).
+        self.taken: set[int] = {self.gcs_port}
         self.env = {
             **os.environ,
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -125,8 +128,10 @@ class RayTestCluster:
 
     def add_node(self, name: str, *, num_cpus: int = 2, num_gpus: int = 0, resources: dict | None = None) -> RayNode:
         head = not self.nodes
-        ports = _free_ports(7)
-        worker_base = _free_port_range(WORKER_PORTS)
+        worker_base = _free_port_range(WORKER_PORTS, self.taken)
+        self.taken.update(range(worker_base, worker_base + WORKER_PORTS))
+        ports = _free_ports(6, self.taken)
+        self.taken.update(ports)
         temp_dir = tempfile.mkdtemp(prefix=f"lr{name}-", dir="/tmp")
         argv = [
             RAY, "start", "--block", f"--node-ip-address={self.ip}",

@@ -135,7 +135,7 @@ def test_a_gpu_type_no_node_has_stays_pending_with_rays_reason(ray_stack, owner,
         api.upload_bundle(echo_bundle(), "echo"), "ray-a100", gpus=1, gpu_type="nvidia-ampere-a100", cpus=0.5,
     )
     deadline = time.monotonic() + 30
-    while "pending" not in api.endpoint(endpoint_id)["status_reason"]:
+    while "pending" not in (api.endpoint(endpoint_id)["status_reason"] or ""):
         assert time.monotonic() < deadline, api.endpoint(endpoint_id)
         time.sleep(0.2)
     time.sleep(4)  # past the start timeout
@@ -145,8 +145,6 @@ def test_a_gpu_type_no_node_has_stays_pending_with_rays_reason(ray_stack, owner,
     assert reason.startswith("waiting for capacity: replica ") and "pending: no node of the Ray cluster has" in reason
     assert "accelerator_type:A100" in reason and "GPU: 1" in reason
     assert Replica.objects.filter(owner_id=endpoint_id).count() == 1  # one actor, waiting; none failed
-    response = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 1}})
-    assert response.status_code == 503
 
 
 def test_a_second_controller_adopts_the_actors_and_starts_no_duplicates(ray_stack, owner):
