@@ -226,3 +226,30 @@ def test_a_lost_node_moves_its_replica_and_its_task_completes(ray_stack, owner, 
 def _manager_port(node) -> int:
     flag = next(part for part in node.process.args if part.startswith("--node-manager-port="))
     return int(flag.split("=", 1)[1])
+
+
+def _spec(**fields):
+    from workers.runtimes.base import ReplicaSpec
+
+    return ReplicaSpec(replica_id="rep_x", owner_kind="endpoint", owner_id="end_x", team="acme", env={},
+                       cpus=fields.pop("cpus", 1.5), memory_bytes=fields.pop("memory_bytes", 2 * 1024**3), **fields)
+
+
+def test_every_gpu_type_maps_to_a_ray_resource_and_resources_follow_the_spec():
+    from endpoints.models import GPU_TYPES
+    from workers.runtimes.ray import GPU_RESOURCES, ray_resources
+
+    assert set(GPU_RESOURCES) == set(GPU_TYPES)
+    assert ray_resources(_spec()) == {"num_cpus": 1.5, "num_gpus": 0, "memory": 2 * 1024**3}
+    assert ray_resources(_spec(gpus=2, gpu_type="nvidia-hopper-h100")) == {
+        "num_cpus": 1.5, "num_gpus": 2, "memory": 2 * 1024**3, "resources": {"accelerator_type:H100": 0.001},
+    }
+
+
+def test_a_bundles_requirements_become_the_actors_pip_runtime_env():
+    from workers.runtimes.ray import runtime_env_for
+
+    assert runtime_env_for(_spec(), "gcs://pkg.zip") == {"py_modules": ["gcs://pkg.zip"]}
+    assert runtime_env_for(_spec(requirements=("numpy==2.1.0", "scipy")), "gcs://pkg.zip") == {
+        "py_modules": ["gcs://pkg.zip"], "pip": ["numpy==2.1.0", "scipy"],
+    }
