@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TEST_WORKERS ?= 4
 export LAUNCH_HOME ?= $(CURDIR)/.launch
 
-.PHONY: run test setup setup-test lint bench clean
+.PHONY: run test setup setup-test setup-ray lint bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 setup: $(VENV)/.installed
 
 setup-test: $(VENV)/.installed-test
+
+# Optional: Ray for LAUNCH_RUNTIME=ray and its tests (which skip without it). About 240 MB.
+$(VENV)/.installed-ray: $(VENV)/.installed requirements-ray.txt
+	$(VENV)/bin/pip install -q -r requirements-ray.txt
+	touch $@
+
+setup-ray: $(VENV)/.installed-ray
 
 run: setup
 	$(PY) manage.py launch up

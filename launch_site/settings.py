@@ -128,7 +128,7 @@ LOGIN_REDIRECT_URL = "/"
 PORT = env_int("PORT", 8000, minimum=1)
 # Where replicas reach this server (bundle downloads, result uploads).
 LAUNCH_INTERNAL_URL = env_str("LAUNCH_INTERNAL_URL") or f"http://127.0.0.1:{PORT}"
-LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker"))
+LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker", "ray"))
 LAUNCH_ACCESS_LOG = env_bool("LAUNCH_ACCESS_LOG", False)  # the web server's access log in `launch up`
 # Each replica gets a Redis ACL user limited to its endpoint's keys (when the server has ACLs
 # and lets us create users); off: replicas get REDIS_URL's own credentials.
@@ -200,6 +200,11 @@ DOCKER_RUNNABLE_IMAGE_NETWORK = env_str("LAUNCH_DOCKER_RUNNABLE_IMAGE_NETWORK") 
 DOCKER_FORWARDER_MEMORY_BYTES = env_int("LAUNCH_DOCKER_FORWARDER_MEMORY_BYTES", 256 * 1024**2, minimum=32 * 1024**2)
 DOCKER_BUILD_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_BUILD_TIMEOUT_SECONDS", 1800.0)
 DOCKER_GPU_PROBE_IMAGE = env_str("LAUNCH_DOCKER_GPU_PROBE_IMAGE") or "nvidia/cuda:12.4.1-base-ubuntu22.04"
+# Ray runtime (LAUNCH_RUNTIME=ray; pip install -r requirements-ray.txt): the cluster's GCS
+# address (host:port; "ray://" needs ray[client]); empty: the cluster `ray start` began on
+# this machine. Replicas are detached actors named by replica id in RAY_NAMESPACE.
+RAY_ADDRESS = env_str("RAY_ADDRESS") or ""
+RAY_NAMESPACE = env_str("LAUNCH_RAY_NAMESPACE") or "launch"
 HOST_UNHEALTHY_AFTER_FAILURES = env_int("LAUNCH_HOST_UNHEALTHY_AFTER_FAILURES", 3, minimum=1)
 # Django reads the whole body for JSON; uploads stream through their own views.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES

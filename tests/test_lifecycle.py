@@ -21,9 +21,9 @@ OOM_KILLED = ExitInfo(signal=9, oom=True)
 RLIMIT_OOM = ExitInfo(exit_code=protocol.EXIT_OUT_OF_MEMORY)
 
 
-def facts(state, *, alive=True, exit=None, reported=None, load_error="", heartbeat=True, age=1.0):
+def facts(state, *, alive=True, exit=None, reported=None, load_error="", heartbeat=True, age=1.0, pending=False):
     return Facts(state=state, alive=alive, exit=exit, reported=reported, load_error=load_error, heartbeat=heartbeat,
-                 seconds_in_state=age, start_timeout=600, stop_grace=60, memory_limit="1Gi")
+                 seconds_in_state=age, start_timeout=600, stop_grace=60, memory_limit="1Gi", pending=pending)
 
 
 CASES = [
@@ -31,6 +31,9 @@ CASES = [
     ("loading, alive", facts(S.STARTING, reported="loading"), None, "", False, ""),
     ("not yet reported", facts(S.STARTING), None, "", False, ""),
     ("reports ready", facts(S.STARTING, reported="ready"), S.READY, "", False, ""),
+    ("held pending by Ray past the start timeout", facts(S.STARTING, age=3600, pending=True), None, "", False, ""),
+    ("its node died while it was pending", facts(S.STARTING, alive=False, exit=ExitInfo(signal=9, detail="its Ray node died"),
+                                                 pending=True), S.FAILED, INFRA, False, "SIGKILL (its Ray node died)"),
     ("load traceback", facts(S.STARTING, reported="failed", load_error="Traceback: boom"), S.FAILED, BUNDLE, True,
      "boom"),
     ("load traceback, process already gone", facts(S.STARTING, alive=False, exit=EXIT_1, reported="failed",
@@ -109,3 +112,10 @@ def test_restart_delay_doubles_for_replicas_that_never_became_ready(settings):
     assert lifecycle.restart_delay([replica(S.FAILED, False, 0)] * 10, now) == 8.0  # capped
     # A replica that served breaks the run of failures.
     assert lifecycle.restart_delay([replica(S.FAILED, False, 0), replica(S.STOPPED, True, 50)] + three, now) == 1.0
+
+
+def test_the_start_timeout_counts_from_when_a_pending_replica_began_to_run():
+    now = timezone.now()
+    replica = Replica(state=S.STARTING, created_at=now - timedelta(hours=1))
+    assert lifecycle.seconds_in_state(replica, now) == pytest.approx(3600)
+    assert lifecycle.seconds_in_state(replica, now, now - timedelta(seconds=5)) == pytest.approx(5)

@@ -58,7 +58,7 @@ def _reconcile(kind: str, owner_id: str, lock) -> None:
             lifecycle.apply(replica, lifecycle.Transition(State.STOPPED, "owner deleted", kill=True),
                             runtime=runtime, prefix=protocol.owner_prefix(kind, owner_id))
         return
-    load_error = _observe(deployment, replicas)
+    load_error, pending = _observe(deployment, replicas)
     _time_out_tasks(deployment, replicas)
     _requeue_orphans(deployment, replicas)
     live = [r for r in replicas if r.state in LIVE_STATES]
@@ -95,12 +95,14 @@ def _reconcile(kind: str, owner_id: str, lock) -> None:
             lifecycle.stop(replica, runtime=get_runtime(replica.runtime))
         old = []
     starting = sum(r.state == State.STARTING for r in current)
+    waiting = waiting or pending
     deployment.report(ready=ready_current, starting=starting, old=len(old), load_error=load_error, waiting=waiting)
 
 
-def _observe(deployment: Deployment, replicas: list[Replica]) -> str | None:
+def _observe(deployment: Deployment, replicas: list[Replica]) -> tuple[str | None, str | None]:
     """Move every live replica through the lifecycle from what runs; returns the load error
-    of the current generation, when one of its replicas failed for the bundle's own reason."""
+    of the current generation, when one of its replicas failed for the bundle's own reason,
+    and why a replica the runtime holds pending waits (Ray: no node has room yet)."""
     redis = get_redis()
     keys = protocol.Keys(deployment.prefix)
     phase_fields = [f"t_{phase}" for phase in lifecycle.COLD_START_PHASES]
@@ -109,12 +111,16 @@ def _observe(deployment: Deployment, replicas: list[Replica]) -> str | None:
             pipe.hmget(keys.replica(replica.id), ["state", "error", *phase_fields])
             pipe.exists(keys.heartbeat(replica.id))
         answers = pipe.execute()
-    load_error = None
+    load_error = pending = None
     now = timezone.now()
     for index, replica in enumerate(replicas):
         reported, error, *times = (v.decode(errors="replace") if v is not None else None for v in answers[2 * index])
         runtime = get_runtime(replica.runtime)
         alive = runtime.is_alive(replica)
+        starting = alive and replica.state == State.STARTING
+        pending_reason = runtime.pending_reason(replica) if starting else None
+        if pending_reason and pending is None:
+            pending = f"{WAITING_FOR_CAPACITY}: replica {replica.id} pending: {pending_reason}"
         facts = lifecycle.Facts(
             state=replica.state,
             alive=alive,
@@ -122,10 +128,13 @@ def _observe(deployment: Deployment, replicas: list[Replica]) -> str | None:
             reported=reported,
             load_error=error or "",
             heartbeat=bool(answers[2 * index + 1]),
-            seconds_in_state=lifecycle.seconds_in_state(replica, now),
+            seconds_in_state=lifecycle.seconds_in_state(
+                replica, now, runtime.started_at(replica) if starting else None
+            ),
             start_timeout=settings.REPLICA_START_TIMEOUT_SECONDS,
             stop_grace=settings.REPLICA_STOP_GRACE_SECONDS,
             memory_limit=deployment.memory_limit,
+            pending=bool(pending_reason),
         )
         transition = lifecycle.next_transition(facts)
         if transition is None:
@@ -145,7 +154,7 @@ def _observe(deployment: Deployment, replicas: list[Replica]) -> str | None:
                            transition.cause, transition.reason.splitlines()[0] if transition.reason else "")
         if won and transition.cause == lifecycle.BUNDLE and replica.generation == deployment.generation:
             load_error = replica.reason
-    return load_error
+    return load_error, pending
 
 
 def _time_out_tasks(deployment: Deployment, replicas: list[Replica]) -> None:

@@ -54,6 +54,8 @@ class Facts:
     start_timeout: float
     stop_grace: float
     memory_limit: str = ""  # as the user wrote it ("1Gi"), for messages
+    # A cluster scheduler holds it until a node has room (Ray): not the bundle's slowness.
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ def _starting(facts: Facts) -> Transition | None:
         return Transition(State.FAILED, f"replica {how} while loading its bundle", INFRA)
     if facts.reported == protocol.REPLICA_READY:
         return Transition(State.READY)
+    if facts.pending:
+        return None
     if facts.seconds_in_state > facts.start_timeout:
         return Transition(
             State.FAILED, f"did not load its bundle within {facts.start_timeout:.0f} s", BUNDLE, kill=True
@@ -124,8 +128,15 @@ def _ready(facts: Facts) -> Transition | None:
     return None
 
 
-def seconds_in_state(replica: Replica, now: datetime) -> float:
-    since = replica.stopped_at if replica.state == State.DRAINING and replica.stopped_at else replica.created_at
+def seconds_in_state(replica: Replica, now: datetime, started_at: datetime | None = None) -> float:
+    """Since the state began: a DRAINING replica since it was stopped, a STARTING one since it
+    began to run (`started_at`, when the runtime held it pending before) or was created."""
+    if replica.state == State.DRAINING and replica.stopped_at:
+        since = replica.stopped_at
+    elif replica.state == State.STARTING and started_at is not None:
+        since = max(started_at, replica.created_at)
+    else:
+        since = replica.created_at
     return (now - since).total_seconds()
 
 

@@ -13,6 +13,11 @@ def _runtime(name: str) -> Runtime:
         from workers.runtimes.docker import DockerRuntime
 
         return DockerRuntime()
+    if name == "ray":
+        # Imported here only: Ray is an optional install (requirements-ray.txt).
+        from workers.runtimes.ray import RayRuntime
+
+        return RayRuntime()
     from workers.runtimes.local import LocalRuntime
 
     return LocalRuntime()

@@ -1,7 +1,7 @@
 """The runtime interface: how a replica process comes to life and goes away.
 
-Implementations: `local` (subprocesses on this machine) and `docker` (containers on
-registered hosts). The controller calls these from RQ jobs and the tick; every method must
+Implementations: `local` (subprocesses on this machine), `docker` (containers on
+registered hosts) and `ray` (actors on a Ray cluster, which places them itself). The controller calls these from RQ jobs and the tick; every method must
 be idempotent and must not block for long (stop sends the signal and returns; the tick
 checks `is_alive` later and calls `kill` once the grace period is over).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,14 @@ class ExitInfo:
     exit_code: int | None = None
     signal: int | None = None
     oom: bool = False
+    # What the runtime knows besides ("its Ray node died"), shown after the description.
+    detail: str = ""
 
     def describe(self) -> str:
+        text = self._describe()
+        return f"{text} ({self.detail})" if self.detail else text
+
+    def _describe(self) -> str:
         import signal as signals
 
         if self.oom:
@@ -118,4 +125,14 @@ class Runtime(abc.ABC):
     def exit_info(self, replica) -> ExitInfo | None:
         """How the replica ended, once it is not alive; None while it runs or when unknown
         (a replica started by an earlier controller process, whose exit status went to it)."""
+        return None
+
+    def pending_reason(self, replica) -> str | None:
+        """Why a started replica does not run yet, while a cluster scheduler holds it (Ray:
+        no node has the resources now); None once it runs. The start timeout waits for it."""
+        return None
+
+    def started_at(self, replica) -> datetime | None:
+        """When the replica began to run, if the runtime knows it (Ray: the actor's creation
+        on a node, after any pending time); the start timeout counts from it."""
         return None
