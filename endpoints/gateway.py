@@ -23,6 +23,8 @@ from workers.runtimes.base import WAITING_FOR_CAPACITY
 SERVING_STATES = (Replica.State.STARTING, Replica.State.READY)
 
 TASK_FIELDS = ("args", "url", "return_pickled")
+# Fields of a request body that may be passed to the replica as it came (see payload_json).
+BODY_FIELDS_AS_IS = frozenset(("args", "url", "return_pickled", "timeout_seconds"))
 
 
 class SyncTimeoutError(ApplicationError):
@@ -50,25 +52,40 @@ def task_payload(data: dict) -> dict:
     return payload
 
 
-def task_submit(*, endpoint: ModelEndpoint, payload: dict) -> str:
-    """Queue a task; returns its id."""
-    task_id, _ = _submit(endpoint, payload, wait_seconds=None)
+def payload_json(payload: dict, body: dict, body_text: str | None) -> str:
+    """The payload as the replica reads it. A request body that holds nothing but the fields
+    of a task goes as it came (no second encoding of a large `args`): the replica reads
+    args/url/return_pickled from it just the same."""
+    if body_text is not None and isinstance(body, dict) and body.keys() <= BODY_FIELDS_AS_IS:
+        return body_text
+    return json.dumps(payload)
+
+
+def task_submit(*, endpoint: ModelEndpoint, payload: dict, payload_text: str | None = None) -> str:
+    """Queue a task; returns its id. `payload_text`: the payload's JSON when the caller has it."""
+    task_id, _ = _submit(endpoint, payload_text or json.dumps(payload), wait_seconds=None)
     return task_id
 
 
-def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None) -> tuple[str, dict]:
+def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None,
+                  payload_text: str | None = None) -> tuple[str, dict]:
     """Queue a task and wait for its final record: up to SYNC_TASK_TIMEOUT_SECONDS, or less
-    when the request asks. An endpoint that cannot serve answers at once (503)."""
+    when the request asks. An endpoint that cannot serve answers at once (503). The record is
+    protocol.parse_final_record's: the result comes as a JSON string literal (bytes)."""
     _check_can_serve(endpoint)
     limit = settings.SYNC_TASK_TIMEOUT_SECONDS
     timeout = min(timeout_seconds or limit, limit)
-    task_id, answer = _submit(endpoint, payload, wait_seconds=timeout)
+    task_id, answer = _submit(endpoint, payload_text or json.dumps(payload), wait_seconds=timeout)
     if answer is None:
+        # Answered later, the task must stay readable for its TTL (the error says where).
+        with get_redis().pipeline(transaction=False) as pipe:
+            protocol.keep_task(pipe, _keys(endpoint), task_id, ttl_seconds=_ttl(endpoint))
+            pipe.execute()
         raise SyncTimeoutError(
             f"endpoint {endpoint.name!r} did not answer within {timeout:g} s; the task {task_id} stays queued "
             f"and can be read with GET /v1/async-tasks/{task_id}"
         )
-    return task_id, json.loads(answer[1])
+    return task_id, protocol.parse_final_record(answer[1])
 
 
 def _check_can_serve(endpoint: ModelEndpoint) -> None:
@@ -93,17 +110,27 @@ def _check_can_serve(endpoint: ModelEndpoint) -> None:
         raise UnavailableError(f"endpoint {endpoint.name!r} has no replica: {endpoint.status_reason}")
 
 
-def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | None) -> tuple[str, list | None]:
+def _keys(endpoint: ModelEndpoint) -> protocol.Keys:
+    return protocol.Keys(protocol.endpoint_prefix(endpoint.id))
+
+
+def _ttl(endpoint: ModelEndpoint) -> int:
+    return endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
+
+
+def _submit(endpoint: ModelEndpoint, payload: str, *, wait_seconds: float | None) -> tuple[str, list | None]:
     """Write the task, queue it and, with `wait_seconds`, wait for its final record, all in
     one round trip: Redis runs a pipeline's commands in order, so the BLPOP at its end
     blocks until the replica pushes the record (or the timeout). A waiting pipeline goes
     through the pool whose socket timeout outlasts the wait."""
-    keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
+    keys = _keys(endpoint)
     task_id = protocol.task_id_for(endpoint.id, uuid.uuid4().hex)
-    ttl = endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
     client = get_redis() if wait_seconds is None else get_waiting_redis()
     with client.pipeline(transaction=False) as pipe:
-        protocol.add_task(pipe, keys, task_id, json.dumps(payload), ttl_seconds=ttl, now=time.time())
+        protocol.add_task(
+            pipe, keys, task_id, payload, ttl_seconds=_ttl(endpoint), now=time.time(),
+            extra={"sync": 1} if wait_seconds is not None else None,
+        )
         if endpoint.desired_workers == 0:
             # Scale from zero without waiting for the next tick.
             pipe.lpush(protocol.WAKE_KEY, "1")

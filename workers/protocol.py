@@ -11,8 +11,11 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
   <p>inflight:<replica>    list of the entries a replica is running. The controller puts the
                            entries of a replica whose heartbeat stopped back on the queue.
   <p>task:<task_id>        hash, expires after task_expires_seconds:
-                             payload      JSON request {args|url, return_pickled, ...}
-                                          (batch chunks: {"items": [{"id", "args"|"url"}...]})
+                             payload      JSON request, only for tasks whose queue entry is a
+                                          bare id (batch chunks: {"items": [{"id", "args"|"url"}
+                                          ...]}); the gateway's entries carry it, stored once
+                             sync         "1" while a sync waiter waits for it: once answered
+                                          the hash expires after SYNC_ANSWERED_TTL_SECONDS
                              status       PENDING | STARTED | SUCCESS | FAILURE
                              attempts     times a replica started it
                              result       JSON text of the output (not pickled)
@@ -20,8 +23,8 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                              traceback    the error text on FAILURE
                              created_at, started_at, finished_at   unix seconds
                              replica      the replica that last ran it
-  <p>done:<task_id>        list; the final record (JSON) is LPUSHed here for a sync waiter
-                           blocked on BLPOP. Expires quickly.
+  <p>done:<task_id>        list; the final record is LPUSHed here for a sync waiter blocked
+                           on BLPOP. Expires quickly. See final_record for its shape.
   <p>running               sorted set: task id -> started_at, of the tasks a replica runs now;
                            the controller fails the ones older than the endpoint's task
                            timeout (and kills their replica).
@@ -58,6 +61,11 @@ REPLICA_FAILED = "failed"
 REPLICA_STOPPING = "stopping"
 
 DONE_LIST_TTL_SECONDS = 120
+# An answered sync task has no reader left (the response carried its outcome): its hash goes
+# within seconds instead of keeping payload and result for the task TTL (a 1 MB sync request
+# otherwise holds its megabytes for a day). Seconds, not at once: a waiter that timed out
+# (504) turns its task into an ordinary one first (keep_task), see endpoints.gateway.
+SYNC_ANSWERED_TTL_SECONDS = 5
 TERMINAL = (SUCCESS, FAILURE)
 
 # Asks the controller's tick loop to run now (a task arrived for an endpoint at zero replicas).
@@ -152,8 +160,32 @@ def wake_controller(client) -> None:
 
 def final_record(status: str, *, result: str | None = None, traceback: str | None = None,
                  result_pickled: bool = False) -> str:
-    """What a sync waiter pops from the done list."""
-    return json.dumps({"status": status, "result": result, "traceback": traceback, "result_pickled": result_pickled})
+    """What a sync waiter pops from the done list: a JSON header (status, traceback,
+    result_pickled) and, after a newline, the result text as a JSON string literal. The
+    literal is made here, in the replica, so that the web process puts it into the response
+    as it is (the contract's `{"result": "<json text>"}`), never decoding and re-encoding a
+    large result. Neither part holds a raw newline (JSON without indent escapes them)."""
+    header = json.dumps({"status": status, "traceback": traceback, "result_pickled": result_pickled})
+    return header if result is None else header + "\n" + json.dumps(result)
+
+
+def parse_final_record(raw: bytes) -> dict:
+    """The done-list record as {status, traceback, result_pickled, result_literal}: the last
+    is the result's JSON string literal as bytes (json.loads of it gives the result text), or
+    None. Records the controller writes (failures) have no literal."""
+    header, _, literal = raw.partition(b"\n")
+    record = json.loads(header)
+    record.pop("result", None)
+    record["result_literal"] = literal or None
+    return record
+
+
+def final_record_with_text(raw: bytes) -> dict:
+    """parse_final_record, with the result text decoded into `result` (None without one)."""
+    record = parse_final_record(raw)
+    literal = record.pop("result_literal")
+    record["result"] = json.loads(literal) if literal is not None else None
+    return record
 
 
 # --- writing a task (gateway, batch runner) --------------------------------------------------
@@ -161,11 +193,13 @@ def final_record(status: str, *, result: str | None = None, traceback: str | Non
 def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: int, now: float,
              inline: bool = True, extra: dict | None = None) -> None:
     """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry. `inline`
-    puts the payload in the entry too, so a replica runs it without reading the hash."""
+    puts the payload in the entry instead of the hash, so it is stored once and a replica runs
+    the task without reading the hash (a requeue moves the entry, payload and all)."""
     task_key = keys.task(task_id)
-    pipe.hset(task_key, mapping={
-        "payload": payload_json, "status": PENDING, "attempts": 0, "created_at": now, **(extra or {}),
-    })
+    fields = {"status": PENDING, "attempts": 0, "created_at": now, **(extra or {})}
+    if not inline:
+        fields["payload"] = payload_json
+    pipe.hset(task_key, mapping=fields)
     pipe.expire(task_key, ttl_seconds)
     entry = queue_entry(task_id, expires_at=now + ttl_seconds, payload=payload_json) if inline else task_id
     pipe.lpush(keys.queue, entry)
@@ -175,6 +209,13 @@ def wait_final(pipe, keys: Keys, task_id: str, *, timeout_seconds: float) -> Non
     """On a pipeline: block until the task's final record is pushed (BLPOP). The connection's
     socket timeout must exceed the wait (launch_site.redis_client.get_waiting_redis)."""
     pipe.blpop([keys.done(task_id)], timeout=timeout_seconds)
+
+
+def keep_task(pipe, keys: Keys, task_id: str, *, ttl_seconds: int) -> None:
+    """On a pipeline: a sync task whose waiter gave up becomes an ordinary task (readable with
+    GET /v1/async-tasks for its TTL), also when it was answered a moment ago."""
+    pipe.hdel(keys.task(task_id), "sync")
+    pipe.expire(keys.task(task_id), ttl_seconds)
 
 
 def read_task(client, keys: Keys, task_id: str) -> dict | None:
@@ -252,10 +293,10 @@ return payload
 """
 
 # KEYS: task, inflight, done, stats, running. ARGV: entry, status, result, traceback,
-# pickled (or ''), now, done_record, done_ttl, counter, task_id.
+# pickled (or ''), now, done_record, done_ttl, counter, task_id, sync_answered_ttl.
 # The task hash is only written while it exists (an expired task must not come back without
 # a TTL) and is not final yet (the first outcome wins). The done list is filled either way
-# so a sync waiter is answered.
+# so a sync waiter is answered. A sync task's hash expires soon after (SYNC_ANSWERED_TTL_SECONDS).
 FINISH_SCRIPT = """
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[10])
@@ -273,6 +314,9 @@ if status then
     end
   else
     redis.call('HSET', KEYS[1], 'traceback', ARGV[4])
+  end
+  if redis.call('HGET', KEYS[1], 'sync') == '1' then
+    redis.call('EXPIRE', KEYS[1], ARGV[11])
   end
 end
 redis.call('LPUSH', KEYS[3], ARGV[7])
