@@ -38,5 +38,9 @@ test: setup-test
 lint: setup-test
 	$(VENV)/bin/ruff check .
 
+# Side by side with BentoML and Ray Serve (installed once under .bench-venvs/); writes BENCHMARKS.md.
+bench: setup
+	$(PY) bench/peers.py --reps 3
+
 clean:
 	rm -rf $(VENV) .launch-test

@@ -27,6 +27,8 @@ from workers.runtimes.base import WAITING_FOR_CAPACITY
 SERVING_STATES = (Replica.State.STARTING, Replica.State.READY)
 
 TASK_FIELDS = ("args", "url", "return_pickled")
+# Fields of a request body that may be passed to the replica as it came (see payload_json).
+BODY_FIELDS_AS_IS = frozenset(("args", "url", "return_pickled", "timeout_seconds"))
 
 
 class SyncTimeoutError(ApplicationError):
@@ -58,10 +60,22 @@ def task_payload(data: dict) -> dict:
     return payload
 
 
-def task_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, dict | None] | None = None) -> str:
+def payload_json(payload: dict, body: dict, body_text: str | None) -> str:
+    """The payload as the replica reads it. A request body that holds nothing but the fields
+    of a task goes as it came (no second encoding of a large `args`): the replica reads
+    args/url/return_pickled from it just the same."""
+    if body_text is not None and isinstance(body, dict) and body.keys() <= BODY_FIELDS_AS_IS:
+        return body_text
+    return json.dumps(payload)
+
+
+def task_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, dict | None] | None = None,
+                payload_text: str | None = None) -> str:
     """Queue a task; returns its id. With `callback` (url, auth: endpoints.callbacks), its
-    outcome is posted there when it ends."""
-    task_id, _ = _submit(endpoint, payload, wait_seconds=None, callback=callback)
+    outcome is posted there when it ends. `payload_text`: the payload's JSON when the caller
+    has it (payload_json)."""
+    task_id, _ = _submit(endpoint, payload_text or json.dumps(payload), kind="async", wait_seconds=None,
+                         callback=callback)
     return task_id
 
 
@@ -75,7 +89,7 @@ def task_stream(*, endpoint: ModelEndpoint, payload: dict) -> Iterator[dict | No
     if payload.get("return_pickled"):
         raise FieldError("return_pickled", "a stream sends JSON items; return_pickled is not offered")
     keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
-    task_id, _ = _submit(endpoint, {**payload, "stream": True}, wait_seconds=None)
+    task_id, _ = _submit(endpoint, json.dumps({**payload, "stream": True}), kind="stream", wait_seconds=None)
     return _stream_records(keys, task_id)
 
 
@@ -118,19 +132,26 @@ def _failure(traceback: str) -> dict:
     return {"status": protocol.FAILURE, "result": None, "traceback": traceback, "status_code": 500}
 
 
-def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None) -> tuple[str, dict]:
+def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None,
+                  payload_text: str | None = None) -> tuple[str, dict]:
     """Queue a task and wait for its final record: up to SYNC_TASK_TIMEOUT_SECONDS, or less
-    when the request asks. An endpoint that cannot serve answers at once (503)."""
+    when the request asks. An endpoint that cannot serve answers at once (503). The record is
+    protocol.parse_final_record's: the result comes as a JSON string literal (bytes)."""
     _check_can_serve(endpoint)
     limit = settings.SYNC_TASK_TIMEOUT_SECONDS
     timeout = min(timeout_seconds or limit, limit)
-    task_id, answer = _submit(endpoint, payload, wait_seconds=timeout)
+    task_id, answer = _submit(endpoint, payload_text or json.dumps(payload), kind="sync", wait_seconds=timeout)
     if answer is None:
+        # Answered later, the task must stay readable for its TTL (the error says where); if
+        # it finished in the meantime, its record is the answer after all.
+        late = protocol.keep_task(get_redis(), _keys(endpoint), task_id, ttl_seconds=_ttl(endpoint))
+        if late is not None:
+            return task_id, protocol.parse_final_record(late)
         raise SyncTimeoutError(
             f"endpoint {endpoint.name!r} did not answer within {timeout:g} s; the task {task_id} stays queued "
             f"and can be read with GET /v1/async-tasks/{task_id}"
         )
-    return task_id, json.loads(answer[1])
+    return task_id, protocol.parse_final_record(answer[1])
 
 
 def _check_can_serve(endpoint: ModelEndpoint) -> None:
@@ -155,26 +176,36 @@ def _check_can_serve(endpoint: ModelEndpoint) -> None:
         raise UnavailableError(f"endpoint {endpoint.name!r} has no replica: {endpoint.status_reason}")
 
 
-def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | None,
+def _keys(endpoint: ModelEndpoint) -> protocol.Keys:
+    return protocol.Keys(protocol.endpoint_prefix(endpoint.id))
+
+
+def _ttl(endpoint: ModelEndpoint) -> int:
+    return endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
+
+
+def _submit(endpoint: ModelEndpoint, payload: str, *, kind: str, wait_seconds: float | None,
             callback: tuple[str, dict | None] | None = None) -> tuple[str, list | None]:
     """Write the task, queue it and, with `wait_seconds`, wait for its final record, all in
     one round trip: Redis runs a pipeline's commands in order, so the BLPOP at its end
     blocks until the replica pushes the record (or the timeout). A waiting pipeline goes
     through the pool whose socket timeout outlasts the wait."""
-    keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
+    keys = _keys(endpoint)
     task_id = protocol.task_id_for(endpoint.id, uuid.uuid4().hex)
-    ttl = endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
+    ttl = _ttl(endpoint)
     client = get_redis() if wait_seconds is None else get_waiting_redis()
+    extra = {"kind": kind}
+    if wait_seconds is not None:
+        extra["sync"] = "1"  # answered, its record shrinks (protocol.SYNC_ANSWERED_TTL_SECONDS)
+    if callback is not None:
+        extra["callback"] = "1"
     with client.pipeline(transaction=False) as pipe:
         if callback is not None:
             callbacks.add_task_callback(
                 pipe, endpoint_id=endpoint.id, task_id=task_id, url=callback[0], auth=callback[1], ttl_seconds=ttl
             )
-        extra = {"kind": "stream" if payload.get("stream") else "async" if wait_seconds is None else "sync"}
-        if callback is not None:
-            extra["callback"] = "1"
         protocol.add_task(
-            pipe, keys, task_id, json.dumps(payload), ttl_seconds=ttl, now=time.time(), extra=extra,
+            pipe, keys, task_id, payload, ttl_seconds=ttl, now=time.time(), extra=extra,
             history_length=settings.REQUEST_HISTORY_LENGTH,
         )
         if endpoint.desired_workers == 0:

@@ -317,7 +317,7 @@ def test_a_replica_container_serves_a_task_end_to_end(docker_hosts, runtime, bun
     redis_client.lpush(keys.queue, task_id)
     answer = redis_client.blpop([keys.done(task_id)], timeout=60)
     assert answer is not None, runtime.logs(replica)
-    record = json.loads(answer[1])
+    record = protocol.final_record_with_text(answer[1])
     assert record["status"] == protocol.SUCCESS, record
     assert json.loads(record["result"]) == 6
     assert redis_client.hget(keys.task(task_id), "replica").decode() == replica.id

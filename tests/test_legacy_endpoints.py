@@ -159,7 +159,10 @@ def test_async_task_defaults_to_pickled_result_and_prefers_url_over_args(owner, 
     response = owner.client.post(f"{BASE}/task_async/demo", {"url": "http://x/1", "args": {"a": 1}}, format="json")
     assert response.status_code == 200, response.content
     task_id = response.json()["task_id"]
-    stored = redis_client.hget(protocol.Keys(protocol.endpoint_prefix(endpoint.id)).task(task_id), "payload")
+    # The payload travels in the queue entry (stored once, not also in the task hash).
+    entry = redis_client.lindex(protocol.Keys(protocol.endpoint_prefix(endpoint.id)).queue, 0)
+    queued_id, _, stored = protocol.parse_entry(entry)
+    assert queued_id == task_id
     assert json.loads(stored) == {"return_pickled": True, "url": "http://x/1"}
 
 

@@ -67,7 +67,7 @@ class RunningReplica:
 
     def record(self, redis_client, task_id: str, timeout: float = 10) -> dict | None:
         answer = redis_client.blpop([self.keys.done(task_id)], timeout=timeout)
-        return json.loads(answer[1]) if answer else None
+        return protocol.final_record_with_text(answer[1]) if answer else None
 
 
 def doubler():

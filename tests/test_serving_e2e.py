@@ -134,12 +134,67 @@ def test_replica_killed_mid_task_still_ends_in_success(live_stack, owner):
 
 
 def test_sync_request_that_times_out_gets_a_clear_504(live_stack, owner):
+    from launch_site.redis_client import get_redis
+    from workers import protocol
+
     api = api_for(live_stack, owner)
-    endpoint_id = api.create_endpoint(api.upload_bundle(slow_bundle(3), "slow"), "slow-sync")
+    endpoint_id = api.create_endpoint(api.upload_bundle(slow_bundle(1.5), "slow"), "slow-sync")
     api.wait_endpoint(endpoint_id, "READY")
     response = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 1}, "timeout_seconds": 0.3})
     assert response.status_code == 504
-    assert "did not answer within 0.3 s" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert "did not answer within 0.3 s" in detail
+    # The error names the task to read later: answered after its waiter left, it keeps its
+    # TTL like any async task (an answered sync task's record goes within seconds).
+    task_id = detail.split("the task ")[1].split()[0]
+    assert api.wait_task(task_id, timeout=30)["result"] == {"result": "2"}
+    ttl = get_redis().ttl(protocol.Keys(protocol.endpoint_prefix(endpoint_id)).task(task_id))
+    assert ttl > 60, ttl
+
+
+def _task_keys(endpoint_id: str) -> list[bytes]:
+    from launch_site.redis_client import get_redis
+    from workers import protocol
+
+    return list(get_redis().scan_iter(match=protocol.endpoint_prefix(endpoint_id) + "task:*"))
+
+
+def test_big_sync_payload_round_trips_and_leaves_redis_after_its_answer(live_stack, owner):
+    from workers import protocol
+
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(echo_bundle(), "echo"), "echo-big")
+    api.wait_endpoint(endpoint_id, "READY", available_workers=1)
+    text = "é\"\n\\" * 200_000  # 800,000 characters that need escaping, and a non-ASCII one
+    url = f"/v1/sync-tasks?model_endpoint_id={endpoint_id}"
+    body = api.post(url, json={"args": {"x": 2, "y": text}}).json()
+    assert body == {"status": "SUCCESS", "result": {"result": '{"value": 4, "y_len": 800000}'},
+                    "traceback": None, "status_code": None}
+
+    deadline = time.monotonic() + protocol.SYNC_ANSWERED_TTL_SECONDS + 20
+    while _task_keys(endpoint_id):
+        assert time.monotonic() < deadline, "the answered sync task stayed in Redis"
+        time.sleep(0.2)
+
+    # A body with a field a task does not have is not passed on as it came ("items" would
+    # make the replica take it for a batch chunk).
+    body = api.post(url, json={"args": {"x": 5}, "items": [{"id": 1, "args": {"x": 1}}]}).json()
+    assert body["result"] == {"result": '{"value": 10, "y_len": 0}'}
+
+
+def test_async_payload_is_stored_once_and_its_record_keeps_its_ttl(live_stack, owner):
+    from launch_site.redis_client import get_redis
+    from workers import protocol
+
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(echo_bundle(), "echo"), "echo-async-ttl",
+                                      endpoint_type="async", min_workers=0)
+    keys = protocol.Keys(protocol.endpoint_prefix(endpoint_id))
+    task_id = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}",
+                       json={"args": {"x": 1, "y": "z" * 10_000}}).json()["task_id"]
+    assert get_redis().hget(keys.task(task_id), "payload") is None
+    assert api.wait_task(task_id, timeout=60)["result"] == {"result": '{"value": 2, "y_len": 10000}'}
+    assert get_redis().ttl(keys.task(task_id)) > 3600
 
 
 def test_return_pickled_gives_a_result_url_with_the_pickled_output(live_stack, owner):

@@ -11,8 +11,13 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
   <p>inflight:<replica>    list of the entries a replica is running. The controller puts the
                            entries of a replica whose heartbeat stopped back on the queue.
   <p>task:<task_id>        hash, expires after task_expires_seconds:
-                             payload      JSON request {args|url, return_pickled, ...}
-                                          (batch chunks: {"items": [{"id", "args"|"url"}...]})
+                             payload_preview  the start of an inline payload (dashboard)
+                             payload      JSON request, only for tasks whose queue entry is a
+                                          bare id (batch chunks: {"items": [{"id", "args"|"url"}
+                                          ...]}); the gateway's entries carry it, stored once
+                             sync         "1" while a sync waiter waits for it: once answered,
+                                          the hash drops the result and expires after
+                                          SYNC_ANSWERED_TTL_SECONDS
                              status       PENDING | STARTED | SUCCESS | FAILURE
                              attempts     times a replica started it
                              result       JSON text of the output (not pickled)
@@ -24,8 +29,8 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                              callback     "1" when the control plane posts the outcome to a
                                           callback URL (its URL and credentials live in the
                                           control plane's own keys, never here)
-  <p>done:<task_id>        list; the final record (JSON) is LPUSHed here for a sync waiter
-                           blocked on BLPOP. Expires quickly.
+  <p>done:<task_id>        list; the final record is LPUSHed here for a sync waiter blocked
+                           on BLPOP. Expires quickly. See final_record for its shape.
   <p>running               sorted set: task id -> started_at, of the tasks a replica runs now;
                            the controller fails the ones older than the endpoint's task
                            timeout (and kills their replica).
@@ -84,6 +89,14 @@ REPLICA_FAILED = "failed"
 REPLICA_STOPPING = "stopping"
 
 DONE_LIST_TTL_SECONDS = 120
+# An answered sync task had its result delivered through the done list: its hash keeps only
+# its small fields (status, timings, replica, error), for the dashboard's request list, and
+# only this long, instead of payload and result for the task TTL (a 1 MB sync request would
+# otherwise hold its megabytes for a day). A waiter that timed out (504) turns its task into
+# an ordinary one first (keep_task), see endpoints.gateway.
+SYNC_ANSWERED_TTL_SECONDS = 600
+# What the hash keeps of an inline payload (the queue entry carries the whole of it).
+PAYLOAD_PREVIEW_CHARS = 2000
 TERMINAL = (SUCCESS, FAILURE)
 
 # Asks the controller's tick loop to run now (a task arrived for an endpoint at zero replicas).
@@ -191,8 +204,32 @@ def wake_controller(client) -> None:
 
 def final_record(status: str, *, result: str | None = None, traceback: str | None = None,
                  result_pickled: bool = False) -> str:
-    """What a sync waiter pops from the done list."""
-    return json.dumps({"status": status, "result": result, "traceback": traceback, "result_pickled": result_pickled})
+    """What a sync waiter pops from the done list: a JSON header (status, traceback,
+    result_pickled) and, after a newline, the result text as a JSON string literal. The
+    literal is made here, in the replica, so that the web process puts it into the response
+    as it is (the contract's `{"result": "<json text>"}`), never decoding and re-encoding a
+    large result. Neither part holds a raw newline (JSON without indent escapes them)."""
+    header = json.dumps({"status": status, "traceback": traceback, "result_pickled": result_pickled})
+    return header if result is None else header + "\n" + json.dumps(result)
+
+
+def parse_final_record(raw: bytes) -> dict:
+    """The done-list record as {status, traceback, result_pickled, result_literal}: the last
+    is the result's JSON string literal as bytes (json.loads of it gives the result text), or
+    None. Records the controller writes (failures) have no literal."""
+    header, _, literal = raw.partition(b"\n")
+    record = json.loads(header)
+    record.pop("result", None)
+    record["result_literal"] = literal or None
+    return record
+
+
+def final_record_with_text(raw: bytes) -> dict:
+    """parse_final_record, with the result text decoded into `result` (None without one)."""
+    record = parse_final_record(raw)
+    literal = record.pop("result_literal")
+    record["result"] = json.loads(literal) if literal is not None else None
+    return record
 
 
 # --- writing a task (gateway, batch runner) --------------------------------------------------
@@ -200,12 +237,17 @@ def final_record(status: str, *, result: str | None = None, traceback: str | Non
 def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: int, now: float,
              inline: bool = True, extra: dict | None = None, history_length: int = 0) -> None:
     """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry. `inline`
-    puts the payload in the entry too, so a replica runs it without reading the hash.
-    `history_length` > 0 also records the id in the owner's capped list of recent tasks."""
+    puts the payload in the entry instead of the hash, so it is stored once and a replica runs
+    the task without reading the hash (a requeue moves the entry, payload and all); the hash
+    keeps only its first PAYLOAD_PREVIEW_CHARS for the dashboard. `history_length` > 0 also
+    records the id in the owner's capped list of recent tasks."""
     task_key = keys.task(task_id)
-    pipe.hset(task_key, mapping={
-        "payload": payload_json, "status": PENDING, "attempts": 0, "created_at": now, **(extra or {}),
-    })
+    fields = {"status": PENDING, "attempts": 0, "created_at": now, **(extra or {})}
+    if inline:
+        fields["payload_preview"] = payload_json[: PAYLOAD_PREVIEW_CHARS + 1]  # +1: says it was cut
+    else:
+        fields["payload"] = payload_json
+    pipe.hset(task_key, mapping=fields)
     pipe.expire(task_key, ttl_seconds)
     entry = queue_entry(task_id, expires_at=now + ttl_seconds, payload=payload_json) if inline else task_id
     pipe.lpush(keys.queue, entry)
@@ -234,7 +276,7 @@ def read_stream(client, keys: Keys, task_id: str, *, timeout_seconds: float) -> 
         return None
     key, value = answer
     kind = "item" if key.decode() == keys.stream(task_id) else "final"
-    return kind, json.loads(value)
+    return kind, json.loads(value) if kind == "item" else final_record_with_text(value)
 
 
 def cancel_stream(client, keys: Keys, task_id: str, *, ttl_seconds: int) -> None:
@@ -243,6 +285,18 @@ def cancel_stream(client, keys: Keys, task_id: str, *, ttl_seconds: int) -> None
         pipe.set(keys.cancel(task_id), "1", ex=max(1, ttl_seconds))
         pipe.delete(keys.stream(task_id))
         pipe.execute()
+
+
+def keep_task(client, keys: Keys, task_id: str, *, ttl_seconds: int) -> bytes | None:
+    """A sync task whose waiter gave up becomes an ordinary task (readable with GET
+    /v1/async-tasks for its TTL). In one transaction with taking its final record, if it has
+    one: when it finished in between, its result went to the done list only, and the caller
+    answers with it instead."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.task(task_id), "sync")
+        pipe.expire(keys.task(task_id), ttl_seconds)
+        pipe.lpop(keys.done(task_id))
+        return pipe.execute()[-1]
 
 
 def read_task(client, keys: Keys, task_id: str) -> dict | None:
@@ -314,10 +368,11 @@ def recent_tasks(client, keys: Keys, *, limit: int) -> list[dict]:
 
 def read_task_detail(client, keys: Keys, task_id: str) -> dict | None:
     """Everything the task page shows (payload, timings, replica, traceback); None if gone."""
-    values = client.hmget(keys.task(task_id), [*HISTORY_FIELDS, "payload", "traceback"])
+    values = client.hmget(keys.task(task_id), [*HISTORY_FIELDS, "payload_preview", "payload", "traceback"])
     if values[0] is None:
         return None
-    status, created, started, finished, replica, attempts, kind, payload, error = values
+    status, created, started, finished, replica, attempts, kind, preview, payload, error = values
+    payload = preview if preview is not None else payload
     record = {
         "status": _text(status), "created_at": _number(created), "started_at": _number(started),
         "finished_at": _number(finished), "replica": _text(replica) or "", "attempts": int(_number(attempts) or 0),
@@ -412,10 +467,12 @@ end
 
 
 # KEYS: task, inflight, done, stats, running, callbacks. ARGV: entry, status, result, traceback,
-# pickled (or ''), now, done_record, done_ttl, counter, task_id.
+# pickled (or ''), now, done_record, done_ttl, counter, task_id, sync_answered_ttl.
 # The task hash is only written while it exists (an expired task must not come back without
 # a TTL) and is not final yet (the first outcome wins). The done list is filled either way
-# so a sync waiter is answered. The latency hash sits next to stats (same prefix).
+# so a sync waiter is answered. The latency hash sits next to stats (same prefix). An
+# answered sync task keeps only its small fields, for SYNC_ANSWERED_TTL_SECONDS: its waiter
+# got the result from the done list, so the result is not kept a second time.
 FINISH_SCRIPT = _OBSERVE_FUNCTION + """
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[10])
@@ -436,6 +493,10 @@ if status then
   end
   if redis.call('HEXISTS', KEYS[1], 'callback') == 1 then
     redis.call('LPUSH', KEYS[6], ARGV[10])
+  end
+  if redis.call('HGET', KEYS[1], 'sync') == '1' then
+    redis.call('HDEL', KEYS[1], 'result', 'result_pickled')
+    redis.call('EXPIRE', KEYS[1], ARGV[11])
   end
 end
 redis.call('LPUSH', KEYS[3], ARGV[7])

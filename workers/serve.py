@@ -336,7 +336,7 @@ class Replica:
         connection.send_command(
             "EVAL", protocol.FINISH_SCRIPT, 6, task_key, self.inflight, self.keys.done(task_id), self.keys.stats,
             self.keys.running, self.keys.callbacks, entry, status, result, error, pickled, time.time(), record,
-            protocol.DONE_LIST_TTL_SECONDS, counter, task_id,
+            protocol.DONE_LIST_TTL_SECONDS, counter, task_id, protocol.SYNC_ANSWERED_TTL_SECONDS,
         )
         for _ in range(replies + 1):
             connection.read_response()

@@ -149,12 +149,24 @@ class ModelEndpointsApiView(APIView):
 
 
 def task_result_shape(request, task_id: str, record: dict) -> dict | None:
-    """On SUCCESS the contract's `result` is an object with `result` (JSON text) or `result_url`."""
+    """On SUCCESS the contract's `result` is an object with `result` (JSON text) or `result_url`.
+    A sync waiter's record (gateway.task_run_sync) has the text as a JSON literal instead."""
     if record["status"] != protocol.SUCCESS:
         return None
     if record.get("result_pickled"):
         return {"result_url": request.build_absolute_uri(f"/v1/task-results/{task_id}")}
+    if record.get("result_literal") is not None:
+        return {"result": json.loads(record["result_literal"])}
     return {"result": record.get("result")}
+
+
+def sync_success_response(literal: bytes) -> HttpResponse:
+    """A sync SUCCESS answer built around the replica's JSON literal of the result, so a large
+    result is neither decoded nor encoded again here. Same bytes as JsonResponse would give."""
+    return HttpResponse(
+        b'{"status": "SUCCESS", "result": {"result": ' + literal + b'}, "traceback": null, "status_code": null}',
+        content_type="application/json",
+    )
 
 
 class InferenceView(APIView):
@@ -175,9 +187,9 @@ class InferenceView(APIView):
             endpoint_id = request.GET.get("model_endpoint_id")
             if not endpoint_id:
                 raise query_error("model_endpoint_id", "is required")
-            body = _json_body(request)
+            body, text = _json_body(request)
             endpoint = selectors.endpoint_for_tasks(team=api_key.team, endpoint_id=endpoint_id)
-            answer = self.serve(request, endpoint, body)
+            answer = self.serve(request, endpoint, body, text)
             return answer if isinstance(answer, HttpResponseBase) else JsonResponse(answer)
         except Exception as exc:  # noqa: BLE001 - rendered like every API error, or re-raised
             response = error_json_response(exc)
@@ -185,25 +197,33 @@ class InferenceView(APIView):
                 raise
             return response
 
-    def serve(self, request, endpoint: ModelEndpoint, body) -> dict | HttpResponseBase:
+    def serve(self, request, endpoint: ModelEndpoint, body, text: str) -> dict | HttpResponseBase:
         raise NotImplementedError
 
 
-def _json_body(request):
+def _json_body(request) -> tuple[object, str]:
+    """The body parsed, and its text (UTF-8, as JSON over HTTP is): the gateway may pass the
+    text on to the replica as it is, so a large body is parsed once and never re-encoded."""
     try:
-        return json.loads(request.body or b"null")
+        text = (request.body or b"null").decode()
+        return json.loads(text), text
     except (ValueError, UnicodeDecodeError) as exc:
         raise ParseError(f"JSON parse error - {exc}") from None
 
 
 class SyncTaskView(InferenceView):
-    def serve(self, request, endpoint, body) -> dict:
+    def serve(self, request, endpoint, body, text) -> dict | HttpResponse:
         payload = gateway.task_payload(body)
         callbacks.task_callback(endpoint, body, async_task=False)
         timeout = body.get("timeout_seconds")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise FieldError("timeout_seconds", "must be a positive number of seconds")
-        task_id, record = gateway.task_run_sync(endpoint=endpoint, payload=payload, timeout_seconds=timeout)
+        task_id, record = gateway.task_run_sync(
+            endpoint=endpoint, payload=payload, timeout_seconds=timeout,
+            payload_text=gateway.payload_json(payload, body, text),
+        )
+        if record["status"] == protocol.SUCCESS and record["result_literal"] is not None:
+            return sync_success_response(record["result_literal"])
         return {
             "status": record["status"],
             "result": task_result_shape(request, task_id, record),
@@ -213,10 +233,12 @@ class SyncTaskView(InferenceView):
 
 
 class AsyncTaskCreateView(InferenceView):
-    def serve(self, request, endpoint, body) -> dict:
+    def serve(self, request, endpoint, body, text) -> dict:
         payload = gateway.task_payload(body)
         callback = callbacks.task_callback(endpoint, body, async_task=True)
-        return {"task_id": gateway.task_submit(endpoint=endpoint, payload=payload, callback=callback)}
+        return {"task_id": gateway.task_submit(
+            endpoint=endpoint, payload=payload, callback=callback, payload_text=gateway.payload_json(payload, body, text),
+        )}
 
 
 class StreamingTaskView(InferenceView):
@@ -225,7 +247,7 @@ class StreamingTaskView(InferenceView):
     and a FAILURE event with the traceback when it fails. Errors before the stream starts are
     ordinary JSON error answers."""
 
-    def serve(self, request, endpoint, body):
+    def serve(self, request, endpoint, body, text):
         payload = gateway.task_payload(body)
         callbacks.task_callback(endpoint, body, async_task=False)
         if body.get("timeout_seconds") is not None:
