@@ -90,8 +90,8 @@ REPLICA_STOPPING = "stopping"
 
 DONE_LIST_TTL_SECONDS = 120
 # An answered sync task had its result delivered through the done list: its hash keeps only
-# its small fields (status, timings, replica, error), for the dashboard's request list, and
-# only this long, instead of payload and result for the task TTL (a 1 MB sync request would
+# its small fields (status, timings, replica, error; a pickled result, which its result_url
+# serves), for the dashboard's request list, and only this long, instead of payload and result for the task TTL (a 1 MB sync request would
 # otherwise hold its megabytes for a day). A waiter that timed out (504) turns its task into
 # an ordinary one first (keep_task), see endpoints.gateway.
 SYNC_ANSWERED_TTL_SECONDS = 600
@@ -495,7 +495,7 @@ if status then
     redis.call('LPUSH', KEYS[6], ARGV[10])
   end
   if redis.call('HGET', KEYS[1], 'sync') == '1' then
-    redis.call('HDEL', KEYS[1], 'result', 'result_pickled')
+    redis.call('HDEL', KEYS[1], 'result')  -- a pickled result stays: its result_url reads it
     redis.call('EXPIRE', KEYS[1], ARGV[11])
   end
 end

@@ -33,7 +33,7 @@ USER_PREFIX = "launch-"
 # too), plus what redis-py sends on connect.
 REPLICA_COMMANDS = (
     "ping", "hello", "auth", "select",
-    "blmove", "lrem", "lpush", "rpush", "set", "del", "hset", "hget", "hmget", "hexists", "hincrby", "hincrbyfloat",
+    "blmove", "lrem", "lpush", "rpush", "set", "del", "hset", "hget", "hmget", "hexists", "hdel", "hincrby", "hincrbyfloat",
     "exists", "expire", "zadd", "zrem",
     "eval", "evalsha", "script|load", "script|exists",
 )
