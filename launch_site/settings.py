@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from launch_site.embedded_redis import embedded_redis_url
 from launch_site.env import (
     ConfigError,
     database_from_url,
@@ -103,9 +104,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Without REDIS_URL the embedded redis-server (started by `manage.py launch up`) listens on a
-# unix socket under LAUNCH_HOME.
+# unix socket under LAUNCH_HOME, its `default` user guarded by LAUNCH_HOME/redis_password.
 EMBEDDED_REDIS_SOCKET = LAUNCH_HOME / "run" / "redis.sock"
-REDIS_URL = env_str("REDIS_URL") or f"unix://{EMBEDDED_REDIS_SOCKET}"
+REDIS_URL = env_str("REDIS_URL") or embedded_redis_url(LAUNCH_HOME)
 RQ_QUEUES = {
     "control": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }

@@ -92,7 +92,8 @@ class Command(BaseCommand):
             except RuntimeError as error:
                 raise CommandError(f"the embedded Redis did not start: {error}") from None
             self.children.append(redis)
-            env["REDIS_URL"] = f"unix://{settings.EMBEDDED_REDIS_SOCKET}"
+            # No REDIS_URL in the children's environment: settings read the password from
+            # LAUNCH_HOME, so it is in no process's environ.
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         login, password, raw_key = self._first_start_credentials()
