@@ -20,6 +20,7 @@ from django.utils import timezone
 from accounts.models import Quota, Team
 from bundles import store
 from bundles.models import ModelBundle, StoredObject
+from launch_site import limits
 from launch_site.errors import ConflictError, FieldError, NotFoundError, PayloadTooLargeError
 
 FLAVOR_FOR_PACKAGING_TYPE = {
@@ -196,11 +197,8 @@ def _new_bundle(
     python_version: str,
 ) -> ModelBundle:
     """An unsaved bundle with every field but its artifact checked."""
-    if not isinstance(name, str) or not name.strip():
-        raise FieldError("name", "must be a non-empty string")
-    if "/" in name:
-        raise FieldError("name", "must not contain '/' (the name is part of URLs)")
-    if flavor not in PACKAGING_TYPE_FOR_FLAVOR:
+    limits.check_name(name, field="name", max_length=limits.BUNDLE_NAME_MAX_LENGTH)
+    if not isinstance(flavor, str) or flavor not in PACKAGING_TYPE_FOR_FLAVOR:
         raise FieldError("flavor", f"{flavor!r} is not supported here; use cloudpickle_artifact or zip_artifact")
     if not isinstance(requirements, list) or not all(isinstance(item, str) for item in requirements):
         raise FieldError("requirements", "must be a list of strings")
@@ -375,9 +373,7 @@ def bundle_clone_with_changes(
     if app_config is not UNCHANGED:
         clone.app_config = app_config
     if name is not None:
-        if not isinstance(name, str) or not name.strip() or "/" in name:
-            raise FieldError("name", "must be a non-empty string without '/'")
-        clone.name = name
+        clone.name = limits.check_name(name, field="name", max_length=limits.BUNDLE_NAME_MAX_LENGTH)
     clone.full_clean()
     clone.save()
     return clone

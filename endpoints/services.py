@@ -13,6 +13,7 @@ from accounts.quotas import quota_check, usage_of
 from bundles.models import ModelBundle
 from endpoints.models import GPU_TYPES, ModelEndpoint
 from endpoints.quantities import parse_bytes, parse_cpus
+from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
 
 # Fields an edit may change; the ones in ROLLOVER_FIELDS change what replicas run.
@@ -56,7 +57,24 @@ def _apply_resources(endpoint: ModelEndpoint, values: dict[str, Any]) -> None:
             endpoint.storage = str(storage)
 
 
+def _validate_bounds(endpoint: ModelEndpoint) -> None:
+    for field, minimum, maximum in (
+        ("min_workers", 0, limits.MAX_WORKERS),
+        ("max_workers", 0, limits.MAX_WORKERS),
+        ("per_worker", 1, limits.MAX_PER_WORKER),
+        ("gpus", 0, limits.MAX_GPUS),
+    ):
+        limits.check_integer(getattr(endpoint, field), field=field, minimum=minimum, maximum=maximum)
+    for field, maximum in (
+        ("task_expires_seconds", limits.MAX_TASK_EXPIRES_SECONDS),
+        ("queue_message_timeout_seconds", limits.MAX_QUEUE_MESSAGE_TIMEOUT_SECONDS),
+    ):
+        if getattr(endpoint, field) is not None:
+            limits.check_integer(getattr(endpoint, field), field=field, minimum=1, maximum=maximum)
+
+
 def _validate_rules(endpoint: ModelEndpoint) -> None:
+    _validate_bounds(endpoint)
     if endpoint.endpoint_type == ModelEndpoint.EndpointType.SYNC and endpoint.min_workers < 1:
         raise FieldError("min_workers", "a sync endpoint keeps at least one worker: min_workers must be >= 1")
     if endpoint.max_workers < endpoint.min_workers:
@@ -94,6 +112,7 @@ def endpoint_create(*, team: Team, user, name: str, model_bundle_id: str, endpoi
                     default_callback_auth: dict | None = None, task_expires_seconds: int | None = None,
                     queue_message_timeout_seconds: int | None = None) -> ModelEndpoint:
     """Record a new endpoint (UPDATE_PENDING) and ask the controller to deploy it."""
+    limits.check_name(name, field="name", max_length=limits.ENDPOINT_NAME_MAX_LENGTH)
     if endpoint_type not in ModelEndpoint.EndpointType.values:
         raise FieldError("endpoint_type", "must be sync or async")
     endpoint = ModelEndpoint(

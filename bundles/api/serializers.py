@@ -67,7 +67,7 @@ class FlavorSerializer(serializers.Serializer):
         # Say "not supported" for the spec's other flavors (runnable_image, ...) before
         # complaining about the fields those flavors do not have.
         flavor = data.get("flavor") if isinstance(data, dict) else None
-        if flavor is not None and flavor not in PACKAGING_TYPE_FOR_FLAVOR:
+        if flavor is not None and (not isinstance(flavor, str) or flavor not in PACKAGING_TYPE_FOR_FLAVOR):
             raise FieldError("flavor", f"{flavor!r} is not supported here; use cloudpickle_artifact or zip_artifact")
         return super().to_internal_value(data)
 

@@ -14,7 +14,8 @@ from accounts.selectors import request_team
 from endpoints import gateway, selectors, services
 from endpoints.api.serializers import EndpointCreateSerializer, EndpointUpdateSerializer
 from endpoints.models import ModelEndpoint
-from launch_site.errors import FieldError, error_json_response, query_error
+from launch_site import limits
+from launch_site.errors import error_json_response, query_error
 from launch_site.redis_client import get_redis
 from workers import protocol
 from workers.models import Replica
@@ -161,8 +162,9 @@ class SyncTaskView(InferenceView):
     def serve(self, request, endpoint, body) -> dict:
         payload = gateway.task_payload(body)
         timeout = body.get("timeout_seconds")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise FieldError("timeout_seconds", "must be a positive number of seconds")
+        if timeout is not None:
+            # Clamped to SYNC_TASK_TIMEOUT_SECONDS by the gateway; bounded here so nan/inf never reach it.
+            timeout = limits.check_seconds(timeout, field="timeout_seconds", maximum=limits.MAX_TASK_EXPIRES_SECONDS)
         task_id, record = gateway.task_run_sync(endpoint=endpoint, payload=payload, timeout_seconds=timeout)
         return {
             "status": record["status"],
