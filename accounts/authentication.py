@@ -12,6 +12,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from accounts import throttling
 from accounts.models import LAST_USED_RESOLUTION, ApiKey, Membership, Team, hash_key
 from launch_site.db import instance_from_row
 
@@ -64,7 +65,9 @@ def authenticate_key(raw_key: str) -> ApiKey:
         # One answer for unknown, revoked, a deactivated user and a user who left the team.
         raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
     key_id, hashed_key, team_id, user_id, _, _, stale = row
-    api_key = instance_from_row(ApiKey, ("id", "hashed_key", "team_id", "user_id"), (key_id, hashed_key, team_id, user_id))
+    api_key = instance_from_row(
+        ApiKey, ("id", "prefix", "hashed_key", "team_id", "user_id"), (key_id, parts[1], hashed_key, team_id, user_id)
+    )
     api_key.user = instance_from_row(User, ("id", "is_active"), (user_id, True))
     api_key.team = instance_from_row(Team, ("id",), (team_id,))
     if stale:
@@ -77,10 +80,16 @@ def api_key_from_request(request) -> ApiKey | None:
     header = request.META.get("HTTP_AUTHORIZATION", "")
     if not header:
         return None
-    raw_key = key_from_header(header)
-    if raw_key is None:
-        raise exceptions.AuthenticationFailed("Send the API key as Basic username or Bearer token.")
-    return authenticate_key(raw_key)
+    address = throttling.client_address(request)
+    throttling.check_address(address)
+    try:
+        raw_key = key_from_header(header)
+        if raw_key is None:
+            raise exceptions.AuthenticationFailed("Send the API key as Basic username or Bearer token.")
+        return authenticate_key(raw_key)
+    except exceptions.AuthenticationFailed:
+        throttling.record_invalid_key(address)
+        raise
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

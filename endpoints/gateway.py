@@ -12,6 +12,7 @@ import uuid
 
 from django.conf import settings
 
+from accounts import throttling
 from accounts.models import Team
 from endpoints.models import ModelEndpoint
 from launch_site.errors import ApplicationError, FieldError, NotFoundError, UnavailableError
@@ -50,19 +51,24 @@ def task_payload(data: dict) -> dict:
     return payload
 
 
-def task_submit(*, endpoint: ModelEndpoint, payload: dict) -> str:
-    """Queue a task; returns its id."""
-    task_id, _ = _submit(endpoint, payload, wait_seconds=None)
+def task_submit(*, endpoint: ModelEndpoint, payload: dict, rate_key: str | None = None) -> str:
+    """Queue a task; returns its id. With `rate_key` (the API key's prefix), the key's inference rate limit
+    applies (429, accounts.throttling)."""
+    throttling.check_key_rate(rate_key)
+    task_id, _ = _submit(endpoint, payload, wait_seconds=None, rate_key=rate_key)
     return task_id
 
 
-def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None) -> tuple[str, dict]:
+def task_run_sync(
+    *, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None, rate_key: str | None = None
+) -> tuple[str, dict]:
     """Queue a task and wait for its final record: up to SYNC_TASK_TIMEOUT_SECONDS, or less
     when the request asks. An endpoint that cannot serve answers at once (503)."""
+    throttling.check_key_rate(rate_key)
     _check_can_serve(endpoint)
     limit = settings.SYNC_TASK_TIMEOUT_SECONDS
     timeout = min(timeout_seconds or limit, limit)
-    task_id, answer = _submit(endpoint, payload, wait_seconds=timeout)
+    task_id, answer = _submit(endpoint, payload, wait_seconds=timeout, rate_key=rate_key)
     if answer is None:
         raise SyncTimeoutError(
             f"endpoint {endpoint.name!r} did not answer within {timeout:g} s; the task {task_id} stays queued "
@@ -93,7 +99,9 @@ def _check_can_serve(endpoint: ModelEndpoint) -> None:
         raise UnavailableError(f"endpoint {endpoint.name!r} has no replica: {endpoint.status_reason}")
 
 
-def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | None) -> tuple[str, list | None]:
+def _submit(
+    endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | None, rate_key: str | None = None
+) -> tuple[str, list | None]:
     """Write the task, queue it and, with `wait_seconds`, wait for its final record, all in
     one round trip: Redis runs a pipeline's commands in order, so the BLPOP at its end
     blocks until the replica pushes the record (or the timeout). A waiting pipeline goes
@@ -103,6 +111,8 @@ def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | Non
     ttl = endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
     client = get_redis() if wait_seconds is None else get_waiting_redis()
     with client.pipeline(transaction=False) as pipe:
+        # First, so its reply is replies[0]: the rate count rides in this round trip.
+        counted = throttling.count_key_request(pipe, rate_key)
         protocol.add_task(pipe, keys, task_id, json.dumps(payload), ttl_seconds=ttl, now=time.time())
         if endpoint.desired_workers == 0:
             # Scale from zero without waiting for the next tick.
@@ -110,6 +120,8 @@ def _submit(endpoint: ModelEndpoint, payload: dict, *, wait_seconds: float | Non
         if wait_seconds is not None:
             protocol.wait_final(pipe, keys, task_id, timeout_seconds=wait_seconds)
         replies = pipe.execute()
+    if counted:
+        throttling.record_key_count(rate_key, replies[0])
     return task_id, replies[-1] if wait_seconds is not None else None
 
 

@@ -114,6 +114,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(redis_unavailable_body(exc), status=503, headers={"Retry-After": "1"})
     if isinstance(exc, FieldError):
         return validation_response(exc.errors)
+    if isinstance(exc, ApplicationError) and getattr(exc, "retry_after", None):
+        return Response({"detail": exc.message}, status=exc.status_code, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ApplicationError):
         return Response({"detail": exc.message}, status=exc.status_code)
     if isinstance(exc, DjangoValidationError):

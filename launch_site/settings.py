@@ -173,6 +173,18 @@ DOCKER_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_TIMEOUT_SECONDS", 5.0)
 DOCKER_BUILD_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_BUILD_TIMEOUT_SECONDS", 1800.0)
 DOCKER_GPU_PROBE_IMAGE = env_str("LAUNCH_DOCKER_GPU_PROBE_IMAGE") or "nvidia/cuda:12.4.1-base-ubuntu22.04"
 HOST_UNHEALTHY_AFTER_FAILURES = env_int("LAUNCH_HOST_UNHEALTHY_AFTER_FAILURES", 3, minimum=1)
+# Guessing is throttled (accounts.throttling; counters in Redis, fixed windows). Inference:
+# requests per API key per window, 0 = no limit (generous by default: one key of a busy client).
+INFERENCE_RATE_LIMIT = env_int("INFERENCE_RATE_LIMIT", 100_000, minimum=0)
+INFERENCE_RATE_WINDOW_SECONDS = env_float("INFERENCE_RATE_WINDOW_SECONDS", 60.0)
+# Invalid API keys from one client address, then 429 until the window ends.
+INVALID_KEY_LIMIT = env_int("INVALID_KEY_LIMIT", 100, minimum=1)
+INVALID_KEY_WINDOW_SECONDS = env_float("INVALID_KEY_WINDOW_SECONDS", 60.0)
+# Failed password logins (dashboard and admin) for one username from one address (and five
+# times that for any username from one address), then refused until the window ends.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_FAILURE_WINDOW_SECONDS = env_float("LOGIN_FAILURE_WINDOW_SECONDS", 900.0)
+AUTHENTICATION_BACKENDS = ["accounts.throttling.ThrottledModelBackend"]
 # Django reads the whole body for JSON; uploads stream through their own views.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 

@@ -140,14 +140,14 @@ class InferenceView(APIView):
                 raise query_error("model_endpoint_id", "is required")
             body = _json_body(request)
             endpoint = selectors.endpoint_for_tasks(team=api_key.team, endpoint_id=endpoint_id)
-            return JsonResponse(self.serve(request, endpoint, body))
+            return JsonResponse(self.serve(request, endpoint, body, api_key.prefix))
         except Exception as exc:  # noqa: BLE001 - rendered like every API error, or re-raised
             response = error_json_response(exc)
             if response is None:
                 raise
             return response
 
-    def serve(self, request, endpoint: ModelEndpoint, body) -> dict:
+    def serve(self, request, endpoint: ModelEndpoint, body, rate_key: str) -> dict:
         raise NotImplementedError
 
 
@@ -159,13 +159,15 @@ def _json_body(request):
 
 
 class SyncTaskView(InferenceView):
-    def serve(self, request, endpoint, body) -> dict:
+    def serve(self, request, endpoint, body, rate_key) -> dict:
         payload = gateway.task_payload(body)
         timeout = body.get("timeout_seconds")
         if timeout is not None:
             # Clamped to SYNC_TASK_TIMEOUT_SECONDS by the gateway; bounded here so nan/inf never reach it.
             timeout = limits.check_seconds(timeout, field="timeout_seconds", maximum=limits.MAX_TASK_EXPIRES_SECONDS)
-        task_id, record = gateway.task_run_sync(endpoint=endpoint, payload=payload, timeout_seconds=timeout)
+        task_id, record = gateway.task_run_sync(
+            endpoint=endpoint, payload=payload, timeout_seconds=timeout, rate_key=rate_key
+        )
         return {
             "status": record["status"],
             "result": task_result_shape(request, task_id, record),
@@ -175,8 +177,9 @@ class SyncTaskView(InferenceView):
 
 
 class AsyncTaskCreateView(InferenceView):
-    def serve(self, request, endpoint, body) -> dict:
-        return {"task_id": gateway.task_submit(endpoint=endpoint, payload=gateway.task_payload(body))}
+    def serve(self, request, endpoint, body, rate_key) -> dict:
+        task_id = gateway.task_submit(endpoint=endpoint, payload=gateway.task_payload(body), rate_key=rate_key)
+        return {"task_id": task_id}
 
 
 class AsyncTaskDetailView(APIView):
