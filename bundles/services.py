@@ -22,6 +22,7 @@ from bundles import store
 from bundles.models import ModelBundle, StoredObject
 from launch_site import limits
 from launch_site.errors import ConflictError, FieldError, NotFoundError, PayloadTooLargeError
+from launch_site.public_url import absolute_url
 
 FLAVOR_FOR_PACKAGING_TYPE = {
     ModelBundle.PackagingType.CLOUDPICKLE: ModelBundle.Flavor.CLOUDPICKLE_ARTIFACT,
@@ -59,7 +60,7 @@ def upload_url_create(*, team: Team, kind: str, request) -> tuple[StoredObject, 
     stored.full_clean()
     stored.save()
     token = store.make_token(stored.key, salt=store.UPLOAD_SALT, ttl_seconds=settings.UPLOAD_URL_TTL_SECONDS)
-    return stored, request.build_absolute_uri(reverse("store-object", args=[token]))
+    return stored, absolute_url(request, reverse("store-object", args=[token]))
 
 
 def download_url_for(stored_object: StoredObject, *, ttl_seconds: int) -> str:

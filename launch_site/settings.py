@@ -44,7 +44,28 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-ALLOWED_HOSTS = (env_str("ALLOWED_HOSTS") or ("*" if EMBEDDED else "")).split(",")
+# LAUNCH_SECURE=1 (production behind HTTPS): Secure cookies, HSTS, and ALLOWED_HOSTS required
+# (never "*"). Off by default: the embedded stack is served over plain HTTP on 127.0.0.1.
+LAUNCH_SECURE = env_bool("LAUNCH_SECURE", False)
+ALLOWED_HOSTS = [h for h in (env_str("ALLOWED_HOSTS") or ("*" if EMBEDDED and not LAUNCH_SECURE else "")).split(",") if h]
+if LAUNCH_SECURE:
+    if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
+        raise ConfigError("LAUNCH_SECURE=1 requires ALLOWED_HOSTS: the host names this server answers to (not '*')")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+    if env_bool("LAUNCH_BEHIND_TLS_PROXY", False):
+        # Only when a proxy in front sets it and strips it from clients.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+# The address clients use to reach this server: the base of every URL it hands out (upload
+# URLs, result URLs). Empty: the request's own host (the embedded stack on 127.0.0.1).
+LAUNCH_PUBLIC_URL = (env_str("LAUNCH_PUBLIC_URL") or "").rstrip("/")
+if LAUNCH_SECURE and not LAUNCH_PUBLIC_URL:
+    raise ConfigError("LAUNCH_SECURE=1 requires LAUNCH_PUBLIC_URL (signed URLs must not follow the Host header)")
 CSRF_TRUSTED_ORIGINS = [o for o in (env_str("CSRF_TRUSTED_ORIGINS") or "").split(",") if o]
 
 INSTALLED_APPS = [
@@ -68,6 +89,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "launch_site.middleware.ContentSecurityPolicyMiddleware",
     # Before CsrfViewMiddleware, which reads a form body in its process_view.
     "launch_site.middleware.RequestSizeMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

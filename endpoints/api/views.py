@@ -16,6 +16,7 @@ from endpoints.api.serializers import EndpointCreateSerializer, EndpointUpdateSe
 from endpoints.models import ModelEndpoint
 from launch_site import limits
 from launch_site.errors import error_json_response, query_error
+from launch_site.public_url import absolute_url
 from launch_site.redis_client import get_redis
 from workers import protocol
 from workers.models import Replica
@@ -116,7 +117,7 @@ def task_result_shape(request, task_id: str, record: dict) -> dict | None:
     if record["status"] != protocol.SUCCESS:
         return None
     if record.get("result_pickled"):
-        return {"result_url": request.build_absolute_uri(f"/v1/task-results/{task_id}")}
+        return {"result_url": absolute_url(request, f"/v1/task-results/{task_id}")}
     return {"result": record.get("result")}
 
 

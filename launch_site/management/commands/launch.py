@@ -131,8 +131,12 @@ class Command(BaseCommand):
             "Launch is running.",
             f"  Dashboard: {url}",
             f"  API:       {url}v1/  (docs: {url}api/docs/)",
-            f"  Login:     {login} / {password}",
         ]
+        if password:
+            lines.append(f"  Login:     {login} / {password}  (shown once: note it now)")
+        else:
+            lines.append(f"  Login:     {login}  (password shown at the first start; set another with "
+                         f"`manage.py changepassword {login}`)")
         if raw_key:
             lines.append(f"  API key:   {raw_key}  (shown once; make another with `manage.py create_api_key {login}`)")
         else:
@@ -182,18 +186,17 @@ class Command(BaseCommand):
                 return
             logger.warning("%s restarted (pid %d)", child.name, child.process.pid)
 
-    def _first_start_credentials(self) -> tuple[str, str, str | None]:
-        password_file = settings.LAUNCH_HOME / "admin_password"
+    def _first_start_credentials(self) -> tuple[str, str | None, str | None]:
+        """The admin login; its password and a first API key only on the first start. Both are
+        shown once on the console and stored nowhere in clear (the password as Django's hash,
+        the key as its SHA-256): a replica or a backup that reads LAUNCH_HOME finds neither."""
         User = get_user_model()
         if User.objects.filter(username=ADMIN_USERNAME).exists():
-            password = password_file.read_text().strip() if password_file.exists() else "(set earlier)"
-            return ADMIN_USERNAME, password, None
+            return ADMIN_USERNAME, None, None
         password = secrets.token_urlsafe(12)
         user, team = team_get_or_create_for_user(username=ADMIN_USERNAME, team_name="default", password=password)
         user.is_staff = user.is_superuser = True
         user.save(update_fields=["is_staff", "is_superuser"])
-        password_file.write_text(password + "\n")
-        password_file.chmod(0o600)
         _, raw_key = api_key_create(user=user, team=team, name="first start")
         return ADMIN_USERNAME, password, raw_key
 
