@@ -76,6 +76,11 @@ def start_embedded_redis(
     redis-server on this data: that is refused rather than unlinked from under it."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "run").mkdir(exist_ok=True)
+    # Replicas running as other uids (the local runtime as root) reach the socket by its
+    # path: the directories can be traversed, not listed, and the socket opened by anyone;
+    # the password keeps out whoever does not hold it (launch_site.home).
+    directory.chmod(0o711)
+    (directory / "run").chmod(0o711)
     socket_path = directory / "run" / "redis.sock"
     url = embedded_redis_url(directory)
     # The password goes in a 0600 config file, not on the command line: any local user can
@@ -97,7 +102,7 @@ def start_embedded_redis(
         str(config_file),
         "--port", "0",
         "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
+        "--unixsocketperm", "777",
         # Replicas get ACL users of their own (workers/redis_acl.py); none is persisted.
         "--dir", str(directory),
         "--save", "",

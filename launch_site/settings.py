@@ -15,11 +15,14 @@ from launch_site.env import (
     env_int,
     env_mounts,
     env_str,
+    env_uid_range,
 )
+from launch_site.home import secure_launch_home
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LAUNCH_HOME = Path(env_str("LAUNCH_HOME") or BASE_DIR / ".launch").resolve()
 LAUNCH_HOME.mkdir(parents=True, exist_ok=True)
+secure_launch_home(LAUNCH_HOME)
 
 DEBUG = env_bool("DEBUG", False)
 # The embedded stack (no DATABASE_URL) is a single-machine developer setup; production sets
@@ -115,6 +118,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "launch_site.context_processors.runtime_warning",
             ]
         },
     }
@@ -151,6 +155,9 @@ PORT = env_int("PORT", 8000, minimum=1)
 # Where replicas reach this server (bundle downloads, result uploads).
 LAUNCH_INTERNAL_URL = env_str("LAUNCH_INTERNAL_URL") or f"http://127.0.0.1:{PORT}"
 LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker"))
+# The local runtime, when the server runs as root with setpriv installed, runs each replica
+# under a uid of its own from this range ("first-last"; no passwd entry is needed), or "off".
+LOCAL_REPLICA_UIDS = env_uid_range("LOCAL_REPLICA_UIDS", (200_000, 265_535))
 LAUNCH_ACCESS_LOG = env_bool("LAUNCH_ACCESS_LOG", False)  # the web server's access log in `launch up`
 # Each replica gets a Redis ACL user limited to its endpoint's keys (when the server has ACLs
 # and lets us create users); off: replicas get REDIS_URL's own credentials.

@@ -141,7 +141,15 @@ class Command(BaseCommand):
             lines.append(f"  API key:   {raw_key}  (shown once; make another with `manage.py create_api_key {login}`)")
         else:
             lines.append(f"  API key:   created on first start; make another with `.venv/bin/python manage.py create_api_key {login}`")
-        lines += [f"  Data:      {settings.LAUNCH_HOME}", "Press Ctrl-C to stop.", ""]
+        lines.append(f"  Data:      {settings.LAUNCH_HOME}")
+        from workers.runtimes.local import isolation_warning, replica_isolation
+
+        warning = isolation_warning()
+        if warning:
+            lines.append(f"  WARNING:   {warning}")
+        elif settings.LAUNCH_RUNTIME == "local":
+            lines.append(f"  Replicas:  each under a uid of its own ({replica_isolation()} isolation, SECURITY.md)")
+        lines += ["Press Ctrl-C to stop.", ""]
         self.stdout.write("\n".join(lines))
         sys.stdout.flush()
 
