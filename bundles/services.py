@@ -63,10 +63,11 @@ def upload_url_create(*, team: Team, kind: str, request) -> tuple[StoredObject, 
     return stored, absolute_url(request, reverse("store-object", args=[token]))
 
 
-def download_url_for(stored_object: StoredObject, *, ttl_seconds: int) -> str:
+def download_url_for(stored_object: StoredObject, *, ttl_seconds: int, replica_id: str | None = None) -> str:
     """A URL on LAUNCH_INTERNAL_URL that streams this one object's bytes, without an API key,
-    for `ttl_seconds`: what a replica gets to fetch its bundle."""
-    token = store.make_token(stored_object.key, salt=store.DOWNLOAD_SALT, ttl_seconds=ttl_seconds)
+    for `ttl_seconds`: what a replica gets to fetch its bundle (bound to `replica_id`: it
+    stops working when that replica stops, whatever its age)."""
+    token = store.make_token(stored_object.key, salt=store.DOWNLOAD_SALT, ttl_seconds=ttl_seconds, replica_id=replica_id)
     return _object_url(settings.LAUNCH_INTERNAL_URL, token)
 
 

@@ -24,7 +24,9 @@ def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> di
     return {
         "LAUNCH_PREFIX": prefix,
         "LAUNCH_REPLICA_ID": replica_id,
-        "LAUNCH_BUNDLE_URL": download_url_for(bundle.artifact, ttl_seconds=24 * 3600),
+        "LAUNCH_BUNDLE_URL": download_url_for(
+            bundle.artifact, ttl_seconds=settings.BUNDLE_URL_TTL_SECONDS, replica_id=replica_id
+        ),
         "LAUNCH_BUNDLE_CONFIG": json.dumps(config),
         "LAUNCH_CONCURRENCY": str(concurrency),
         "LAUNCH_HEARTBEAT_TTL_SECONDS": str(settings.HEARTBEAT_TIMEOUT_SECONDS),

@@ -172,6 +172,9 @@ BUNDLE_STORE_DIR = Path(env_str("BUNDLE_STORE_DIR") or LAUNCH_HOME / "store")
 BUNDLE_STORE_BUCKET = env_str("BUNDLE_STORE_BUCKET") or "launch-bundles"
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", 10 * 1024**2, minimum=1)
+# A replica's bundle URL: it downloads at start, so minutes are enough; the URL is also bound
+# to the replica (useless once the replica stops).
+BUNDLE_URL_TTL_SECONDS = env_int("BUNDLE_URL_TTL_SECONDS", 900, minimum=1)
 UPLOAD_URL_TTL_SECONDS = env_int("UPLOAD_URL_TTL_SECONDS", 3600, minimum=1)
 # The longest a sync request waits for its answer; a request's timeout_seconds may lower it.
 # Operators with long GPU predicts raise it (the waiting Redis pool follows it).
