@@ -70,6 +70,9 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
         login = re.search(r"Login:\s+(\S+) / (\S+)", output)
         key = re.search(r"API key:\s+(lk_\S+)", output)
         assert login and key, output
+        # Whether the local runtime contains replicas, it says which (SECURITY.md).
+        assert "Replicas:  each under a uid of its own" in output or "trusts every bundle author" in output
+        assert not (tmp_path / "home" / "admin_password").exists()
         api = requests.Session()
         api.auth = (key.group(1), "")
         assert api.get(f"http://127.0.0.1:{port}/v1/model-endpoints", timeout=10).json() == {"model_endpoints": []}
