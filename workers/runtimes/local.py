@@ -47,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -265,8 +266,15 @@ def _isolation_check() -> tuple[bool, str]:
     if setpriv is None:
         return False, "setpriv (util-linux) is not installed"
     uid = settings.LOCAL_REPLICA_UIDS[1]
+    # What a replica must reach by path: LAUNCH_HOME (its private home is made there) and the
+    # directory of a unix Redis socket; every directory above them must let others through.
+    reachable = [str(settings.LAUNCH_HOME)]
+    redis_url = urlsplit(settings.LAUNCH_REPLICA_REDIS_URL or settings.REDIS_URL)
+    if redis_url.scheme == "unix":
+        reachable.append(str(Path(redis_url.path).parent))
     probe = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--",
-             sys.executable, "-c", "import workers.serve"]
+             sys.executable, "-c", "import os, sys, workers.serve; [os.stat(path) for path in sys.argv[1:]]",
+             *reachable]
     try:
         result = subprocess.run(
             probe, cwd=settings.BASE_DIR, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -277,7 +285,10 @@ def _isolation_check() -> tuple[bool, str]:
         return False, f"the serve loop does not start as another uid ({error})"
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return False, f"the serve loop does not start as another uid: {last} (is {sys.executable} readable by others?)"
+        return False, (
+            f"the serve loop cannot run as another uid: {last} (the interpreter {sys.executable}, the "
+            f"virtualenv and the directories above {', '.join(reachable)} must be readable by others)"
+        )
     return True, ""
 
 
