@@ -240,6 +240,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Self-hosted model deployment: bundles, endpoints, tasks, batch jobs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "launch_site.schema.add_error_responses",
+    ],
 }
 
 LOGGING = {

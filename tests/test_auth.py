@@ -182,3 +182,13 @@ def _member_client(owner):
     client = Client()
     client.force_login(user)
     return client
+
+
+def test_the_schema_declares_basic_and_bearer_key_auth_and_the_error_answers():
+    schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["apiKeyBasic"]["scheme"] == "basic" and schemes["apiKeyBearer"]["scheme"] == "bearer"
+    create = schema["paths"]["/v1/model-endpoints"]["post"]
+    assert {"apiKeyBasic": []} in create["security"] and {"apiKeyBearer": []} in create["security"]
+    assert {"401", "404", "413", "422", "429"} <= set(create["responses"])
+    assert {"401", "422", "429"} <= set(schema["paths"]["/v1/hosted_inference/task_sync/{endpoint_name}"]["post"]["responses"])
