@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 import redis.exceptions
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
@@ -110,6 +110,8 @@ def request_too_large_body() -> dict:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
         return Response(request_too_large_body(), status=413)
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        return Response({"detail": f"malformed request body: {exc}"}, status=400)
     if isinstance(exc, REDIS_UNAVAILABLE_ERRORS):
         return Response(redis_unavailable_body(exc), status=503, headers={"Retry-After": "1"})
     if isinstance(exc, FieldError):

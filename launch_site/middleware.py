@@ -5,7 +5,7 @@ the limit instead of an HTML 400)."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, JsonResponse
 
 from launch_site.errors import REDIS_UNAVAILABLE_ERRORS, redis_unavailable_body, request_too_large_body
@@ -47,7 +47,11 @@ class RequestSizeMiddleware:
         return None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
-        return _too_large() if isinstance(exception, RequestDataTooBig) else None
+        if isinstance(exception, RequestDataTooBig):
+            return _too_large()
+        if isinstance(exception, (TooManyFieldsSent, TooManyFilesSent)):
+            return JsonResponse({"detail": f"malformed request body: {exception}"}, status=400)
+        return None
 
 
 class RedisUnavailableMiddleware:

@@ -174,3 +174,16 @@ def test_a_refused_batch_upload_leaves_no_file_and_no_row(owner, settings):
     after = {path for path in settings.BUNDLE_STORE_DIR.rglob("*") if path.is_file()}
     assert after == before
     assert not StoredObject.objects.filter(team=owner.team, kind="batch_input").exists()
+
+
+def test_a_form_with_too_many_fields_is_a_json_400_not_an_html_page(owner, client):
+    from urllib.parse import urlencode
+
+    client.force_login(owner.user)
+    body = urlencode({f"f{i}": "x" for i in range(1500)})
+    for response in (
+        client.post("/endpoints/new/", body, content_type="application/x-www-form-urlencoded"),
+        owner.client.generic("POST", "/v1/batch-jobs/upload", body, content_type="application/x-www-form-urlencoded"),
+    ):
+        assert response.status_code in (400, 415, 422), response.content[:200]
+        assert response["Content-Type"].startswith("application/json")
