@@ -25,6 +25,7 @@ BUNDLE_NAME_MAX_LENGTH = 200
 MAX_WORKERS = 1000  # min_workers / max_workers of one endpoint or batch job
 MAX_PER_WORKER = 10_000
 MAX_GPUS = 64  # of one replica
+MAX_HOST_GPUS = 256  # of one registered Docker host
 MAX_CPUS_MILLIS = 1024 * 1000  # 1024 CPUs for one replica
 MAX_BYTES = 2**50  # memory or storage of one replica: 1 PiB
 MAX_TASK_EXPIRES_SECONDS = 30 * 24 * 3600

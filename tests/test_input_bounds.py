@@ -187,3 +187,13 @@ def test_a_form_with_too_many_fields_is_a_json_400_not_an_html_page(owner, clien
     ):
         assert response.status_code in (400, 415, 422), response.content[:200]
         assert response["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("fields", [{"gpus": 10**12}, {"gpu_device_ids": [str(i) for i in range(1000)]}])
+def test_a_host_with_an_absurd_gpu_count_is_422(owner, fields):
+    owner.user.is_staff = True
+    owner.user.save()
+    body = {"name": "big", "docker_url": "unix:///tmp/launch-no-such-docker.sock", **fields}
+    response = owner.client.post("/v1/hosts", body, format="json")
+    assert response.status_code == 422, response.content[:300]
+    assert set(fields) & named_fields(response)
