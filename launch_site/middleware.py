@@ -44,6 +44,13 @@ class RequestSizeMiddleware:
         length = request.META.get("CONTENT_LENGTH") or ""
         if length.isdigit() and int(length) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
             return _too_large()
+        if request.method == "POST" and not getattr(view_func, "csrf_exempt", False):
+            # What CsrfViewMiddleware is about to do (read the form), here, so that a form over
+            # Django's field or file count limits answers JSON instead of an HTML 400.
+            try:
+                request.POST  # noqa: B018 - parses the form once; Django caches it
+            except (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent) as error:
+                return self.process_exception(request, error)
         return None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:

@@ -179,6 +179,9 @@ def test_a_refused_batch_upload_leaves_no_file_and_no_row(owner, settings):
 def test_a_form_with_too_many_fields_is_a_json_400_not_an_html_page(owner, client):
     from urllib.parse import urlencode
 
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)  # CSRF reads the form before the view
     client.force_login(owner.user)
     body = urlencode({f"f{i}": "x" for i in range(1500)})
     for response in (
