@@ -1,7 +1,18 @@
+from django import forms
 from django.contrib import admin, messages
 
 from accounts.models import ApiKey, Membership, Quota, Team
 from accounts.services import api_key_create, api_key_revoke
+
+
+class ApiKeyForm(forms.ModelForm):
+    def clean(self):
+        cleaned = super().clean()
+        user, team = cleaned.get("user"), cleaned.get("team")
+        if self.instance.pk is None and user and team and not Membership.objects.filter(user=user, team=team).exists():
+            # Refused here: save_model cannot refuse (api_key_create would raise a 500).
+            raise forms.ValidationError(f"{user} is not a member of team {team}; a key works only for its owner's team.")
+        return cleaned
 
 
 class MembershipInline(admin.TabularInline):
@@ -22,6 +33,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
     list_display = ["prefix", "name", "team", "user", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["team"]
     readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]

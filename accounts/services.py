@@ -5,6 +5,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Team, hash_key
+from launch_site.errors import FieldError
 
 
 @transaction.atomic
@@ -27,7 +28,10 @@ def team_get_or_create_for_user(*, username: str, team_name: str | None = None, 
 
 @transaction.atomic
 def api_key_create(*, user, team: Team, name: str = "") -> tuple[ApiKey, str]:
-    """A new API key; the raw key is returned once and only its hash is stored."""
+    """A new API key; the raw key is returned once and only its hash is stored. The user must
+    be a member of the team (a key works only while they are)."""
+    if not Membership.objects.filter(user=user, team=team).exists():
+        raise FieldError("team", f"{user} is not a member of team {team}")
     raw_key, prefix = ApiKey.generate()
     api_key = ApiKey(user=user, team=team, name=name, prefix=prefix, hashed_key=hash_key(raw_key))
     api_key.full_clean()

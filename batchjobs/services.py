@@ -16,6 +16,7 @@ from batchjobs.models import ACTIVE_STATUSES, BatchJob
 from bundles.models import ModelBundle, StoredObject
 from endpoints.models import GPU_TYPES
 from endpoints.quantities import parse_bytes, parse_cpus
+from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
 from workers.tick import wake_controller
 
@@ -61,12 +62,12 @@ def _apply_resources(job: BatchJob, requests: dict[str, Any]) -> None:
     job.gpu_type = values.get("gpu_type") or None
     job.max_workers = values.get("max_workers", 1)
     job.per_worker = values.get("per_worker", values.get("concurrent_requests_per_worker", 1))
-    if job.gpus < 0:
-        raise _resource_error("gpus", "must be 0 or more")
-    if job.max_workers < 1:
-        raise _resource_error("max_workers", "must be at least 1")
-    if job.per_worker < 1:
-        raise _resource_error("per_worker", "must be at least 1")
+    for name, minimum, maximum in (
+        ("gpus", 0, limits.MAX_GPUS),
+        ("max_workers", 1, limits.MAX_WORKERS),
+        ("per_worker", 1, limits.MAX_PER_WORKER),
+    ):
+        limits.check_integer(getattr(job, name), field=f"resource_requests.{name}", minimum=minimum, maximum=maximum)
     if job.gpus:
         if job.gpu_type not in GPU_TYPES:
             raise _resource_error("gpu_type", f"is required when gpus > 0: one of {', '.join(GPU_TYPES)}")
@@ -130,9 +131,10 @@ def _new_job(
         raise FieldError("labels", "must be an object of strings")
     if resource_requests is not None and not isinstance(resource_requests, dict):
         raise FieldError("resource_requests", "must be an object")
-    timeout = 43200.0 if timeout_seconds is None else timeout_seconds
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise FieldError("timeout_seconds", "must be a positive number of seconds")
+    timeout = limits.check_seconds(
+        43200.0 if timeout_seconds is None else timeout_seconds,
+        field="timeout_seconds", maximum=limits.MAX_BATCH_TIMEOUT_SECONDS,
+    )
     job = BatchJob(
         team=team,
         created_by=user if getattr(user, "pk", None) else None,
@@ -237,7 +239,14 @@ def batch_job_create_from_upload(
         timeout_seconds=timeout_seconds,
     )
     stored = storage.save_input(team=team, file=file, size=size)
-    return _save(job, stored=stored, input_path=stored.location)
+    try:
+        with transaction.atomic():
+            return _save(job, stored=stored, input_path=stored.location)
+    except BaseException:
+        # The row goes with the rolled-back transaction; the file must go too (nothing
+        # refused is half created, and a refused input would sit outside any quota).
+        storage.delete_bytes(stored)
+        raise
 
 
 @transaction.atomic

@@ -40,7 +40,17 @@ def open_stored(stored: StoredObject) -> IO[bytes]:
 
 
 def save_input(*, team, file: IO[bytes], size: int) -> StoredObject:
-    return _save(team=team, kind=StoredObject.Kind.BATCH_INPUT, file=file, name="input")
+    """Through the bundle store's upload: bounded by MAX_UPLOAD_BYTES and counted against the
+    team's storage quota like every other stored byte."""
+    from bundles.services import stored_object_upload
+
+    kind = StoredObject.Kind.BATCH_INPUT
+    stored = StoredObject(key=f"{team.id}/{kind}/{uuid.uuid4().hex}-input", team=team, kind=kind)
+    return stored_object_upload(stored=stored, stream=file, content_length=size)
+
+
+def delete_bytes(stored: StoredObject) -> None:
+    _store().delete_object(stored.key)
 
 
 def save_results(job, path: Path, length: int) -> StoredObject:

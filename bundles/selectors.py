@@ -37,7 +37,14 @@ def bundle_latest(*, team: Team, name: str) -> ModelBundle:
 
 def stored_object_for_token(token: str, *, salt: str) -> StoredObject:
     """The object a signed token names (store.TokenError when the token is bad or expired)."""
-    key = store.read_token(token, salt=salt)
+    key, replica_id = store.read_token_claims(token, salt=salt)
+    if replica_id is not None:
+        from workers.models import Replica
+
+        live = (Replica.State.STARTING, Replica.State.READY, Replica.State.DRAINING)
+        if not Replica.objects.filter(pk=replica_id, state__in=live).exists():
+            # A bundle URL read from a replica's environment is no use once that replica is gone.
+            raise store.TokenError("bound to a replica that is no longer running")
     stored = StoredObject.objects.select_related("team").filter(key=key).first()
     if stored is None:
         raise NotFoundError("No such object.")

@@ -20,7 +20,9 @@ from django.utils import timezone
 from accounts.models import Quota, Team
 from bundles import store
 from bundles.models import ModelBundle, StoredObject
+from launch_site import limits
 from launch_site.errors import ConflictError, FieldError, NotFoundError, PayloadTooLargeError
+from launch_site.public_url import absolute_url
 
 FLAVOR_FOR_PACKAGING_TYPE = {
     ModelBundle.PackagingType.CLOUDPICKLE: ModelBundle.Flavor.CLOUDPICKLE_ARTIFACT,
@@ -58,13 +60,14 @@ def upload_url_create(*, team: Team, kind: str, request) -> tuple[StoredObject, 
     stored.full_clean()
     stored.save()
     token = store.make_token(stored.key, salt=store.UPLOAD_SALT, ttl_seconds=settings.UPLOAD_URL_TTL_SECONDS)
-    return stored, request.build_absolute_uri(reverse("store-object", args=[token]))
+    return stored, absolute_url(request, reverse("store-object", args=[token]))
 
 
-def download_url_for(stored_object: StoredObject, *, ttl_seconds: int) -> str:
+def download_url_for(stored_object: StoredObject, *, ttl_seconds: int, replica_id: str | None = None) -> str:
     """A URL on LAUNCH_INTERNAL_URL that streams this one object's bytes, without an API key,
-    for `ttl_seconds`: what a replica gets to fetch its bundle."""
-    token = store.make_token(stored_object.key, salt=store.DOWNLOAD_SALT, ttl_seconds=ttl_seconds)
+    for `ttl_seconds`: what a replica gets to fetch its bundle (bound to `replica_id`: it
+    stops working when that replica stops, whatever its age)."""
+    token = store.make_token(stored_object.key, salt=store.DOWNLOAD_SALT, ttl_seconds=ttl_seconds, replica_id=replica_id)
     return _object_url(settings.LAUNCH_INTERNAL_URL, token)
 
 
@@ -201,11 +204,8 @@ def _new_bundle(
     python_version: str,
 ) -> ModelBundle:
     """An unsaved bundle with every field but its artifact checked."""
-    if not isinstance(name, str) or not name.strip():
-        raise FieldError("name", "must be a non-empty string")
-    if "/" in name:
-        raise FieldError("name", "must not contain '/' (the name is part of URLs)")
-    if flavor not in PACKAGING_TYPE_FOR_FLAVOR:
+    limits.check_name(name, field="name", max_length=limits.BUNDLE_NAME_MAX_LENGTH)
+    if not isinstance(flavor, str) or flavor not in PACKAGING_TYPE_FOR_FLAVOR:
         raise FieldError("flavor", f"{flavor!r} is not supported here; use cloudpickle_artifact or zip_artifact")
     if not isinstance(requirements, list) or not all(isinstance(item, str) for item in requirements):
         raise FieldError("requirements", "must be a list of strings")
@@ -380,9 +380,7 @@ def bundle_clone_with_changes(
     if app_config is not UNCHANGED:
         clone.app_config = app_config
     if name is not None:
-        if not isinstance(name, str) or not name.strip() or "/" in name:
-            raise FieldError("name", "must be a non-empty string without '/'")
-        clone.name = name
+        clone.name = limits.check_name(name, field="name", max_length=limits.BUNDLE_NAME_MAX_LENGTH)
     clone.full_clean()
     clone.save()
     return clone

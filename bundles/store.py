@@ -134,8 +134,12 @@ def delete_object(key: str) -> None:
 # the time of signing, so the expiry is checked against the lifetime given at issue time.
 
 
-def make_token(key: str, *, salt: str, ttl_seconds: int) -> str:
-    return signing.TimestampSigner(salt=salt).sign_object({"k": key, "ttl": int(ttl_seconds)})
+def make_token(key: str, *, salt: str, ttl_seconds: int, replica_id: str | None = None) -> str:
+    """With `replica_id`, the token works only while that replica lives (bundles.selectors)."""
+    payload = {"k": key, "ttl": int(ttl_seconds)}
+    if replica_id:
+        payload["r"] = replica_id
+    return signing.TimestampSigner(salt=salt).sign_object(payload)
 
 
 class TokenError(Exception):
@@ -146,6 +150,11 @@ class TokenError(Exception):
 
 def read_token(token: str, *, salt: str) -> str:
     """The key a token names; TokenError if it is tampered with, of the other kind, or expired."""
+    return read_token_claims(token, salt=salt)[0]
+
+
+def read_token_claims(token: str, *, salt: str) -> tuple[str, str | None]:
+    """The key a token names and the replica it is bound to (None: not bound)."""
     signer = signing.TimestampSigner(salt=salt)
     try:
         payload = signer.unsign_object(token)
@@ -154,4 +163,4 @@ def read_token(token: str, *, salt: str) -> str:
         raise TokenError("expired", expired=True) from None
     except (signing.BadSignature, KeyError, TypeError, ValueError):
         raise TokenError("invalid signature") from None
-    return str(payload["k"])
+    return str(payload["k"]), (str(payload["r"]) if payload.get("r") else None)

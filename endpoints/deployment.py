@@ -42,7 +42,9 @@ def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> di
     }
     return {
         **common,
-        "LAUNCH_BUNDLE_URL": download_url_for(bundle.artifact, ttl_seconds=24 * 3600),
+        "LAUNCH_BUNDLE_URL": download_url_for(
+            bundle.artifact, ttl_seconds=settings.BUNDLE_URL_TTL_SECONDS, replica_id=replica_id
+        ),
         "LAUNCH_BUNDLE_CONFIG": json.dumps(config),
     }
 

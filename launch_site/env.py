@@ -43,6 +43,19 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
+def env_uid_range(name: str, default: tuple[int, int]) -> tuple[int, int] | None:
+    """"first-last" (two uids above 1000, first <= last), or "off" for None."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw == "off":
+        return None
+    first, sep, last = raw.partition("-")
+    if not (sep and first.isdigit() and last.isdigit() and 1000 < int(first) <= int(last) < 2**31):
+        raise ConfigError(f"{name} must be a range of uids such as 200000-265535 (above 1000), or off; not {raw!r}")
+    return int(first), int(last)
+
+
 def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 import redis.exceptions
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
@@ -96,11 +96,28 @@ def redis_unavailable_body(exc: Exception) -> dict:
     return {"detail": REDIS_UNAVAILABLE_MESSAGE}
 
 
+def request_too_large_body() -> dict:
+    from django.conf import settings
+
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return {
+        "detail": f"request body too large: the limit is {limit} bytes (MAX_REQUEST_BYTES); "
+        "send large inputs as a file (batch jobs) or a URL",
+        "limit_bytes": limit,
+    }
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, RequestDataTooBig):
+        return Response(request_too_large_body(), status=413)
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        return Response({"detail": f"malformed request body: {exc}"}, status=400)
     if isinstance(exc, REDIS_UNAVAILABLE_ERRORS):
         return Response(redis_unavailable_body(exc), status=503, headers={"Retry-After": "1"})
     if isinstance(exc, FieldError):
         return validation_response(exc.errors)
+    if isinstance(exc, ApplicationError) and getattr(exc, "retry_after", None):
+        return Response({"detail": exc.message}, status=exc.status_code, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ApplicationError):
         return Response({"detail": exc.message}, status=exc.status_code)
     if isinstance(exc, DjangoValidationError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from launch_site.embedded_redis import embedded_redis_url
 from launch_site.env import (
     ConfigError,
     database_from_url,
@@ -14,11 +15,14 @@ from launch_site.env import (
     env_int,
     env_mounts,
     env_str,
+    env_uid_range,
 )
+from launch_site.home import secure_launch_home
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LAUNCH_HOME = Path(env_str("LAUNCH_HOME") or BASE_DIR / ".launch").resolve()
 LAUNCH_HOME.mkdir(parents=True, exist_ok=True)
+secure_launch_home(LAUNCH_HOME)
 
 DEBUG = env_bool("DEBUG", False)
 # The embedded stack (no DATABASE_URL) is a single-machine developer setup; production sets
@@ -43,7 +47,28 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-ALLOWED_HOSTS = (env_str("ALLOWED_HOSTS") or ("*" if EMBEDDED else "")).split(",")
+# LAUNCH_SECURE=1 (production behind HTTPS): Secure cookies, HSTS, and ALLOWED_HOSTS required
+# (never "*"). Off by default: the embedded stack is served over plain HTTP on 127.0.0.1.
+LAUNCH_SECURE = env_bool("LAUNCH_SECURE", False)
+ALLOWED_HOSTS = [h for h in (env_str("ALLOWED_HOSTS") or ("*" if EMBEDDED and not LAUNCH_SECURE else "")).split(",") if h]
+if LAUNCH_SECURE:
+    if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
+        raise ConfigError("LAUNCH_SECURE=1 requires ALLOWED_HOSTS: the host names this server answers to (not '*')")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+    if env_bool("LAUNCH_BEHIND_TLS_PROXY", False):
+        # Only when a proxy in front sets it and strips it from clients.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+# The address clients use to reach this server: the base of every URL it hands out (upload
+# URLs, result URLs). Empty: the request's own host (the embedded stack on 127.0.0.1).
+LAUNCH_PUBLIC_URL = (env_str("LAUNCH_PUBLIC_URL") or "").rstrip("/")
+if LAUNCH_SECURE and not LAUNCH_PUBLIC_URL:
+    raise ConfigError("LAUNCH_SECURE=1 requires LAUNCH_PUBLIC_URL (signed URLs must not follow the Host header)")
 CSRF_TRUSTED_ORIGINS = [o for o in (env_str("CSRF_TRUSTED_ORIGINS") or "").split(",") if o]
 
 INSTALLED_APPS = [
@@ -68,6 +93,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "launch_site.middleware.ContentSecurityPolicyMiddleware",
+    # Before CsrfViewMiddleware, which reads a form body in its process_view.
+    "launch_site.middleware.RequestSizeMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -91,6 +119,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "launch_site.context_processors.runtime_warning",
             ]
         },
     }
@@ -104,9 +133,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Without REDIS_URL the embedded redis-server (started by `manage.py launch up`) listens on a
-# unix socket under LAUNCH_HOME.
+# unix socket under LAUNCH_HOME, its `default` user guarded by LAUNCH_HOME/redis_password.
 EMBEDDED_REDIS_SOCKET = LAUNCH_HOME / "run" / "redis.sock"
-REDIS_URL = env_str("REDIS_URL") or f"unix://{EMBEDDED_REDIS_SOCKET}"
+REDIS_URL = env_str("REDIS_URL") or embedded_redis_url(LAUNCH_HOME)
 RQ_QUEUES = {
     "control": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     # Callback deliveries (endpoints.callbacks), apart so a slow sink never delays a deploy.
@@ -129,6 +158,9 @@ PORT = env_int("PORT", 8000, minimum=1)
 # Where replicas reach this server (bundle downloads, result uploads).
 LAUNCH_INTERNAL_URL = env_str("LAUNCH_INTERNAL_URL") or f"http://127.0.0.1:{PORT}"
 LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker", "ray"))
+# The local runtime, when the server runs as root with setpriv installed, runs each replica
+# under a uid of its own from this range ("first-last"; no passwd entry is needed), or "off".
+LOCAL_REPLICA_UIDS = env_uid_range("LOCAL_REPLICA_UIDS", (200_000, 265_535))
 LAUNCH_ACCESS_LOG = env_bool("LAUNCH_ACCESS_LOG", False)  # the web server's access log in `launch up`
 # Each replica gets a Redis ACL user limited to its endpoint's keys (when the server has ACLs
 # and lets us create users); off: replicas get REDIS_URL's own credentials.
@@ -143,6 +175,9 @@ BUNDLE_STORE_DIR = Path(env_str("BUNDLE_STORE_DIR") or LAUNCH_HOME / "store")
 BUNDLE_STORE_BUCKET = env_str("BUNDLE_STORE_BUCKET") or "launch-bundles"
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", 10 * 1024**2, minimum=1)
+# A replica's bundle URL: it downloads at start, so minutes are enough; the URL is also bound
+# to the replica (useless once the replica stops).
+BUNDLE_URL_TTL_SECONDS = env_int("BUNDLE_URL_TTL_SECONDS", 900, minimum=1)
 UPLOAD_URL_TTL_SECONDS = env_int("UPLOAD_URL_TTL_SECONDS", 3600, minimum=1)
 # The longest a sync request waits for its answer; a request's timeout_seconds may lower it.
 # Operators with long GPU predicts raise it (the waiting Redis pool follows it).
@@ -206,6 +241,18 @@ DOCKER_GPU_PROBE_IMAGE = env_str("LAUNCH_DOCKER_GPU_PROBE_IMAGE") or "nvidia/cud
 RAY_ADDRESS = env_str("RAY_ADDRESS") or ""
 RAY_NAMESPACE = env_str("LAUNCH_RAY_NAMESPACE") or "launch"
 HOST_UNHEALTHY_AFTER_FAILURES = env_int("LAUNCH_HOST_UNHEALTHY_AFTER_FAILURES", 3, minimum=1)
+# Guessing is throttled (accounts.throttling; counters in Redis, fixed windows). Inference:
+# requests per API key per window, 0 = no limit (generous by default: one key of a busy client).
+INFERENCE_RATE_LIMIT = env_int("INFERENCE_RATE_LIMIT", 100_000, minimum=0)
+INFERENCE_RATE_WINDOW_SECONDS = env_float("INFERENCE_RATE_WINDOW_SECONDS", 60.0)
+# Invalid API keys from one client address, then 429 until the window ends.
+INVALID_KEY_LIMIT = env_int("INVALID_KEY_LIMIT", 100, minimum=1)
+INVALID_KEY_WINDOW_SECONDS = env_float("INVALID_KEY_WINDOW_SECONDS", 60.0)
+# Failed password logins (dashboard and admin) for one username from one address (and five
+# times that for any username from one address), then refused until the window ends.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_FAILURE_WINDOW_SECONDS = env_float("LOGIN_FAILURE_WINDOW_SECONDS", 900.0)
+AUTHENTICATION_BACKENDS = ["accounts.throttling.ThrottledModelBackend"]
 # Django reads the whole body for JSON; uploads stream through their own views.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 
@@ -233,6 +280,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "launch_site.schema.add_error_responses",
+    ],
 }
 
 LOGGING = {

@@ -99,3 +99,96 @@ def test_the_authenticated_key_carries_its_own_user_team_and_fields(owner, teamm
     assert (api_key.prefix, api_key.team.name, api_key.user.username) == (
         stored.prefix, teammate.team.name, teammate.user.username,
     )
+
+
+# A user who left the team and a revoked key, tried on a route of each family: every one 401
+# at once, while the teammate who stayed keeps working.
+LEFT_ROUTES = [
+    ("get", "/v1/model-bundles"),
+    ("get", "/v2/model-bundles"),
+    ("get", "/v1/model-endpoints"),
+    ("post", "/v1/async-tasks?model_endpoint_id={endpoint}"),
+    ("get", "/v1/model-endpoints/{endpoint}"),
+    ("get", "/v1/hosted_inference/endpoints"),
+    ("post", "/v1/hosted_inference/task_async/my-endpoint"),
+    ("get", "/v1/batch-jobs/bj_missing"),
+    ("post", "/v1/hosted_inference/model_bundle_upload"),
+]
+
+
+@pytest.fixture
+def endpoint_of_acme(owner):
+    from tests.factories import endpoint_body, make_bundle
+
+    created = owner.client.post(
+        "/v1/model-endpoints", endpoint_body(make_bundle(owner.team).id, endpoint_type="async", min_workers=0), format="json"
+    )
+    return created.json()["endpoint_creation_task_id"]
+
+
+@pytest.mark.parametrize(("method", "path"), LEFT_ROUTES)
+def test_keys_of_a_user_who_left_the_team_stop_working_at_once(owner, teammate, endpoint_of_acme, method, path):
+    from accounts.models import Membership
+
+    path = path.format(endpoint=endpoint_of_acme)
+    body = {"args": {"x": 1}}
+    assert getattr(teammate.client, method)(path, body, format="json").status_code not in (401, 403)
+    Membership.objects.filter(user=teammate.user, team=teammate.team).delete()
+    response = getattr(teammate.client, method)(path, body, format="json")
+    assert response.status_code == 401, response.content
+    assert getattr(owner.client, method)(path, body, format="json").status_code not in (401, 403)
+
+
+@pytest.mark.parametrize(("method", "path"), LEFT_ROUTES)
+def test_a_revoked_key_is_401_on_every_route_family(owner, endpoint_of_acme, method, path):
+    api_key_revoke(api_key=ApiKey.objects.get(team=owner.team))
+    response = getattr(owner.client, method)(path.format(endpoint=endpoint_of_acme), {"args": {}}, format="json")
+    assert response.status_code == 401, response.content
+
+
+def test_no_key_can_be_made_for_a_team_the_user_is_not_in(owner, outsider):
+    from accounts.services import api_key_create
+    from launch_site.errors import FieldError
+
+    with pytest.raises(FieldError):
+        api_key_create(user=outsider.user, team=owner.team)
+
+
+def test_the_keys_page_shows_a_team_owner_whose_keys_are_whose(owner, teammate, client):
+    from accounts.models import Membership
+
+    Membership.objects.filter(user=owner.user, team=owner.team).update(role=Membership.Role.OWNER)
+    Membership.objects.filter(user=teammate.user, team=teammate.team).update(role=Membership.Role.MEMBER)
+    client.force_login(owner.user)
+    html = client.get("/api-keys/").content.decode()
+    assert f"lk_{teammate.key.split('_')[1]}_" in html and "tom" in html and "olivia" in html
+    Membership.objects.filter(user=teammate.user, team=teammate.team).delete()
+    assert "owner left the team" in client.get("/api-keys/").content.decode()
+    # A member sees only their own keys.
+    other = _member_client(owner)
+    assert "olivia" not in other.get("/api-keys/").content.decode()
+
+
+def _member_client(owner):
+    from django.test import Client
+
+    from accounts.services import team_get_or_create_for_user
+
+    user, _ = team_get_or_create_for_user(username="mia", team_name="mia-solo")
+    from accounts.models import Membership
+
+    Membership.objects.filter(user=user).delete()
+    Membership.objects.create(user=user, team=owner.team, role=Membership.Role.MEMBER)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_schema_declares_basic_and_bearer_key_auth_and_the_error_answers():
+    schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["apiKeyBasic"]["scheme"] == "basic" and schemes["apiKeyBearer"]["scheme"] == "bearer"
+    create = schema["paths"]["/v1/model-endpoints"]["post"]
+    assert {"apiKeyBasic": []} in create["security"] and {"apiKeyBearer": []} in create["security"]
+    assert {"401", "404", "413", "422", "429"} <= set(create["responses"])
+    assert {"401", "422", "429"} <= set(schema["paths"]["/v1/hosted_inference/task_sync/{endpoint_name}"]["post"]["responses"])

@@ -47,11 +47,15 @@ def page(monkeypatch):
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         context.set_default_timeout(30_000)
         page = context.new_page()
+        # The dashboard must pass its own Content-Security-Policy: no refused script or style.
+        violations = []
+        page.on("console", lambda message: "Content Security Policy" in message.text and violations.append(message.text))
         try:
             yield page
         finally:
             context.close()
             browser.close()
+        assert violations == []
 
 
 def doubler_bundle():

@@ -457,7 +457,7 @@ def test_a_second_upload_of_a_name_is_a_new_version(browser, owner):
         ({"requirements": "[1, 2]"}, "requirements", "must be a list of strings"),
         ({"app_config": "[1]"}, "app_config", "must be a JSON object"),
         ({"name": ""}, "name", "This field is required"),
-        ({"name": "a/b"}, "name", "must not contain"),
+        ({"name": "a/b"}, "name", "has characters that are not allowed"),
         ({"python_version": "python3"}, "python_version", "must be a Python version"),
         ({"packaging_type": "zip"}, "load_predict_fn_module_path", "is required for zip bundles"),
         ({"packaging_type": "tar"}, "packaging_type", "Select a valid choice"),

@@ -70,6 +70,9 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
         login = re.search(r"Login:\s+(\S+) / (\S+)", output)
         key = re.search(r"API key:\s+(lk_\S+)", output)
         assert login and key, output
+        # Whether the local runtime contains replicas, it says which (SECURITY.md).
+        assert "Replicas:  each under a uid of its own" in output or "trusts every bundle author" in output
+        assert not (tmp_path / "home" / "admin_password").exists()
         api = requests.Session()
         api.auth = (key.group(1), "")
         assert api.get(f"http://127.0.0.1:{port}/v1/model-endpoints", timeout=10).json() == {"model_endpoints": []}
@@ -86,8 +89,8 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
     # A second start reuses the data: same login, the first key still works, no new key.
     process, output = _start(tmp_path / "home", port)
     try:
-        assert f"Login:     {login.group(1)} / {login.group(2)}" in output
-        assert "lk_" not in output
+        assert f"Login:     {login.group(1)}  (password shown at the first start" in output
+        assert "lk_" not in output and login.group(2) not in output
         response = requests.get(f"http://127.0.0.1:{port}/v1/model-endpoints", auth=(key.group(1), ""), timeout=10)
         assert response.status_code == 200
     finally:
@@ -227,7 +230,7 @@ def test_second_launch_up_on_the_same_home_refuses_and_the_first_keeps_serving(t
     process, output = _start(home, port)
     try:
         key = re.search(r"API key:\s+(lk_\S+)", output).group(1)
-        password = (home / "admin_password").read_text()
+        secret_key = (home / "secret_key").read_text()
         socket_inode = (home / "run" / "redis.sock").stat().st_ino
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
         env.update(LAUNCH_HOME=str(home), PORT=str(_free_port()))
@@ -237,7 +240,7 @@ def test_second_launch_up_on_the_same_home_refuses_and_the_first_keeps_serving(t
         assert second.returncode != 0
         assert f"another `launch up` (pid {process.pid}) is using LAUNCH_HOME {home}" in second.stderr, second.stderr
         assert time.monotonic() - started < 10
-        assert (home / "admin_password").read_text() == password
+        assert (home / "secret_key").read_text() == secret_key
         assert (home / "run" / "redis.sock").stat().st_ino == socket_inode
         response = requests.get(f"http://127.0.0.1:{port}/v1/model-endpoints", auth=(key, ""), timeout=10)
         assert response.status_code == 200

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -75,6 +78,54 @@ def test_the_tick_restores_credentials_when_the_redis_run_id_changes(granted, db
     redis_acl.revoke(replica_id)
     tick.restore_replica_credentials()
     redis.Redis.from_url(url).ping()
+
+
+@pytest.fixture
+def embedded_redis(settings):
+    """An embedded Redis of its own (the suite may run on CI's password-less server)."""
+    from launch_site.embedded_redis import start_embedded_redis, stop_process
+
+    directory = Path(tempfile.mkdtemp(prefix="launch-acl-"))  # short: unix socket paths are
+    process, url = start_embedded_redis(directory, persist=False)
+    settings.REDIS_URL = url
+    yield directory, process
+    stop_process(process)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_embedded_redis_lets_no_one_in_without_its_password(embedded_redis):
+    directory, process = embedded_redis
+    socket_path = str(directory / "run" / "redis.sock")
+    password_file = directory / "redis_password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    # Not on the command line, which every local user can read.
+    assert password_file.read_text().strip().encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    for client in (
+        redis.Redis(unix_socket_path=socket_path),
+        redis.Redis(unix_socket_path=socket_path, username="default", password="a guess"),
+    ):
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            client.keys("*")
+    assert not redis_acl.default_user_is_open()
+
+
+def test_a_replica_cannot_become_another_redis_user(embedded_redis):
+    prefix = protocol.endpoint_prefix("end_probe")
+    url = redis_acl.replica_redis_url(prefix=prefix, replica_id="rep_probe")
+    redis_acl.replica_redis_url(prefix=protocol.endpoint_prefix("end_other"), replica_id="rep_other")
+    replica = redis.Redis.from_url(url)
+    replica.ping()
+    for command in (
+        ("AUTH", "default", "a guess"),
+        ("AUTH", "a guess"),
+        ("HELLO", "3", "AUTH", "default", "a guess"),
+        ("AUTH", redis_acl.user_name("rep_other"), "a guess"),
+    ):
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            replica.execute_command(*command)
+    for command in (("KEYS", "*"), ("FLUSHDB",), ("CONFIG", "GET", "dir"), ("ACL", "LIST")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            replica.execute_command(*command)
 
 
 def test_without_acls_replicas_get_the_plain_url(settings):

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
 from workers.models import LIVE_STATES, Host, Replica
 
@@ -110,6 +111,10 @@ def validate_docker_url(docker_url: str, *, has_tls: bool) -> None:
 
 
 def _gpu_ids(gpus: int | None, gpu_device_ids: list[str] | None) -> list[str]:
+    if gpu_device_ids and len(gpu_device_ids) > limits.MAX_HOST_GPUS:
+        raise FieldError("gpu_device_ids", f"at most {limits.MAX_HOST_GPUS} devices")
+    if gpus is not None:
+        limits.check_integer(gpus, field="gpus", minimum=0, maximum=limits.MAX_HOST_GPUS)
     if gpu_device_ids:
         ids = [str(i).strip() for i in gpu_device_ids]
         if any(not i for i in ids) or len(set(ids)) != len(ids):
@@ -117,8 +122,6 @@ def _gpu_ids(gpus: int | None, gpu_device_ids: list[str] | None) -> list[str]:
         if gpus is not None and gpus != len(ids):
             raise FieldError("gpus", f"is {gpus} but {len(ids)} gpu_device_ids are given")
         return ids
-    if gpus is not None and gpus < 0:
-        raise FieldError("gpus", "must be 0 or more")
     return [str(i) for i in range(gpus or 0)]
 
 

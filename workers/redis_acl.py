@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import secrets
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
@@ -30,9 +31,12 @@ logger = logging.getLogger(__name__)
 USER_PREFIX = "launch-"
 
 # What workers.serve sends, directly or from its scripts (a script's commands are checked
-# too), plus what redis-py sends on connect.
+# too), plus what redis-py sends on connect. AUTH and HELLO are not in it: Redis lets every
+# connection run them whatever its ACL (checked on 6.2 and 7.0), so what keeps a replica from
+# becoming another user is that it knows no other password: the embedded Redis's default
+# user has one (launch_site.embedded_redis), and an external REDIS_URL's must (SECURITY.md).
 REPLICA_COMMANDS = (
-    "ping", "hello", "auth", "select",
+    "ping", "select",
     "blmove", "lrem", "lpush", "rpush", "set", "del", "hset", "hget", "hmget", "hexists", "hdel", "hincrby", "hincrbyfloat",
     "exists", "expire", "zadd", "zrem",
     "eval", "evalsha", "script|load", "script|exists",
@@ -99,6 +103,20 @@ def with_credentials(url: str, username: str, password: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def default_user_is_open() -> bool:
+    """True when REDIS_URL's server lets anyone in as its `default` user with any password
+    (a Redis without `requirepass`): then bundle code can leave its ACL user with `AUTH
+    default x` and everything above is moot. The controller warns about it at start."""
+    url = with_credentials(settings.REDIS_URL, "default", secrets.token_hex(16))
+    client = redis.Redis.from_url(url, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:  # AuthenticationError included: the door is shut
+        return False
+    finally:
+        client.close()
 
 
 def _log_unsupported(error: Exception) -> None:

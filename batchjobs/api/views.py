@@ -15,10 +15,11 @@ from batchjobs import selectors, services, storage
 from batchjobs.api.serializers import CreateBatchJobSerializer, UpdateBatchJobSerializer, UploadBatchJobSerializer
 from batchjobs.models import BatchJob
 from launch_site.errors import NotFoundError, PayloadTooLargeError
+from launch_site.public_url import absolute_url
 
 
 def result_url(request, job: BatchJob) -> str:
-    return request.build_absolute_uri(f"/v1/batch-jobs/{job.id}/result")
+    return absolute_url(request, f"/v1/batch-jobs/{job.id}/result")
 
 
 def job_response(request, job: BatchJob) -> dict:

@@ -67,7 +67,9 @@ class FlavorSerializer(serializers.Serializer):
         # Say "not supported" for the spec's other flavors (runnable_image, ...) before
         # complaining about the fields those flavors do not have.
         flavor = data.get("flavor") if isinstance(data, dict) else None
-        if flavor is not None and flavor not in PACKAGING_TYPE_FOR_FLAVOR and flavor not in RUNNABLE_IMAGE_FIELDS:
+        if flavor is not None and (
+            not isinstance(flavor, str) or (flavor not in PACKAGING_TYPE_FOR_FLAVOR and flavor not in RUNNABLE_IMAGE_FIELDS)
+        ):
             supported = ", ".join([*PACKAGING_TYPE_FOR_FLAVOR, *RUNNABLE_IMAGE_FIELDS])
             raise FieldError("flavor", f"{flavor!r} is not supported here; use one of {supported}")
         if flavor in RUNNABLE_IMAGE_FIELDS:

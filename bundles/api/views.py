@@ -25,6 +25,7 @@ from bundles.api.serializers import (
 )
 from bundles.models import StoredObject
 from launch_site.errors import ApplicationError, NotFoundError, PayloadTooLargeError, query_error
+from launch_site.middleware import streams_body
 
 # Multipart overhead (boundaries, the small fields) allowed on top of MAX_UPLOAD_BYTES before
 # we refuse a request by its Content-Length alone; the file itself is capped exactly.
@@ -200,6 +201,7 @@ def _error(message: str, status: int) -> JsonResponse:
     return JsonResponse({"detail": message}, status=status)
 
 
+@streams_body  # bounded by MAX_UPLOAD_BYTES and the team's storage quota
 @csrf_exempt
 @require_http_methods(["GET", "PUT"])
 def store_object(request: HttpRequest, token: str) -> HttpResponse:

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Team
+from accounts.models import ApiKey, Team
 from accounts.selectors import request_team
 from bundles import selectors as bundle_selectors
 from bundles.models import ModelBundle
@@ -193,12 +193,18 @@ def legacy_task_answer(request, task_id: str, record: dict) -> dict:
     }
 
 
+def rate_key_of(request) -> str | None:
+    return request.auth.prefix if isinstance(request.auth, ApiKey) else None
+
+
 class LegacySyncTaskView(APIView):
     def post(self, request, endpoint_name: str):
         endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
         payload = legacy_task_payload(request.data)
         callbacks.task_callback(endpoint, request.data, async_task=False)
-        task_id, record = gateway.task_run_sync(endpoint=endpoint, payload=payload, timeout_seconds=None)
+        task_id, record = gateway.task_run_sync(
+            endpoint=endpoint, payload=payload, timeout_seconds=None, rate_key=rate_key_of(request)
+        )
         return Response(legacy_task_answer(request, task_id, record))
 
 
@@ -207,7 +213,7 @@ class LegacyAsyncTaskCreateView(APIView):
         endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
         payload = legacy_task_payload(request.data)
         callback = callbacks.task_callback(endpoint, request.data, async_task=True)
-        task_id = gateway.task_submit(endpoint=endpoint, payload=payload, callback=callback)
+        task_id = gateway.task_submit(endpoint=endpoint, payload=payload, callback=callback, rate_key=rate_key_of(request))
         return Response({"task_id": task_id})
 
 

@@ -17,7 +17,9 @@ from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import EndpointCreateSerializer, EndpointUpdateSerializer
 from endpoints.models import ModelEndpoint
 from endpoints.openapi import endpoints_openapi
+from launch_site import limits
 from launch_site.errors import FieldError, error_json_response, query_error
+from launch_site.public_url import absolute_url
 from launch_site.redis_client import get_redis
 from workers import protocol
 from workers.models import Replica
@@ -154,7 +156,7 @@ def task_result_shape(request, task_id: str, record: dict) -> dict | None:
     if record["status"] != protocol.SUCCESS:
         return None
     if record.get("result_pickled"):
-        return {"result_url": request.build_absolute_uri(f"/v1/task-results/{task_id}")}
+        return {"result_url": absolute_url(request, f"/v1/task-results/{task_id}")}
     if record.get("result_literal") is not None:
         return {"result": json.loads(record["result_literal"])}
     return {"result": record.get("result")}
@@ -189,7 +191,7 @@ class InferenceView(APIView):
                 raise query_error("model_endpoint_id", "is required")
             body, text = _json_body(request)
             endpoint = selectors.endpoint_for_tasks(team=api_key.team, endpoint_id=endpoint_id)
-            answer = self.serve(request, endpoint, body, text)
+            answer = self.serve(request, endpoint, body, text, api_key.prefix)
             return answer if isinstance(answer, HttpResponseBase) else JsonResponse(answer)
         except Exception as exc:  # noqa: BLE001 - rendered like every API error, or re-raised
             response = error_json_response(exc)
@@ -197,7 +199,7 @@ class InferenceView(APIView):
                 raise
             return response
 
-    def serve(self, request, endpoint: ModelEndpoint, body, text: str) -> dict | HttpResponseBase:
+    def serve(self, request, endpoint: ModelEndpoint, body, text: str, rate_key: str) -> dict | HttpResponseBase:
         raise NotImplementedError
 
 
@@ -212,15 +214,16 @@ def _json_body(request) -> tuple[object, str]:
 
 
 class SyncTaskView(InferenceView):
-    def serve(self, request, endpoint, body, text) -> dict | HttpResponse:
+    def serve(self, request, endpoint, body, text, rate_key) -> dict | HttpResponse:
         payload = gateway.task_payload(body)
         callbacks.task_callback(endpoint, body, async_task=False)
         timeout = body.get("timeout_seconds")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise FieldError("timeout_seconds", "must be a positive number of seconds")
+        if timeout is not None:
+            # Clamped to SYNC_TASK_TIMEOUT_SECONDS by the gateway; bounded here so nan/inf never reach it.
+            timeout = limits.check_seconds(timeout, field="timeout_seconds", maximum=limits.MAX_TASK_EXPIRES_SECONDS)
         task_id, record = gateway.task_run_sync(
             endpoint=endpoint, payload=payload, timeout_seconds=timeout,
-            payload_text=gateway.payload_json(payload, body, text),
+            payload_text=gateway.payload_json(payload, body, text), rate_key=rate_key,
         )
         if record["status"] == protocol.SUCCESS and record["result_literal"] is not None:
             return sync_success_response(record["result_literal"])
@@ -233,11 +236,12 @@ class SyncTaskView(InferenceView):
 
 
 class AsyncTaskCreateView(InferenceView):
-    def serve(self, request, endpoint, body, text) -> dict:
+    def serve(self, request, endpoint, body, text, rate_key) -> dict:
         payload = gateway.task_payload(body)
         callback = callbacks.task_callback(endpoint, body, async_task=True)
         return {"task_id": gateway.task_submit(
             endpoint=endpoint, payload=payload, callback=callback, payload_text=gateway.payload_json(payload, body, text),
+            rate_key=rate_key,
         )}
 
 
@@ -247,7 +251,7 @@ class StreamingTaskView(InferenceView):
     and a FAILURE event with the traceback when it fails. Errors before the stream starts are
     ordinary JSON error answers."""
 
-    def serve(self, request, endpoint, body, text):
+    def serve(self, request, endpoint, body, text, rate_key):
         payload = gateway.task_payload(body)
         callbacks.task_callback(endpoint, body, async_task=False)
         if body.get("timeout_seconds") is not None:
@@ -256,7 +260,7 @@ class StreamingTaskView(InferenceView):
         if endpoint.endpoint_type != ModelEndpoint.EndpointType.STREAMING:
             raise FieldError("model_endpoint_id", f"endpoint {endpoint.name!r} is {endpoint.endpoint_type}, "
                                                   "not streaming; use /v1/sync-tasks or /v1/async-tasks")
-        records = gateway.task_stream(endpoint=endpoint, payload=payload)
+        records = gateway.task_stream(endpoint=endpoint, payload=payload, rate_key=rate_key)
         response = StreamingHttpResponse(_server_sent_events(records), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # a proxy must pass each event on at once

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, Max
+from django.db.models import Count, Exists, Max, OuterRef
 
-from accounts.models import ApiKey, Team
+from accounts.models import ApiKey, Membership, Team
 from bundles.models import ModelBundle
 from endpoints.models import ModelEndpoint
 from launch_site.errors import NotFoundError
@@ -85,12 +85,23 @@ def getting_started(request, *, team: Team, endpoint: ModelEndpoint | None = Non
     }
 
 
+def _visible_keys(*, team: Team, user):
+    """A team owner sees (and may revoke) every key of the team, with whose it is; a member
+    sees their own."""
+    keys = ApiKey.objects.filter(team=team).select_related("user").annotate(
+        owner_is_member=Exists(Membership.objects.filter(team=team, user=OuterRef("user")))
+    )
+    if not Membership.objects.filter(team=team, user=user, role=Membership.Role.OWNER).exists():
+        keys = keys.filter(user=user)
+    return keys
+
+
 def api_keys(*, team: Team, user) -> list[ApiKey]:
-    return list(ApiKey.objects.filter(team=team, user=user).order_by("-created_at"))
+    return list(_visible_keys(team=team, user=user).order_by("-created_at"))
 
 
 def api_key_get(*, team: Team, user, key_id: int) -> ApiKey:
-    api_key = ApiKey.objects.filter(team=team, user=user, pk=key_id).first()
+    api_key = _visible_keys(team=team, user=user).filter(pk=key_id).first()
     if api_key is None:
         raise NotFoundError(f"no API key {key_id}")
     return api_key

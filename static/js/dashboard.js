@@ -30,4 +30,13 @@
   document.addEventListener("htmx:afterSettle", function (event) { scrollToEnd(event.target); });
   document.addEventListener("toggle", function (event) { if (event.target.open) scrollToEnd(event.target); }, true);
   document.addEventListener("click", onClick);
+  // Live parts poll only while the tab is visible: a hidden tab sends nothing, and the tab
+  // coming back refreshes them at once.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var trigger = event.detail.requestConfig && event.detail.requestConfig.triggeringEvent;
+    if (document.visibilityState !== "visible" && (!trigger || trigger.type !== "submit")) event.preventDefault();
+  });
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") document.dispatchEvent(new Event("launch:visible"));
+  });
 })();

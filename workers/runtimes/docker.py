@@ -280,12 +280,13 @@ def _pull(host: Host, client: docker.DockerClient, image: str) -> None:
 
 def _local_paths(spec: ReplicaSpec) -> dict[str, dict]:
     """On a host reached through a local socket (the machine the controller runs on), the
-    embedded Redis socket and a file:// bundle are reachable by path: mount them."""
+    embedded Redis socket and a file:// bundle are reachable by path: mount them, read-only
+    (connecting to a unix socket needs no write access to its mount)."""
     volumes: dict[str, dict] = {}
     redis_url = urlparse(spec.env.get("LAUNCH_REDIS_URL", ""))
     if redis_url.scheme == "unix" and redis_url.path:
         directory = str(Path(redis_url.path).parent)
-        volumes[directory] = {"bind": directory, "mode": "rw"}
+        volumes[directory] = {"bind": directory, "mode": "ro"}
     bundle_url = urlparse(spec.env.get("LAUNCH_BUNDLE_URL", ""))
     if bundle_url.scheme == "file" and bundle_url.path:
         directory = str(Path(bundle_url.path).parent)

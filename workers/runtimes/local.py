@@ -17,6 +17,17 @@ exec in this threaded process (preexec_fn is not safe with threads). A replica's
 removed once it has been reaped or killed, after their OOM-kill counter has been read for
 `exit_info`.
 
+Isolation (`replica_isolation()`): when this process runs as root and setpriv(1) is installed
+(util-linux), each replica runs under a uid and gid of its own from LOCAL_REPLICA_UIDS, with
+no supplementary groups, no capabilities and no_new_privs, and a private HOME and TMPDIR
+(`LAUNCH_HOME/replica-homes/<replica>`, mode 0700, its own). So it cannot read LAUNCH_HOME
+(secret key, Redis password, database, store, logs: private to the server user, see
+launch_site.home), nor another replica's /proc/<pid>/environ (another uid). It still reads the
+code it runs (the checkout and the virtualenv are world-readable), reaches Redis by the
+socket's path with its own ACL user, and fetches its bundle over HTTP. Without root or setpriv
+replicas run as the server's own user and every bundle author is trusted: `launch up` and the
+dashboard say so (`isolation_warning()`).
+
 Replica logs (`LAUNCH_HOME/logs/<replica>.log`, the child's stdout and stderr, opened O_APPEND)
 are kept near REPLICA_LOG_MAX_BYTES by `rotate_replica_logs`, a controller tick hook: the tail
 is copied to `<replica>.log.1` and the live file truncated, and the child keeps writing.
@@ -25,8 +36,10 @@ is copied to `<replica>.log.1` and the live file truncated, and the child keeps 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -88,6 +102,7 @@ class LocalRuntime(Runtime):
             env=env,
             memory_bytes=spec.memory_bytes,
             cpus=spec.cpus,
+            isolate=True,
         )
         return str(pid)
 
@@ -166,6 +181,7 @@ class _Child:
     replica_id: str
     process: subprocess.Popen
     limits: ResourceLimits
+    home: Path | None = None
 
 
 # The replicas this process started, by pid (so they can be reaped), and how the reaped ones
@@ -181,10 +197,12 @@ _mechanism_logged = False
 
 
 def launch_replica_process(
-    replica_id: str, argv: list[str], *, env: dict[str, str], memory_bytes: int, cpus: float
+    replica_id: str, argv: list[str], *, env: dict[str, str], memory_bytes: int, cpus: float, isolate: bool = False
 ) -> int:
     """Start `argv` as replica `replica_id` under its memory and CPU limits, output appended to
-    its log, in a new session; remembered as our child. Returns its pid."""
+    its log, in a new session; remembered as our child. With `isolate` (and when this server
+    can: replica_isolation()), under a uid of its own with a private HOME and TMPDIR. Returns
+    its pid."""
     global _mechanism_logged
     if not _mechanism_logged:
         _mechanism_logged = True
@@ -197,6 +215,17 @@ def launch_replica_process(
         remove_leftover_cgroups()
     log_path = _log_path(replica_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    home = None
+    if isolate and replica_isolation():
+        with _uid_lock:
+            uid = _allocate_uid(replica_id)
+            home = _private_home(replica_id, uid)
+            _uids[replica_id] = uid
+        env = {**env, "HOME": str(home), "TMPDIR": str(home)}
+        argv = [
+            shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--", *argv,
+        ]
     limits = resource_limits_create(replica_id, memory_bytes=memory_bytes, cpus=cpus)
     try:
         # O_APPEND: after rotate_replica_logs truncates the file, writes continue at its start.
@@ -213,9 +242,117 @@ def launch_replica_process(
             )
     except BaseException:
         resource_limits_remove(limits)
+        _release_home(replica_id, home)
         raise
-    _children[process.pid] = _Child(replica_id, process, limits)
+    _children[process.pid] = _Child(replica_id, process, limits, home)
     return process.pid
+
+
+# --- isolation ----------------------------------------------------------------------------
+
+# Replica id -> the uid it was given, while its process lives (this controller's children).
+_uids: dict[str, int] = {}
+_uid_lock = threading.Lock()
+
+
+def replica_isolation() -> str | None:
+    """"uid" when replicas run as uids of their own; None when they run as this user."""
+    return "uid" if _isolation_check()[0] else None
+
+
+@functools.cache
+def _isolation_check() -> tuple[bool, str]:
+    """Whether replicas can run as other uids, and why not: this process must be root, setpriv
+    installed, LOCAL_REPLICA_UIDS not "off", and the serve loop must start as another uid (the
+    interpreter and the virtualenv readable by others: checked once, by running it)."""
+    if settings.LOCAL_REPLICA_UIDS is None:
+        return False, "LOCAL_REPLICA_UIDS is off"
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False, "the server is not root"
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return False, "setpriv (util-linux) is not installed"
+    uid = settings.LOCAL_REPLICA_UIDS[1]
+    # What a replica must reach by path: LAUNCH_HOME (its private home is made there) and the
+    # directory of a unix Redis socket; every directory above them must let others through.
+    reachable = [str(settings.LAUNCH_HOME)]
+    redis_url = urlsplit(settings.LAUNCH_REPLICA_REDIS_URL or settings.REDIS_URL)
+    if redis_url.scheme == "unix":
+        reachable.append(str(Path(redis_url.path).parent))
+    probe = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--",
+             sys.executable, "-c", "import os, sys, workers.serve; [os.stat(path) for path in sys.argv[1:]]",
+             *reachable]
+    try:
+        result = subprocess.run(
+            probe, cwd=settings.BASE_DIR, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                               "PYTHONPATH": str(settings.BASE_DIR), "HOME": "/"},
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return False, f"the serve loop does not start as another uid ({error})"
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return False, (
+            f"the serve loop cannot run as another uid: {last} (the interpreter {sys.executable}, the "
+            f"virtualenv and the directories above {', '.join(reachable)} must be readable by others)"
+        )
+    return True, ""
+
+
+def isolation_warning() -> str | None:
+    """What `launch up` and the dashboard say when the local runtime cannot contain replicas."""
+    if settings.LAUNCH_RUNTIME != "local" or replica_isolation():
+        return None
+    why = _isolation_check()[1]
+    return (
+        f"The local runtime runs every replica as the server's own user ({why}): bundle code can read "
+        "LAUNCH_HOME (secret key, database, Redis password) and other replicas' environments. It trusts "
+        "every bundle author; use the docker runtime, or run as root with setpriv, for untrusted code."
+    )
+
+
+def _uids_of_live_processes() -> set[int]:
+    uids = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("Uid:"):
+                    uids.add(int(line.split()[1]))
+                    break
+        except (OSError, ValueError, IndexError):
+            continue
+    return uids
+
+
+def _allocate_uid(replica_id: str) -> int:
+    """A uid of LOCAL_REPLICA_UIDS no live process and no child of ours has: two replicas
+    never share one (they could read each other's /proc otherwise)."""
+    first, last = settings.LOCAL_REPLICA_UIDS
+    size = last - first + 1
+    busy = _uids_of_live_processes() | set(_uids.values())
+    start = int(hashlib.sha256(replica_id.encode()).hexdigest(), 16) % size
+    for step in range(size):
+        uid = first + (start + step) % size
+        if uid not in busy:
+            return uid
+    raise PlacementError(f"every uid of LOCAL_REPLICA_UIDS ({first}-{last}) is in use")
+
+
+def _private_home(replica_id: str, uid: int) -> Path:
+    parent = Path(settings.LAUNCH_HOME) / "replica-homes"
+    parent.mkdir(exist_ok=True)
+    parent.chmod(0o711)  # traversable to one's own home, not listable
+    home = parent / replica_id
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(mode=0o700)
+    os.chown(home, uid, uid)
+    return home
+
+
+def _release_home(replica_id: str, home: Path | None) -> None:
+    _uids.pop(replica_id, None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _reaped(child: _Child) -> None:
@@ -227,6 +364,7 @@ def _reaped(child: _Child) -> None:
         while len(_exits) > _EXITS_KEPT:
             _exits.pop(next(iter(_exits)))
         resource_limits_remove(child.limits)
+        _release_home(child.replica_id, child.home)
         del _children[child.process.pid]
 
 

@@ -19,6 +19,14 @@ class Command(BaseCommand):
     help = "Run the controller: RQ worker on the control queues and the tick (autoscale, heal, expire)."
 
     def handle(self, *args, **options):
+        from workers.redis_acl import default_user_is_open
+
+        if default_user_is_open():
+            logger.warning(
+                "REDIS_URL's server accepts anyone as its `default` user (no requirepass): bundle code "
+                "in any replica can leave its own ACL user and read or flush every key. Give the "
+                "default user a password or turn it off (SECURITY.md)."
+            )
         stop = threading.Event()
         ticker = threading.Thread(target=run_tick_loop, args=(stop,), name="tick", daemon=True)
         ticker.start()

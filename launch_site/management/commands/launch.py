@@ -92,7 +92,8 @@ class Command(BaseCommand):
             except RuntimeError as error:
                 raise CommandError(f"the embedded Redis did not start: {error}") from None
             self.children.append(redis)
-            env["REDIS_URL"] = f"unix://{settings.EMBEDDED_REDIS_SOCKET}"
+            # No REDIS_URL in the children's environment: settings read the password from
+            # LAUNCH_HOME, so it is in no process's environ.
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         login, password, raw_key = self._first_start_credentials()
@@ -130,13 +131,25 @@ class Command(BaseCommand):
             "Launch is running.",
             f"  Dashboard: {url}",
             f"  API:       {url}v1/  (docs: {url}api/docs/)",
-            f"  Login:     {login} / {password}",
         ]
+        if password:
+            lines.append(f"  Login:     {login} / {password}  (shown once: note it now)")
+        else:
+            lines.append(f"  Login:     {login}  (password shown at the first start; set another with "
+                         f"`manage.py changepassword {login}`)")
         if raw_key:
             lines.append(f"  API key:   {raw_key}  (shown once; make another with `.venv/bin/python manage.py create_api_key {login}`)")
         else:
             lines.append(f"  API key:   created on first start; make another with `.venv/bin/python manage.py create_api_key {login}`")
-        lines += [f"  Data:      {settings.LAUNCH_HOME}", "Press Ctrl-C to stop.", ""]
+        lines.append(f"  Data:      {settings.LAUNCH_HOME}")
+        from workers.runtimes.local import isolation_warning, replica_isolation
+
+        warning = isolation_warning()
+        if warning:
+            lines.append(f"  WARNING:   {warning}")
+        elif settings.LAUNCH_RUNTIME == "local":
+            lines.append(f"  Replicas:  each under a uid of its own ({replica_isolation()} isolation, SECURITY.md)")
+        lines += ["Press Ctrl-C to stop.", ""]
         self.stdout.write("\n".join(lines))
         sys.stdout.flush()
 
@@ -181,18 +194,17 @@ class Command(BaseCommand):
                 return
             logger.warning("%s restarted (pid %d)", child.name, child.process.pid)
 
-    def _first_start_credentials(self) -> tuple[str, str, str | None]:
-        password_file = settings.LAUNCH_HOME / "admin_password"
+    def _first_start_credentials(self) -> tuple[str, str | None, str | None]:
+        """The admin login; its password and a first API key only on the first start. Both are
+        shown once on the console and stored nowhere in clear (the password as Django's hash,
+        the key as its SHA-256): a replica or a backup that reads LAUNCH_HOME finds neither."""
         User = get_user_model()
         if User.objects.filter(username=ADMIN_USERNAME).exists():
-            password = password_file.read_text().strip() if password_file.exists() else "(set earlier)"
-            return ADMIN_USERNAME, password, None
+            return ADMIN_USERNAME, None, None
         password = secrets.token_urlsafe(12)
         user, team = team_get_or_create_for_user(username=ADMIN_USERNAME, team_name="default", password=password)
         user.is_staff = user.is_superuser = True
         user.save(update_fields=["is_staff", "is_superuser"])
-        password_file.write_text(password + "\n")
-        password_file.chmod(0o600)
         _, raw_key = api_key_create(user=user, team=team, name="first start")
         return ADMIN_USERNAME, password, raw_key
 
