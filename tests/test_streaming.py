@@ -5,8 +5,10 @@ PyPI, so its parsing is copied below), and generator predicts for sync requests 
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -87,6 +89,19 @@ def open_stream(api, endpoint_id: str, args: dict) -> requests.Response:
 
 
 @pytest.fixture
+def shared_dir():
+    """A directory the replica can use too: it may run under a uid of its own (the local
+    runtime's containment), which cannot enter pytest's tmp_path."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="launch-stream-test-")
+    os.chmod(path, 0o777)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def streaming(live_stack, owner):
     api = api_for(live_stack, owner)
     bundle_id = api.upload_bundle(stream_bundle(), "streamer")
@@ -97,9 +112,9 @@ def streaming(live_stack, owner):
     return api, endpoint_id
 
 
-def test_stream_sends_each_item_as_it_is_produced(streaming, tmp_path):
+def test_stream_sends_each_item_as_it_is_produced(streaming, shared_dir):
     api, endpoint_id = streaming
-    gate = tmp_path / "gate"
+    gate = shared_dir / "gate"
     events = EndpointResponseStream(open_stream(api, endpoint_id, {"mode": "gated", "gate": str(gate)}))
     first = next(events)
     assert first == {"status": "SUCCESS", "result": json.dumps("first"), "traceback": None}
@@ -128,9 +143,9 @@ def test_eight_concurrent_streams_all_complete_in_order(streaming):
         assert (items, last) == (list(range(40)), "SUCCESS")
 
 
-def test_client_that_disconnects_stops_the_predict_on_the_replica(streaming, tmp_path):
+def test_client_that_disconnects_stops_the_predict_on_the_replica(streaming, shared_dir):
     api, endpoint_id = streaming
-    marker = tmp_path / "closed"
+    marker = shared_dir / "closed"
     response = open_stream(api, endpoint_id, {"mode": "endless", "marker": str(marker)})
     events = EndpointResponseStream(response)
     assert [next(events)["result"] for _ in range(3)] == ["0", "1", "2"]
