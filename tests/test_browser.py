@@ -228,6 +228,15 @@ def test_async_endpoint_page_stays_live_and_everything_is_measured(live_stack, p
     assert _number(page, ".available-workers") == 0
     page.evaluate("window.noReload = true")
 
+    # The charts draw the growth between samples: the sampler must have taken one before the
+    # tasks run (on a loaded machine the controller's first sample can come late).
+    from workers import protocol
+
+    samples_key = protocol.Keys(protocol.endpoint_prefix(endpoint_id)).samples
+    deadline = time.monotonic() + 30
+    while not get_redis().llen(samples_key):
+        assert time.monotonic() < deadline, "the controller never sampled the endpoint"
+        time.sleep(0.1)
     task_ids = [
         api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": n}}).json()["task_id"]
         for n in range(50)
@@ -243,12 +252,11 @@ def test_async_endpoint_page_stays_live_and_everything_is_measured(live_stack, p
     for task_id in task_ids:
         assert api.wait_task(task_id, timeout=60)["status"] == "SUCCESS"
     # Down: the queue empties and the replicas go back to zero, still without a reload.
-    page.wait_for_function(
-        "document.querySelector('.queue-depth').innerText.trim() === '0'"
-        " && document.querySelector('.available-workers').innerText.trim() === '0'"
-        " && document.querySelector('.unavailable-workers').innerText.trim() === '0'",
-        timeout=60_000,
-    )
+    # (Polled from here: a page-side predicate would need eval, which the dashboard's CSP forbids.)
+    deadline = time.monotonic() + 60
+    while not all(_number(page, part) == 0 for part in (".queue-depth", ".available-workers", ".unavailable-workers")):
+        assert time.monotonic() < deadline, "the endpoint page never showed the queue and replicas back at 0"
+        time.sleep(0.2)
     assert page.evaluate("window.noReload") is True
     page.screenshot(path=f"{SCREENSHOTS}/endpoint-after-scale-down.png", full_page=True)
 

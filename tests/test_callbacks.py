@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import logging
 import threading
 import time
 
@@ -79,7 +80,10 @@ def callback_worker(live_stack, settings):
             if job_id is None:
                 stop.wait(0.05)
                 continue
-            Job.fetch(job_id.decode(), connection=queue.connection).perform()
+            try:
+                Job.fetch(job_id.decode(), connection=queue.connection).perform()
+            except Exception:  # noqa: BLE001 - as an RQ worker would: the job fails, the worker goes on
+                logging.getLogger(__name__).exception("callback job %s failed", job_id)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()

@@ -187,9 +187,7 @@ def test_status_panel_keeps_polling_when_ready_and_sends_only_changes(browser, e
     url = f"/endpoints/{endpoint.id}/status/"
     pending = browser.get(url, **HTMX)
     assert pending.status_code == 200
-    assert b"every 2s [document.visibilityState==&#x27;visible&#x27;]" in pending.content or (
-        b"every 2s [document.visibilityState=='visible']" in pending.content
-    )
+    assert b"every 2s, launch:visible from:document" in pending.content
     assert b"<html" not in pending.content
 
     # An endpoint is never terminal: READY replicas and its queue still move.
