@@ -200,7 +200,9 @@ def drain() -> int:
         *ended, due, _ = pipe.execute()
     task_ids = [task_id.decode() for batch in ended if batch for task_id in batch]
     task_ids += [task_id.decode() for task_id in due]
-    queue = django_rq.get_queue("callbacks")
+    # At once, not on commit: the tick is no request and holds no transaction the jobs wait for
+    # (and a stale on-commit hook of its thread's connection must not swallow them).
+    queue = django_rq.get_queue("callbacks", commit_mode="auto")
     for task_id in task_ids:
         queue.enqueue(deliver, task_id, result_ttl=0, failure_ttl=24 * 3600, job_timeout=120)
     return len(task_ids)
