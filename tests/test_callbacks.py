@@ -52,9 +52,25 @@ class Sink:
     def wait_for(self, count: int, timeout: float = 60) -> list[dict]:
         deadline = time.monotonic() + timeout
         while len(self.received) < count:
-            assert time.monotonic() < deadline, f"the sink got {len(self.received)} of {count} callbacks"
+            assert time.monotonic() < deadline, (
+                f"the sink got {len(self.received)} of {count} callbacks ({self.attempts} attempts); {_diagnosis()}"
+            )
             time.sleep(0.05)
         return self.received
+
+
+def _diagnosis() -> str:
+    """What the control plane holds of callbacks, for a failure message."""
+    import django_rq
+
+    from endpoints import callbacks
+    from launch_site.redis_client import get_redis
+
+    redis = get_redis()
+    configs = {key.decode(): redis.hgetall(key) for key in redis.scan_iter(match="launch:callback:*")}
+    lists = {key.decode(): redis.lrange(key, 0, -1) for key in redis.scan_iter(match="launch:ep:*:callbacks")}
+    return (f"configs {configs}; ended lists {lists}; retries {redis.zrange(callbacks.RETRY_KEY, 0, -1, withscores=True)}; "
+            f"queued jobs {django_rq.get_queue('callbacks').count}")
 
 
 def verify(secret: str, headers: dict, raw: bytes) -> bool:
