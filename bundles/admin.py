@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from bundles.models import ModelBundle, StoredObject
+from bundles.models import File, ModelBundle, StoredObject
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -31,3 +31,11 @@ class ModelBundleAdmin(ReadOnlyAdmin):
     search_fields = ("name", "id")
     date_hierarchy = "created_at"
     list_select_related = ("team", "created_by")
+
+
+@admin.register(File)
+class FileAdmin(ReadOnlyAdmin):
+    list_display = ("filename", "id", "team", "created_at")
+    list_filter = ("team",)
+    search_fields = ("filename", "id")
+    list_select_related = ("team",)

@@ -18,6 +18,7 @@ class StoredObject(models.Model):
         BATCH_INPUT = "batch_input"
         BATCH_RESULT = "batch_result"
         TASK_RESULT = "task_result"
+        FILE = "file"
 
     key = models.CharField(max_length=255, primary_key=True)
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="stored_objects")
@@ -33,6 +34,33 @@ class StoredObject(models.Model):
     @property
     def location(self) -> str:
         return f"s3://{settings.BUNDLE_STORE_BUCKET}/{self.key}"
+
+
+def new_file_id() -> str:
+    return new_id("file")
+
+
+class File(models.Model):
+    """A file uploaded through /v1/files: a name over a stored object (kind FILE) of its team.
+
+    The bytes count against the team's storage quota like every stored object; deleting the
+    file deletes its object and bytes (bundles.services.file_delete)."""
+
+    id = models.CharField(max_length=32, primary_key=True, default=new_file_id, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="files")
+    filename = models.CharField(max_length=255)
+    stored = models.OneToOneField(StoredObject, on_delete=models.CASCADE, related_name="file")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.id})"
+
+    @property
+    def size(self) -> int:
+        return self.stored.size or 0
 
 
 def new_bundle_id() -> str:

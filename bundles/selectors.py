@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 
 from accounts.models import Team
 from bundles import store
-from bundles.models import ModelBundle, StoredObject
+from bundles.models import File, ModelBundle, StoredObject
 from launch_site.errors import NotFoundError
 
 ORDERINGS = {"newest": ("-created_at",), "oldest": ("created_at",)}
@@ -49,3 +49,20 @@ def stored_object_for_token(token: str, *, salt: str) -> StoredObject:
     if stored is None:
         raise NotFoundError("No such object.")
     return stored
+
+
+def file_list(*, team: Team) -> QuerySet[File]:
+    return File.objects.filter(team=team).select_related("stored").order_by("-created_at")
+
+
+def file_get(*, team: Team, file_id: str) -> File:
+    file = File.objects.filter(team=team, id=file_id).select_related("stored").first()
+    if file is None:
+        raise NotFoundError(f"No file with id {file_id!r}.")
+    return file
+
+
+def file_content(file: File) -> str:
+    """The file's text (uploads are checked to be UTF-8, bundles.services.file_upload)."""
+    with store.open_object(file.stored) as stream:
+        return stream.read().decode("utf-8")

@@ -7,6 +7,7 @@ here once. Nothing here unpickles: the web process only stores and hashes the by
 
 from __future__ import annotations
 
+import codecs
 import re
 import uuid
 from typing import IO, Any
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 from accounts.models import Quota, Team
 from bundles import store
-from bundles.models import ModelBundle, StoredObject
+from bundles.models import File, ModelBundle, StoredObject
 from launch_site import limits
 from launch_site.errors import ConflictError, FieldError, NotFoundError, PayloadTooLargeError
 from launch_site.public_url import absolute_url
@@ -145,6 +146,59 @@ def stored_object_resolve(*, team: Team, location: Any, kind: str | None, field:
     if stored.uploaded_at is None:
         raise FieldError(field, f"nothing was uploaded to {location} yet: PUT the bytes to its signedUrl first")
     return stored
+
+
+# Files (/v1/files)
+
+FILENAME_MAX_LENGTH = File._meta.get_field("filename").max_length
+
+
+class _Utf8Checked:
+    """A read-only stream that passes `stream` through and raises a FieldError naming `field`
+    as soon as its bytes stop being UTF-8 text: the contract serves a file's content as a JSON
+    string, so a file that cannot become one is refused at upload, not at read."""
+
+    def __init__(self, stream: IO[bytes], *, field: str):
+        self.stream, self.field = stream, field
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        try:
+            self.decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError:
+            raise FieldError(self.field, "must be UTF-8 text (its content is served as a JSON string)") from None
+        return chunk
+
+
+def file_upload(*, team: Team, filename: Any, stream: IO[bytes], size: int | None = None) -> File:
+    """Store `stream` as a new file of `team`, through stored_object_upload (MAX_UPLOAD_BYTES
+    413, storage quota 409, non-UTF-8 422 naming `file`); on any failure nothing is left, row
+    or bytes."""
+    if not isinstance(filename, str) or not filename.strip():
+        raise FieldError("file", "must have a file name")
+    filename = filename[-FILENAME_MAX_LENGTH:]
+    stored = StoredObject(key=new_object_key(team, StoredObject.Kind.FILE), team=team, kind=StoredObject.Kind.FILE)
+    try:
+        with transaction.atomic():
+            stored_object_upload(stored=stored, stream=_Utf8Checked(stream, field="file"), content_length=size)
+            file = File(team=team, filename=filename, stored=stored)
+            file.full_clean()
+            file.save()
+            return file
+    except BaseException:
+        # The rename happened inside the rolled-back transaction; take the bytes back out.
+        store.delete_object(stored.key)
+        raise
+
+
+def file_delete(*, file: File) -> None:
+    """Delete the file, its stored object and, once that is committed, its bytes."""
+    key = file.stored_id
+    with transaction.atomic():
+        file.delete()
+        StoredObject.objects.filter(key=key).delete()
+        transaction.on_commit(lambda: store.delete_object(key))
 
 
 # Model bundles

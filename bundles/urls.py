@@ -1,6 +1,6 @@
 from django.urls import path
 
-from bundles.api import legacy, views
+from bundles.api import files, legacy, views
 from bundles.models import StoredObject
 
 urlpatterns = [
@@ -13,6 +13,9 @@ urlpatterns = [
     path("v2/model-bundles/latest", views.BundleLatestView.as_view(representation=views.bundle_v2)),
     path("v2/model-bundles/clone-with-changes", views.BundleCloneView.as_view()),
     path("v2/model-bundles/<str:model_bundle_id>", views.BundleDetailView.as_view(representation=views.bundle_v2)),
+    path("v1/files", files.FileListView.as_view()),
+    path("v1/files/<str:file_id>", files.FileDetailView.as_view()),
+    path("v1/files/<str:file_id>/content", files.FileContentView.as_view()),
     path("v1/store/objects/<str:token>", views.store_object, name="store-object"),
     path("v1/hosted_inference/model_bundle_upload", views.UploadUrlView.as_view()),
     path(
