@@ -69,8 +69,10 @@ def _diagnosis() -> str:
     redis = get_redis()
     configs = {key.decode(): redis.hgetall(key) for key in redis.scan_iter(match="launch:callback:*")}
     lists = {key.decode(): redis.lrange(key, 0, -1) for key in redis.scan_iter(match="launch:ep:*:callbacks")}
+    endpoint_keys = sorted(key.decode() for key in redis.scan_iter(match="launch:ep:*"))[:40]
     return (f"configs {configs}; ended lists {lists}; retries {redis.zrange(callbacks.RETRY_KEY, 0, -1, withscores=True)}; "
-            f"queued jobs {django_rq.get_queue('callbacks').count}")
+            f"queued jobs {django_rq.get_queue('callbacks').count}; dbsize {redis.dbsize()}; endpoint keys {endpoint_keys}; "
+            f"redis {redis.connection_pool.connection_kwargs.get('path') or redis.connection_pool.connection_kwargs}")
 
 
 def verify(secret: str, headers: dict, raw: bytes) -> bool:

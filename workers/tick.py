@@ -11,6 +11,7 @@ work (image builds) runs in RQ jobs, never here.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 
 from django.conf import settings
@@ -24,6 +25,7 @@ from workers.models import LIVE_STATES, Replica
 logger = logging.getLogger(__name__)
 
 _tick_hooks: list = []
+SLOW_HOOK_SECONDS = 2.0
 
 
 def register_tick_hook(function) -> None:
@@ -84,10 +86,15 @@ def tick() -> None:
         if kind == "endpoint" and owner_id not in known:
             controller.reconcile(kind, owner_id)
     for hook in list(_tick_hooks):
+        started = time.monotonic()
         try:
             hook()
         except Exception:  # noqa: BLE001
             logger.exception("tick hook %s failed", getattr(hook, "__name__", hook))
+        took = time.monotonic() - started
+        if took > SLOW_HOOK_SECONDS:
+            # Every hook shares this one thread: a slow one delays all the others.
+            logger.warning("tick hook %s took %.1f s", getattr(hook, "__name__", hook), took)
 
 
 def _queue_depths(endpoints, live) -> list[tuple[int, int]]:
