@@ -48,6 +48,9 @@ def ray_cluster():
         import ray
 
         ray.shutdown()  # this script needs no driver of its own: the ray stack has one
+        # ray.init and ray.shutdown replace the SIGTERM handler (shutdown leaves the default,
+        # which would end this script without tearing anything down): ours again.
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
         yield cluster
     finally:
         cluster.shutdown()
