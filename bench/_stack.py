@@ -48,6 +48,13 @@ class Stack:
                 text=True,
                 start_new_session=True,
             )
+        try:
+            return self._started()
+        except BaseException:  # not started (or Ctrl-C meanwhile): nothing may stay behind
+            self.__exit__()
+            raise
+
+    def _started(self) -> Stack:
         deadline = time.monotonic() + 90
         while True:
             output = self.log_path.read_text()
@@ -93,7 +100,8 @@ class Stack:
             },
         )["model_bundle_id"]
 
-    def endpoint(self, bundle_id: str, name: str, wait_ready: bool = True, **fields) -> str:
+    def endpoint(self, bundle_id: str, name: str, wait_ready: bool = True, ready_timeout: float = 60,
+                 **fields) -> str:
         body = {
             "name": name,
             "model_bundle_id": bundle_id,
@@ -114,6 +122,7 @@ class Stack:
             self.wait(
                 endpoint_id,
                 lambda e: e["status"] == "READY" and e["deployment_state"]["available_workers"] >= body["min_workers"],
+                timeout=ready_timeout,
             )
         return endpoint_id
 

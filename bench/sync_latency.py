@@ -36,6 +36,40 @@ def direct_call_ms(n: int) -> list[float]:
     return timings
 
 
+class SyncClient:
+    """Sequential sync requests to one endpoint on one keep-alive connection."""
+
+    def __init__(self, stack: Stack, endpoint_id: str):
+        self.path = f"/v1/sync-tasks?model_endpoint_id={endpoint_id}"
+        self.connection = http.client.HTTPConnection("127.0.0.1", stack.port)
+        self.headers = {
+            "Authorization": "Basic " + base64.b64encode(f"{stack.key}:".encode()).decode(),
+            "Content-Type": "application/json",
+        }
+
+    def request(self, i: int) -> dict:
+        self.connection.request("POST", self.path, body=json.dumps({"args": {"x": i}}), headers=self.headers)
+        response = self.connection.getresponse()
+        body = response.read()
+        assert response.status == 200, body
+        return json.loads(body)
+
+    def timings(self, requests: int, warm_up: int = 200) -> list[float]:
+        """Milliseconds per request of `requests` answered ones, after `warm_up` untimed ones."""
+        for i in range(warm_up):  # warm up connections and caches
+            self.request(i)
+        timings = []
+        for i in range(requests):
+            start = time.perf_counter()
+            answer = self.request(i)
+            timings.append((time.perf_counter() - start) * 1000)
+            assert answer["status"] == "SUCCESS", answer
+        return timings
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
@@ -43,33 +77,14 @@ def main() -> None:
     args = parser.parse_args()
     with Stack() as stack:
         endpoint_id = stack.endpoint(stack.bundle(identity_bundle(), "identity"), "identity")
-        path = f"/v1/sync-tasks?model_endpoint_id={endpoint_id}"
-        connection = http.client.HTTPConnection("127.0.0.1", stack.port)
-        headers = {
-            "Authorization": "Basic " + base64.b64encode(f"{stack.key}:".encode()).decode(),
-            "Content-Type": "application/json",
-        }
-
-        def sync_request(i: int) -> dict:
-            connection.request("POST", path, body=json.dumps({"args": {"x": i}}), headers=headers)
-            response = connection.getresponse()
-            body = response.read()
-            assert response.status == 200, body
-            return json.loads(body)
-
+        client = SyncClient(stack, endpoint_id)
         p50s, p99s = [], []
         for run in range(args.runs):
-            for i in range(200):  # warm up connections and caches
-                sync_request(i)
-            timings = []
-            for i in range(args.requests):
-                start = time.perf_counter()
-                answer = sync_request(i)
-                timings.append((time.perf_counter() - start) * 1000)
-                assert answer["status"] == "SUCCESS", answer
+            timings = client.timings(args.requests)
             p50s.append(percentile(timings, 0.5))
             p99s.append(percentile(timings, 0.99))
             print(f"run {run + 1}: p50 {p50s[-1]:.3f} ms, p99 {p99s[-1]:.3f} ms", file=sys.stderr)
+        client.close()
     direct = direct_call_ms(args.requests)
     p50, p99 = statistics.median(p50s), statistics.median(p99s)
     base50 = percentile(direct, 0.5)

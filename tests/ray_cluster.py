@@ -3,7 +3,8 @@
 Each node is `ray start --block` as our own child, with every port given explicitly (never
 Ray's default 6379, which the machine's Redis uses), its own temp dir under /tmp (short:
 Ray's socket paths must fit in 107 bytes) and a small object store. Nodes bind to the address
-Ray picks for this machine's own interface (Ray refuses a multi-node cluster on 127.0.0.1).
+Ray picks for this machine's own interface (Ray refuses a multi-node cluster on 127.0.0.1; a
+single node may use it, as bench/ray_vs_local.py does).
 A node is "lost" by SIGKILLing its process tree: no graceful drain, like a machine that dies.
 """
 
@@ -103,10 +104,12 @@ class RayNode:
 
 
 class RayTestCluster:
-    def __init__(self):
+    def __init__(self, ip: str | None = None):
+        """`ip`: the nodes' address; default, this machine's own interface (needed for more
+        than one node). A single-node cluster may use 127.0.0.1."""
         import ray._private.services
 
-        self.ip = ray._private.services.get_node_ip_address()
+        self.ip = ip or ray._private.services.get_node_ip_address()
         self.nodes: list[RayNode] = []
         self.removed: list[RayNode] = []
         self.gcs_port = _free_ports(1)[0]
