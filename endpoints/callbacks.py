@@ -267,7 +267,10 @@ def deliver(task_id: str) -> bool:
         return False
     endpoint = ModelEndpoint.objects.filter(pk=endpoint_id).only("callback_secret").first()
     if endpoint is None:
-        client.delete(key)
+        # Deleted (its config expires with its TTL), or not visible to this worker yet: never
+        # drop a callback on one lookup; try again later within the retry window.
+        misses = client.hincrby(key, "endpoint_misses", 1)
+        _retry_later(client, task_id, key, config, "the endpoint was not found", time.time(), attempts=misses)
         return False
     body = _body(task_id, record)
     now = time.time()
@@ -277,16 +280,21 @@ def deliver(task_id: str) -> bool:
     try:
         _post(config["url"], body, headers, json.loads(config.get("auth") or "null"))
     except Exception as error:  # noqa: BLE001 - any failure is this attempt's outcome
-        message = _describe(error)
-        client.hset(key, mapping={"last_error": message, "first_attempt_at": first})
-        delay = min(settings.CALLBACK_RETRY_BASE_SECONDS * 2 ** (attempts - 1), MAX_RETRY_DELAY_SECONDS)
-        if now + delay - first <= settings.CALLBACK_RETRY_FOR_SECONDS:
-            client.zadd(RETRY_KEY, {task_id: now + delay})
-        else:
-            client.hset(key, "last_error", f"{message}; gave up after {attempts} attempts")
+        _retry_later(client, task_id, key, config, _describe(error), now, attempts=attempts)
         return False
     client.hset(key, mapping={"delivered": 1, "delivered_at": time.time(), "first_attempt_at": first})
     return True
+
+
+def _retry_later(client, task_id: str, key: str, config: dict, message: str, now: float, *, attempts: int = 0) -> None:
+    """Schedule the next attempt with a doubling delay, or give up past CALLBACK_RETRY_FOR_SECONDS."""
+    first = float(config.get("first_attempt_at") or now)
+    client.hset(key, mapping={"last_error": message, "first_attempt_at": first})
+    delay = min(settings.CALLBACK_RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0), MAX_RETRY_DELAY_SECONDS)
+    if now + delay - first <= settings.CALLBACK_RETRY_FOR_SECONDS:
+        client.zadd(RETRY_KEY, {task_id: now + delay})
+    else:
+        client.hset(key, "last_error", f"{message}; gave up after {attempts} attempts")
 
 
 def _describe(error: Exception) -> str:

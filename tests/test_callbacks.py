@@ -14,6 +14,7 @@ import time
 
 import django_rq
 import pytest
+from django.db import close_old_connections
 from rq.job import Job
 
 from tests.stack import api_for
@@ -98,6 +99,7 @@ def callback_worker(live_stack, settings):
             if job_id is None:
                 stop.wait(0.05)
                 continue
+            close_old_connections()  # as a request or an RQ job would: a fresh view of the database
             try:
                 Job.fetch(job_id.decode(), connection=queue.connection).perform()
             except Exception:  # noqa: BLE001 - as an RQ worker would: the job fails, the worker goes on
