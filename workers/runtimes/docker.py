@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -124,6 +125,13 @@ def _derived_context(choice: WorkerImageChoice, requirements: tuple[str, ...]) -
 # How long a failed build or pull is remembered: start() reports it rather than building
 # again every tick; after that the next start tries again (the user may have fixed a mirror).
 IMAGE_FAILURE_TTL_SECONDS = 300
+
+
+OOM_FLAG_GRACE_SECONDS = 0.5
+
+
+def _killed_without_oom_flag(state: dict) -> bool:
+    return state.get("Status") in ("exited", "dead") and state.get("ExitCode") == 137 and not state.get("OOMKilled")
 
 
 class ImageBuildFailed(RuntimeError):
@@ -605,6 +613,11 @@ class DockerRuntime(Runtime):
         host is unreachable."""
         try:
             states = self._states(replica)
+            if any(_killed_without_oom_flag(state) for state in states or ()):
+                # dockerd records an OOM kill from the kernel's event, which may reach it just
+                # after the exit does: look once more before calling it a plain SIGKILL.
+                time.sleep(OOM_FLAG_GRACE_SECONDS)
+                states = self._states(replica)
         except Exception:  # noqa: BLE001 - unreachable: nothing to tell
             return None
         for state in states or ():
