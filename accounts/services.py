@@ -10,7 +10,8 @@ from launch_site.errors import FieldError
 
 @transaction.atomic
 def team_get_or_create_for_user(*, username: str, team_name: str | None = None, password: str | None = None) -> tuple:
-    """The user (created if missing) and the team it acts for (created if missing)."""
+    """The user (created if missing) and the team it acts for: `team_name` (created if missing),
+    or without one the user's existing team, or a new team named after the user."""
     User = get_user_model()
     user, created = User.objects.get_or_create(username=username)
     if created or password:
@@ -19,6 +20,12 @@ def team_get_or_create_for_user(*, username: str, team_name: str | None = None, 
         else:
             user.set_unusable_password()
         user.save()
+    if team_name is None:
+        # No team named: the one the user already acts for (the first-start banner's
+        # `create_api_key admin` must give a key that sees the admin's objects), else its own.
+        membership = Membership.objects.filter(user=user).select_related("team").order_by("pk").first()
+        if membership is not None:
+            return user, membership.team
     team, _ = Team.objects.get_or_create(name=team_name or username)
     Membership.objects.get_or_create(
         user=user, team=team, defaults={"role": Membership.Role.OWNER}

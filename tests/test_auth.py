@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Team
 from accounts.services import api_key_revoke
 
 pytestmark = pytest.mark.django_db
@@ -73,6 +73,14 @@ def test_create_api_key_command_prints_a_working_key_last(capsys):
     client.credentials(HTTP_AUTHORIZATION=_basic(key))
     assert client.get("/v1/model-bundles").status_code == 200
     assert ApiKey.objects.get(prefix=key.split("_")[1]).team.name == "research"
+
+
+def test_create_api_key_without_a_team_gives_a_key_that_sees_the_users_objects(owner, capsys):
+    # What the first-start banner tells the admin to run: `create_api_key admin`.
+    call_command("create_api_key", owner.user.username)
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert ApiKey.objects.get(prefix=key.split("_")[1]).team == owner.team
+    assert not Team.objects.filter(name=owner.user.username).exists()
 
 
 def test_health_routes_answer_without_auth():

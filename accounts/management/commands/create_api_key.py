@@ -8,7 +8,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("username")
-        parser.add_argument("--team", help="Team name (default: the username)")
+        parser.add_argument("--team", help="Team name (default: the user's team, or a new one named after the user)")
         parser.add_argument("--name", default="", help="A label for the key")
 
     def handle(self, *args, username, team=None, name="", **options):
