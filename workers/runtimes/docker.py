@@ -130,6 +130,13 @@ IMAGE_FAILURE_TTL_SECONDS = 300
 OOM_FLAG_GRACE_SECONDS = 0.5
 
 
+def _record_placement(spec: ReplicaSpec, host: Host, gpu_ids) -> None:
+    """Placement records these when the row exists already; make sure they are there."""
+    Replica.objects.filter(id=spec.replica_id).update(
+        host_id=host.pk, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
+    )
+
+
 def _killed_without_oom_flag(state: dict) -> bool:
     return state.get("Status") in ("exited", "dead") and state.get("ExitCode") == 137 and not state.get("OOMKilled")
 
@@ -385,10 +392,7 @@ class DockerRuntime(Runtime):
             # Created but not started (e.g. no GPU driver on the host): leave nothing behind.
             self._remove_quietly(client, container_name(spec.replica_id))
             raise
-        # Placement records these when the row exists already; make sure they are there.
-        Replica.objects.filter(id=spec.replica_id).update(
-            host_id=host.pk, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
-        )
+        _record_placement(spec, host, gpu_ids)
         return container.id
 
     def _start_runnable_image(self, spec: ReplicaSpec, placement: Placement, host: Host, client) -> str:
@@ -492,9 +496,7 @@ class DockerRuntime(Runtime):
         except docker.errors.APIError:
             self._remove_quietly(client, container_name(spec.replica_id))
             raise
-        Replica.objects.filter(id=spec.replica_id).update(
-            host_id=host.pk, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
-        )
+        _record_placement(spec, host, gpu_ids)
         return container.id
 
     @staticmethod
