@@ -31,6 +31,12 @@ MAX_BYTES = 2**50  # memory or storage of one replica: 1 PiB
 MAX_TASK_EXPIRES_SECONDS = 30 * 24 * 3600
 MAX_QUEUE_MESSAGE_TIMEOUT_SECONDS = 12 * 3600
 MAX_BATCH_TIMEOUT_SECONDS = 7 * 24 * 3600
+# Request batching of an endpoint (docs/batching.md): the largest batch one replica takes in
+# one Redis call (their payloads come back in one reply), and the longest a replica waits for
+# a batch to fill; a batch waited for longer would only add latency to every request in it.
+MAX_BATCH_SIZE = 256
+MAX_BATCH_WAIT_MS = 5000
+DEFAULT_BATCH_WAIT_MS = 10
 
 
 def check_name(value: Any, *, field: str, max_length: int) -> str:

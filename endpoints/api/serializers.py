@@ -38,6 +38,9 @@ def _contract_options(*, create: bool) -> dict[str, serializers.Field]:
         "high_priority": serializers.BooleanField(required=False, allow_null=True),
         "billing_tags": serializers.DictField(required=False, allow_null=True),
         "public_inference": serializers.BooleanField(required=False, allow_null=True),
+        # Our own (docs/batching.md); bounds and rules in endpoints.services._apply_batching.
+        "max_batch_size": serializers.IntegerField(required=False, allow_null=True),
+        "max_batch_wait_ms": serializers.IntegerField(required=False, allow_null=True),
     }
     if create:
         fields["nodes_per_worker"] = serializers.IntegerField(min_value=1, required=False, default=1)

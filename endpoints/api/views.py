@@ -72,6 +72,9 @@ def endpoint_representation(endpoint: ModelEndpoint, counts: dict, queued: int |
         "prewarm": endpoint.prewarm,
         "task_expires_seconds": endpoint.task_expires_seconds,
         "queue_message_timeout_seconds": endpoint.queue_message_timeout_seconds,
+        # Our own: request batching (docs/batching.md), null while off.
+        "max_batch_size": endpoint.max_batch_size,
+        "max_batch_wait_ms": endpoint.max_batch_wait_ms,
     }
 
 
