@@ -8,6 +8,11 @@ real API with a key (the raw HTTP client of bench/peers.py), closed loop; the tw
 alternate within each rep, the order swapped every rep. Reports the median of the reps and
 the ratio on/off.
 
+Also, without the web path: the replica's own capacity, `--tasks` tasks pushed onto each
+endpoint's queue with the gateway's protocol (bench/async_throughput.py's completion_rate:
+tasks / (last finished_at - first started_at)), so the gain of batching itself shows where
+the web server, not the replica, is what limits the first figure.
+
 Usage: .venv/bin/python bench/batching.py [--reps 3] [--seconds 5] [--connections 32] [--wait-ms 10]
 """
 
@@ -21,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stack import Stack, machine  # noqa: E402
+from async_throughput import completion_rate  # noqa: E402
 from peers import load  # noqa: E402
 
 BATCH_SIZE = 32
@@ -47,6 +53,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--tasks", type=int, default=1500, help="tasks per drain of the replica-only figure")
     parser.add_argument("--wait-ms", type=int, default=10, help="max_batch_wait_ms of the batching endpoint")
     options = parser.parse_args()
 
@@ -68,15 +75,20 @@ def main() -> None:
 
         for mode in ("off", "on"):  # warm both paths (connections, scripts, replicas)
             load(stack.port, request(mode), connections=options.connections, seconds=1)
+        import redis
+
+        redis_client = redis.Redis(unix_socket_path=str(stack.home / "run" / "redis.sock"),
+                                   password=(stack.home / "redis_password").read_text().strip())
         figures: dict[str, list[dict]] = {"off": [], "on": []}
         for rep in range(options.reps):
             for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
                 figure = load(stack.port, request(mode), connections=options.connections, seconds=options.seconds)
                 if figure["errors"]:
                     raise SystemExit(f"{mode}: {figure['errors']} requests were not answered 200")
+                figure["drain"] = completion_rate(redis_client, endpoints[mode], options.tasks)
                 figures[mode].append(figure)
                 print(f"rep {rep + 1} batching {mode:3}: {figure['rps']:7.0f} req/s, p50 {figure['p50']:6.1f} ms, "
-                      f"p99 {figure['p99']:6.1f} ms", flush=True)
+                      f"p99 {figure['p99']:6.1f} ms; replica alone {figure['drain']:7.0f} tasks/s", flush=True)
 
     def median(mode: str, key: str) -> float:
         return statistics.median(f[key] for f in figures[mode])
@@ -85,11 +97,13 @@ def main() -> None:
     print(f"model: 5 ms per call + 0.05 ms per item; {options.connections} connections, sync, one replica; "
           f"batching on: max_batch_size {BATCH_SIZE}, max_batch_wait_ms {options.wait_ms}; "
           f"median of {options.reps} reps of {options.seconds:g} s, alternating")
-    print("| batching | requests/s | p50 ms | p99 ms |")
-    print("| --- | --- | --- | --- |")
+    print("| batching | requests/s through the API | p50 ms | p99 ms | replica alone, tasks/s |")
+    print("| --- | --- | --- | --- | --- |")
     for mode in ("off", "on"):
-        print(f"| {mode} | {median(mode, 'rps'):.0f} | {median(mode, 'p50'):.1f} | {median(mode, 'p99'):.1f} |")
-    print(f"ratio on/off (requests/s): {median('on', 'rps') / median('off', 'rps'):.1f}x")
+        print(f"| {mode} | {median(mode, 'rps'):.0f} | {median(mode, 'p50'):.1f} | {median(mode, 'p99'):.1f} "
+              f"| {median(mode, 'drain'):.0f} |")
+    print(f"| ratio on/off | {median('on', 'rps') / median('off', 'rps'):.1f}x | | | "
+          f"{median('on', 'drain') / median('off', 'drain'):.1f}x |")
 
 
 if __name__ == "__main__":

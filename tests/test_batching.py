@@ -187,6 +187,34 @@ def test_an_ambiguous_batch_declaration_is_refused(tmp_path, redis_client):
     assert "`batch` attribute is 32" in error
 
 
+def slow_bundle(seconds: float, *, batch: bool):
+    def load_predict_fn(model):
+        def predict(value):
+            import time as _time
+
+            _time.sleep(seconds)
+            return value
+
+        predict.batch = batch
+        return predict
+
+    return {"model": None, "load_predict_fn": load_predict_fn}
+
+
+@pytest.mark.parametrize("size", [0, 4], ids=["single", "batched"])
+def test_a_predict_longer_than_the_redis_health_check_interval_is_answered(tmp_path, redis_client, size):
+    """The serve loop sends a task's STARTED mark and reads its reply after the predict: a
+    health-check PING in between (redis-py's health_check_interval, 30 s in production) once
+    read that reply as its PONG and killed the worker thread."""
+    running = BatchingReplica(bundle_file(tmp_path, slow_bundle(1.5, batch=bool(size))), size=size)
+    running.replica.redis.connection_pool.connection_kwargs["health_check_interval"] = 0.5
+    with running:
+        first = running.record(redis_client, running.submit(redis_client, {"args": [1]}), timeout=6)
+        second = running.record(redis_client, running.submit(redis_client, {"args": [2]}), timeout=6)
+    assert first is not None and second is not None, "the worker thread died"
+    assert (first["result"], second["result"]) == ("[1]", "[2]")
+
+
 # --- the settings ----------------------------------------------------------------------------
 
 

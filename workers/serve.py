@@ -405,6 +405,10 @@ class Replica:
         # A connection of this thread's own for the task scripts: a script is sent before the
         # task runs and its reply read after, which a pooled connection cannot do.
         connection = self.redis.connection_pool.make_connection()
+        # No health check (a PING before a command when the connection was quiet): it would
+        # read the pending reply of the STARTED mark as the PING's answer once a predict ran
+        # longer than the interval, and lose the thread.
+        connection.health_check_interval = 0
         try:
             while not self.stopping.is_set():
                 try:
