@@ -369,3 +369,33 @@ def test_an_endpoint_that_batches_a_bundle_without_batch_predict_fails_to_update
     endpoint = api.wait_endpoint(endpoint_id, "UPDATE_FAILED", timeout=30)
     assert "not a batch predict" in endpoint["status_reason"]
 
+
+
+def test_a_hanging_batch_times_out_each_of_its_tasks_and_the_queue_moves_on(live_stack, owner):
+    api = api_for(live_stack, owner)
+
+    def load_predict_fn(model):
+        def predict(inputs):
+            import time as _time
+
+            if "hang" in inputs:
+                _time.sleep(3600)
+            return inputs
+
+        predict.batch = True
+        return predict
+
+    bundle_id = api.upload_bundle({"model": None, "load_predict_fn": load_predict_fn}, "hangs")
+    endpoint_id = api.create_endpoint(bundle_id, "hangs", endpoint_type="async", max_batch_size=4,
+                                      max_batch_wait_ms=1000, queue_message_timeout_seconds=2)
+    api.wait_endpoint(endpoint_id, "READY", available_workers=1)
+    task_ids = [
+        api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": x}).json()["task_id"]
+        for x in ("hang", "a", "b", "c")
+    ]
+    tasks = [api.wait_task(task_id, timeout=30) for task_id in task_ids]
+    assert [t["status"] for t in tasks] == ["FAILURE"] * 4, tasks
+    assert all("timed out after 2 s" in t["traceback"] for t in tasks)
+    after = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": "d"}).json()["task_id"]
+    task = api.wait_task(after, timeout=60)
+    assert task["status"] == "SUCCESS" and task["result"] == {"result": '"d"'}, task

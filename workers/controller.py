@@ -167,11 +167,17 @@ def _time_out_tasks(deployment: Deployment, replicas: list[Replica]) -> None:
     keys = protocol.Keys(deployment.prefix)
     overdue = redis.zrangebyscore(keys.running, "-inf", time.time() - timeout)
     by_id = {r.id: r for r in replicas}
+    reason = f"timed out after {timeout:g} s"
+    to_kill: dict[str, str] = {}
+    # Every overdue task fails before any replica is killed: a kill requeues what its replica
+    # still runs, and an overdue task requeued that way (one of a batch, or of another thread)
+    # would be failed here anyway and then run again, finished, by the next replica.
     for raw_task_id in overdue:
         task_id = raw_task_id.decode()
         replica_id = (redis.hget(keys.task(task_id), "replica") or b"").decode()
-        reason = f"timed out after {timeout:g} s"
         protocol.time_out_task(redis, keys, task_id, replica_id, reason=reason)
+        to_kill.setdefault(replica_id, task_id)
+    for replica_id, task_id in to_kill.items():
         replica = by_id.get(replica_id)
         if replica is not None and replica.state in LIVE_STATES:
             runtime = get_runtime(replica.runtime)
