@@ -155,6 +155,27 @@ def test_each_task_of_a_batch_keeps_its_own_output_format_and_expiry(tmp_path, r
     assert redis_client.hget(running.keys.task(expired), "status") == b"PENDING"
 
 
+def test_an_output_that_is_not_a_list_or_does_not_encode_fails_with_the_reason(tmp_path, redis_client):
+    class Model:
+        """A class bundle declares its batch predict with a class attribute."""
+
+        batch = True
+
+        def __call__(self, inputs):
+            if inputs == ["dict"]:
+                return {"not": "a list"}
+            return [{1, 2} if x == "set" else x for x in inputs]
+
+    running = BatchingReplica(bundle_file(tmp_path, Model), size=2)
+    task_ids = [running.submit(redis_client, {"args": x}) for x in ("ok", "set")]
+    with running:
+        ok, unencodable = results(running, redis_client, task_ids)
+        lone = running.record(redis_client, running.submit(redis_client, {"args": "dict"}))
+    assert ok["status"] == "SUCCESS" and ok["result"] == '"ok"'
+    assert unencodable["status"] == "FAILURE" and "not JSON serializable" in unencodable["traceback"]
+    assert lone["status"] == "FAILURE" and "returned dict, not a list" in lone["traceback"]
+
+
 def test_a_batch_predict_on_an_endpoint_without_batching_gets_lists_of_one(tmp_path, redis_client):
     with RunningReplica(bundle_file(tmp_path, batch_bundle())) as running:
         record = running.record(redis_client, running.submit(redis_client, {"args": 4}))
