@@ -213,6 +213,8 @@ CALLBACK_RETRY_FOR_SECONDS = env_float("CALLBACK_RETRY_FOR_SECONDS", 3600.0)
 # Callback URLs that resolve to private, loopback or link-local addresses are refused unless
 # the operator allows them (a sink inside the same network; the tests' loopback sink).
 CALLBACK_ALLOW_PRIVATE_TARGETS = env_bool("CALLBACK_ALLOW_PRIVATE_TARGETS", False)
+# A PEM bundle of CAs trusted for https callback targets besides the system's (a private CA).
+CALLBACK_CA_FILE = env_str("CALLBACK_CA_FILE", "")
 TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 3, minimum=1)
 SCALE_DOWN_DELAY_SECONDS = env_float("SCALE_DOWN_DELAY_SECONDS", 60.0)
 HEARTBEAT_TIMEOUT_SECONDS = env_float("HEARTBEAT_TIMEOUT_SECONDS", 10.0)
