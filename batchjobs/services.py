@@ -18,6 +18,7 @@ from endpoints.models import GPU_TYPES
 from endpoints.quantities import parse_bytes, parse_cpus
 from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
+from workers.runtimes.local_gpus import local_gpu_refusal
 from workers.tick import wake_controller
 
 RESOURCE_FIELDS = (
@@ -71,12 +72,9 @@ def _apply_resources(job: BatchJob, requests: dict[str, Any]) -> None:
     if job.gpus:
         if job.gpu_type not in GPU_TYPES:
             raise _resource_error("gpu_type", f"is required when gpus > 0: one of {', '.join(GPU_TYPES)}")
-        if settings.LAUNCH_RUNTIME == "local":
-            raise _resource_error(
-                "gpus",
-                "this server runs replicas as local processes and has no GPU hosts; use gpus: 0, "
-                "or register a GPU host and run with LAUNCH_RUNTIME=docker",
-            )
+        refusal = local_gpu_refusal(job.gpus, job.gpu_type) if settings.LAUNCH_RUNTIME == "local" else None
+        if refusal:
+            raise _resource_error(*refusal)
     elif job.gpu_type:
         raise _resource_error("gpu_type", "must be empty when gpus is 0")
 
