@@ -181,3 +181,41 @@ def test_requirements_that_do_not_install_fail_the_endpoint_with_pips_message(li
     )
     assert not (local_venvs.venvs_dir() / local_venvs.venv_key((BOGUS_REQUIREMENT,))).exists()
     assert Replica.objects.filter(owner_id=endpoint_id, state__in=LIVE_STATES).count() == 0
+
+
+def test_placements_racing_for_two_gpus_never_book_one_device_twice(two_gpu_machine):
+    import threading
+
+    from django.db import connection
+
+    from workers.placement import place_local_replica
+    from workers.runtimes.base import PlacementError, ReplicaSpec
+
+    inventory = local_gpus.local_gpus()
+    replicas = [Replica.objects.create(owner_kind="endpoint", owner_id=f"end_race{i}", runtime="local")
+                for i in range(6)]
+    barrier = threading.Barrier(len(replicas))
+    outcomes: dict[str, object] = {}
+
+    def place(replica):
+        spec = ReplicaSpec(replica_id=replica.id, owner_kind="endpoint", owner_id=replica.owner_id, team="t",
+                           env={}, cpus=0.1, memory_bytes=0, **A10)
+        barrier.wait()
+        try:
+            outcomes[replica.id] = place_local_replica(spec, inventory).gpu_device_ids
+        except PlacementError as error:
+            outcomes[replica.id] = error
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=place, args=(replica,)) for replica in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    placed = [ids for ids in outcomes.values() if isinstance(ids, tuple)]
+    assert sorted(placed) == [("0",), ("1",)]
+    refused = [str(error) for error in outcomes.values() if isinstance(error, PlacementError)]
+    assert len(refused) == 4 and all("booked: 0 by replica" in reason for reason in refused)
+    booked = Replica.objects.exclude(gpu_device_ids=[]).values_list("gpu_device_ids", flat=True)
+    assert sorted(booked) == [["0"], ["1"]]
