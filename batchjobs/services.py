@@ -167,9 +167,10 @@ def batch_job_create(
     resource_requests: dict[str, Any] | None = None,
     timeout_seconds: float | None = None,
 ) -> BatchJob:
-    """Record a PENDING job over an uploaded input file (`input_path`, from
-    batch_task_input_upload); the controller runs it."""
-    from bundles.services import stored_object_resolve
+    """Record a PENDING job over an input file; the controller runs it. `input_path` is what
+    batch_task_input_upload handed out (s3://<bucket>/<key>), or one of the team's files
+    (/v1/files): its id, or its /v1/files/{id} path or URL."""
+    from bundles.services import file_for_reference, stored_object_resolve
 
     job = _new_job(
         team=team,
@@ -180,7 +181,11 @@ def batch_job_create(
         resource_requests=resource_requests,
         timeout_seconds=timeout_seconds,
     )
-    stored = stored_object_resolve(team=team, location=input_path, kind="batch_input", field="input_path")
+    file = file_for_reference(team=team, reference=input_path, field="input_path")
+    if file is not None:
+        stored = file.stored
+    else:
+        stored = stored_object_resolve(team=team, location=input_path, kind="batch_input", field="input_path")
     return _save(job, stored=stored, input_path=input_path)
 
 
