@@ -175,5 +175,16 @@ def test_a_streaming_runnable_image_streams_each_event_of_its_container_as_it_co
     assert "POST /stream answered 500" in failed[0]["traceback"] and "asked to fail the stream" in failed[0]["traceback"]
 
     # A sync request to the same endpoint still goes to the predict route.
-    answer = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 4}}).json()
-    assert json.loads(answer["result"]["result"])["doubled"] == 8
+    def predicted() -> dict:
+        answer = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 4}}).json()
+        return json.loads(answer["result"]["result"])
+
+    assert predicted()["doubled"] == 8 and predicted()["streams_closed_by_reader"] == 0
+
+    # A client that goes away mid-stream: the forwarder closes its connection to the
+    # container, whose server learns it from its next write (and stops generating).
+    endless = open_stream(api, endpoint_id, {"count": -1, "pause": 0.05})
+    endless_events = EndpointResponseStream(endless)
+    assert [json.loads(next(endless_events)["result"])["index"] for _ in range(3)] == [0, 1, 2]
+    endless.close()
+    assert wait_for(lambda: predicted()["streams_closed_by_reader"] == 1, 30)
