@@ -293,8 +293,7 @@ def _new_bundle(
     limits.check_name(name, field="name", max_length=limits.BUNDLE_NAME_MAX_LENGTH)
     if not isinstance(flavor, str) or flavor not in PACKAGING_TYPE_FOR_FLAVOR:
         raise FieldError("flavor", f"{flavor!r} is not supported here; use cloudpickle_artifact or zip_artifact")
-    if not isinstance(requirements, list) or not all(isinstance(item, str) for item in requirements):
-        raise FieldError("requirements", "must be a list of strings")
+    limits.check_requirements(requirements)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise FieldError("metadata", "must be a JSON object")

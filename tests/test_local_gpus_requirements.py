@@ -219,3 +219,58 @@ def test_placements_racing_for_two_gpus_never_book_one_device_twice(two_gpu_mach
     assert len(refused) == 4 and all("booked: 0 by replica" in reason for reason in refused)
     booked = Replica.objects.exclude(gpu_device_ids=[]).values_list("gpu_device_ids", flat=True)
     assert sorted(booked) == [["0"], ["1"]]
+
+
+@pytest.mark.parametrize(
+    ("requirement", "words"),
+    [
+        ("-r /etc/shadow", "is a pip option"),
+        ("--index-url=http://127.0.0.1:9/simple", "is a pip option"),
+        ("six\n-r /etc/shadow", "is not a requirement"),
+        ("./wheels/model-0.1-py3-none-any.whl", "is not a requirement"),
+        ("six @ file:///etc/shadow", "only http(s) URLs are taken, not file:"),
+    ],
+)
+def test_requirements_pip_would_take_as_options_or_paths_are_422_naming_requirements(owner, requirement, words):
+    from bundles.models import ModelBundle
+    from tests.test_bundles_api import uploaded_location, v1_body
+
+    body = v1_body(uploaded_location(owner), requirements=["numpy==2.1.0", requirement])
+    response = owner.client.post("/v1/model-bundles", body, format="json")
+    assert response.status_code == 422, response.content
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == "requirements" and "item 1" in error["msg"] and words in error["msg"]
+    assert not ModelBundle.objects.exists()
+
+
+def test_an_install_runs_no_setup_py_of_an_sdist(settings, tmp_path, redis_client):
+    """A requirement with only a source distribution is refused by pip (wheels only) before any
+    of its code runs in the controller."""
+    index = tmp_path / "index" / "evil-sdist"
+    index.mkdir(parents=True)
+    marker = tmp_path / "setup-py-ran"
+    sdist = tmp_path / "evil_sdist-1.0.tar.gz"
+    import io
+    import tarfile
+
+    setup = f"open({str(marker)!r}, 'w').write('ran')\nfrom setuptools import setup\nsetup(name='evil-sdist', version='1.0')\n"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, text in (("evil_sdist-1.0/setup.py", setup),
+                           ("evil_sdist-1.0/PKG-INFO", "Metadata-Version: 2.1\nName: evil-sdist\nVersion: 1.0\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (index / "index.html").write_text(f'<a href="file://{sdist}">evil_sdist-1.0.tar.gz</a>')
+    settings.LAUNCH_HOME = tmp_path / "home"
+    import os
+
+    os.environ["PIP_INDEX_URL"] = f"file://{tmp_path / 'index'}"
+    try:
+        with pytest.raises(local_venvs.RequirementsInstallFailed) as failed:
+            local_venvs.prepare_venv(("evil-sdist==1.0",))
+    finally:
+        del os.environ["PIP_INDEX_URL"]
+    assert "evil-sdist" in str(failed.value)
+    assert not marker.exists()
+    assert not (local_venvs.venvs_dir() / local_venvs.venv_key(("evil-sdist==1.0",))).exists()

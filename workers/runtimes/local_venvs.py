@@ -1,6 +1,9 @@
 """A bundle's requirements on the local runtime: a virtualenv per requirements hash, cached
 under LAUNCH_HOME/venvs, which the replica's serve loop runs from.
 
+pip installs wheels only (--only-binary=:all:): an sdist's setup.py would be a bundle
+author's code running in the controller. A requirement with no wheel fails with pip's message.
+
 The venv is made with `python -m venv --without-pip` from the server's interpreter, plus a
 .pth file naming the server's own site-packages: the replica keeps what the serve loop needs
 (cloudpickle, redis, ...) and pip, while the venv's site-packages come first on sys.path, so a
@@ -32,6 +35,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from launch_site import limits
+from launch_site.errors import FieldError
 from launch_site.redis_client import get_redis
 from workers.runtimes.base import BundleStartFailed, StartDeferred
 
@@ -128,6 +133,11 @@ def prepare_venv(requirements: tuple[str, ...]) -> Path:
 
 
 def _install(requirements: tuple[str, ...], final: Path) -> None:
+    # Checked at bundle create; checked again because they become lines of a file pip reads.
+    try:
+        limits.check_requirements(list(requirements))
+    except FieldError as error:
+        raise RequirementsInstallFailed(f"{describe(requirements)} refused: {error}") from None
     root = venvs_dir()
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o711)  # replicas under other uids pass through to their venv, list nothing
@@ -148,9 +158,11 @@ def _install(requirements: tuple[str, ...], final: Path) -> None:
         ):
             path.write_text(text)
             path.chmod(0o644)
+        # Wheels only: building an sdist runs its setup.py, a bundle author's code, here in the
+        # controller as the server's user; user code runs only inside replicas.
         result = _run(
             [str(building / "bin" / "python"), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-             "--no-warn-script-location", "-r", str(building / "launch-requirements.txt")],
+             "--no-warn-script-location", "--only-binary=:all:", "-r", str(building / "launch-requirements.txt")],
             timeout=timeout,
         )
         if result.returncode != 0:
