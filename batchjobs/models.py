@@ -38,7 +38,8 @@ class BatchJob(models.Model):
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="batch_jobs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     bundle = models.ForeignKey("bundles.ModelBundle", on_delete=models.PROTECT, related_name="batch_jobs")
-    input = models.ForeignKey("bundles.StoredObject", on_delete=models.PROTECT, related_name="+")
+    # Null only once the job has finished and the file it read (/v1/files) was deleted.
+    input = models.ForeignKey("bundles.StoredObject", on_delete=models.PROTECT, related_name="+", null=True, blank=True)
     input_path = models.CharField(max_length=512)
     serialization_format = models.CharField(max_length=8, choices=SerializationFormat.choices)
     labels = models.JSONField(default=dict, blank=True)

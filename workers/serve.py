@@ -451,7 +451,7 @@ class Replica:
             status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
         else:
             emit = self.stream_emitter(task_id) if request.get("stream") else None
-            status, result, error, pickled = run_single(self.predict, request, self.memory_limit, emit)
+            status, result, error, pickled = run_single(self.predict_for(request), request, self.memory_limit, emit)
         self.send_finish(connection, entry, task_id, (status, result, error, pickled))
         for _ in range(replies + 1):
             connection.read_response()
@@ -522,6 +522,11 @@ class Replica:
                 connection.read_response()
         for entry in alone:
             self.run_task(connection, entry)
+
+    def predict_for(self, request: dict) -> Callable:
+        """The predict that serves this request (a forwarder relays a streaming request to
+        another route of its container)."""
+        return self.predict
 
     def stream_emitter(self, task_id: str) -> Emit:
         """Pushes one item of a streaming task and, in the same round trip, asks whether its
