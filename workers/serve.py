@@ -409,6 +409,11 @@ class Replica:
         # read the pending reply of the STARTED mark as the PING's answer once a predict ran
         # longer than the interval, and lose the thread.
         connection.health_check_interval = 0
+        # No socket timeout either (redis-py's default is 5 s): every blocking command sent
+        # here carries its own timeout, and a reply given up on after a BLMOVE moved tasks into
+        # the in-flight list would strand them there while this replica lives. A Redis that
+        # stops answering is the heartbeat's to notice.
+        connection.socket_timeout = None
         try:
             while not self.stopping.is_set():
                 try:
