@@ -102,10 +102,10 @@ def main() -> None:
     for mode in ("off", "on"):
         print(f"| {mode} | {median(mode, 'rps'):.0f} | {median(mode, 'p50'):.1f} | {median(mode, 'p99'):.1f} "
               f"| {median(mode, 'drain'):.0f} |")
-    per_rep = ", ".join(f"{on['rps'] / off['rps']:.1f}" for on, off in zip(figures["on"], figures["off"], strict=True))
-    print(f"per rep, on/off requests/s through the API: {per_rep}")
     print(f"| ratio on/off | {median('on', 'rps') / median('off', 'rps'):.1f}x | | | "
           f"{median('on', 'drain') / median('off', 'drain'):.1f}x |")
+    per_rep = ", ".join(f"{on['rps'] / off['rps']:.1f}" for on, off in zip(figures["on"], figures["off"], strict=True))
+    print(f"per rep, on/off requests/s through the API: {per_rep}")
 
 
 if __name__ == "__main__":
