@@ -292,7 +292,8 @@ def test_mtls_callback_presents_the_client_certificate_and_a_wrong_one_is_not_de
         assert time.monotonic() < deadline, callback
         time.sleep(0.1)
     assert callback["delivered"] is False
-    assert "SSL" in callback["last_error"] or "Connection" in callback["last_error"], callback
+    # TLS 1.3 may report the refusal at the handshake or as the connection closing after it.
+    assert callback["last_error"] and "HTTP" not in callback["last_error"], callback
     assert len(sink.received) == 1
 
 
