@@ -37,7 +37,13 @@ class BatchJob(models.Model):
     id = models.CharField(max_length=32, primary_key=True, default=new_batch_job_id, editable=False)
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="batch_jobs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    bundle = models.ForeignKey("bundles.ModelBundle", on_delete=models.PROTECT, related_name="batch_jobs")
+    # A finished job outlives its bundle: deleting the bundle (refused while an active job
+    # uses it) leaves the job its bundle's id and name as plain metadata.
+    bundle = models.ForeignKey(
+        "bundles.ModelBundle", null=True, blank=True, on_delete=models.SET_NULL, related_name="batch_jobs"
+    )
+    model_bundle_id = models.CharField(max_length=32, blank=True)
+    bundle_name = models.CharField(max_length=200, blank=True)
     input = models.ForeignKey("bundles.StoredObject", on_delete=models.PROTECT, related_name="+")
     input_path = models.CharField(max_length=512)
     serialization_format = models.CharField(max_length=8, choices=SerializationFormat.choices)

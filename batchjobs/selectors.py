@@ -43,7 +43,7 @@ def batch_job_status(job: BatchJob, *, result_url: str | None) -> dict:
         "num_tasks_completed": done,
         "num_tasks_failed": job.items_failed,
         "failed_items": job.failed_items,
-        "model_bundle_id": job.bundle_id,
+        "model_bundle_id": job.model_bundle_id,
         "serialization_format": job.serialization_format,
         "labels": job.labels,
         "created_at": job.created_at.isoformat(),
