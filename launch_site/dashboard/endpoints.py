@@ -176,15 +176,10 @@ def endpoint_charts(request: HttpRequest, team: Team, endpoint_id: str) -> HttpR
 def endpoint_edit(request: HttpRequest, team: Team, endpoint_id: str) -> HttpResponse:
     endpoint = selectors.endpoint_get(team=team, endpoint_id=endpoint_id)
     bundles = dashboard_selectors.bundles_for_select(team=team)
-    initial = {"bundle": endpoint.bundle_id, "min_workers": endpoint.min_workers, "max_workers": endpoint.max_workers}
-    form = EndpointEditForm(request.POST or None, bundles=bundles, initial=initial)
+    form = EndpointEditForm(request.POST or None, bundles=bundles, initial=EndpointEditForm.initial_for(endpoint))
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        changes = {"min_workers": data["min_workers"], "max_workers": data["max_workers"]}
-        if data["bundle"] != endpoint.bundle_id:
-            changes["model_bundle_id"] = data["bundle"]
         try:
-            services.endpoint_update(endpoint=endpoint, changes=changes)
+            services.endpoint_update(endpoint=endpoint, changes=form.changes(endpoint))
         except SERVICE_ERRORS as error:
             add_service_error(form, error, field_names=FIELD_NAMES)
         else:
