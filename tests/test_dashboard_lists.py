@@ -23,7 +23,10 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 
 @pytest.fixture(autouse=True)
 def two_per_page(monkeypatch):
+    from launch_site.dashboard import endpoints
+
     monkeypatch.setattr(common, "LIST_PAGE_SIZE", 2)
+    monkeypatch.setattr(endpoints, "REQUESTS_PAGE_SIZE", 2)
 
 
 @pytest.fixture

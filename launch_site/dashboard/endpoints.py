@@ -139,6 +139,7 @@ def endpoint_status(request: HttpRequest, team: Team, endpoint_id: str) -> HttpR
 
 
 TASK_STATUS_FILTERS = (protocol.PENDING, protocol.STARTED, protocol.SUCCESS, protocol.FAILURE)
+REQUESTS_PAGE_SIZE = 50
 
 
 def _requests_context(request: HttpRequest, endpoint: ModelEndpoint) -> dict:
@@ -149,7 +150,7 @@ def _requests_context(request: HttpRequest, endpoint: ModelEndpoint) -> dict:
     shown = [
         task for task in tasks if (not wanted or task["status"] == wanted) and (not search or search in task["task_id"])
     ]
-    page = list_page(request, shown)
+    page = list_page(request, shown, per_page=REQUESTS_PAGE_SIZE)
     return {"endpoint": endpoint, **page, "tasks": page["items"], "task_count": len(tasks), "status_filter": wanted,
             "status_filters": TASK_STATUS_FILTERS}
 
