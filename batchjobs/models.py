@@ -44,7 +44,8 @@ class BatchJob(models.Model):
     )
     model_bundle_id = models.CharField(max_length=32, blank=True)
     bundle_name = models.CharField(max_length=200, blank=True)
-    input = models.ForeignKey("bundles.StoredObject", on_delete=models.PROTECT, related_name="+")
+    # Null only once the job has finished and the file it read (/v1/files) was deleted.
+    input = models.ForeignKey("bundles.StoredObject", on_delete=models.PROTECT, related_name="+", null=True, blank=True)
     input_path = models.CharField(max_length=512)
     serialization_format = models.CharField(max_length=8, choices=SerializationFormat.choices)
     labels = models.JSONField(default=dict, blank=True)

@@ -78,6 +78,52 @@ class BundleUploadForm(forms.Form):
         return requirements
 
 
+class RunnableImageBundleForm(forms.Form):
+    """A bundle that is the user's own server image (bundles.services.bundle_create_runnable_image
+    checks every field; its errors land next to the field they name)."""
+
+    name = forms.CharField(max_length=200)
+    flavor = forms.ChoiceField(
+        choices=[
+            ("runnable_image", "runnable_image: predict and healthcheck routes"),
+            ("streaming_enhanced_runnable_image", "streaming_enhanced_runnable_image: plus a streaming route (SSE)"),
+        ],
+        initial="runnable_image",
+    )
+    repository = forms.CharField(max_length=300, help_text="e.g. registry.example.com/my-server")
+    tag = forms.CharField(max_length=128, help_text="e.g. 1.2.0")
+    command = JSONTextField(
+        expected=list, empty=None, help_text='JSON list: how to start your server, e.g. ["python", "server.py"].'
+    )
+    env = JSONTextField(expected=dict, empty=None, help_text='Optional JSON object, e.g. {"MODEL": "small"}.')
+    predict_route = forms.CharField(max_length=300, initial="/predict")
+    healthcheck_route = forms.CharField(max_length=300, initial="/readyz", help_text="Answers 200 once ready.")
+    readiness_initial_delay_seconds = forms.IntegerField(
+        initial=120, label="Readiness delay (s)", help_text="How long the healthcheck may take to answer 200."
+    )
+    streaming_command = JSONTextField(
+        expected=list, empty=None, help_text="Streaming flavor: JSON list, the command of your streaming server."
+    )
+    streaming_predict_route = forms.CharField(
+        max_length=300, required=False, help_text="Streaming flavor: its server-sent events route (default /stream)."
+    )
+
+    def flavor_values(self) -> dict:
+        """The flavor's fields for the service. The streaming ones go when the flavor is the
+        streaming one or when they are filled in: a runnable_image given one is refused by the
+        service, on that field, rather than the value being dropped."""
+        data = self.cleaned_data
+        values = {"protocol": "http", "command": data["command"] if data["command"] is not None else [],
+                  "env": data["env"]}
+        for key in ("repository", "tag", "predict_route", "healthcheck_route", "readiness_initial_delay_seconds"):
+            values[key] = data[key]
+        streaming = data["flavor"] == "streaming_enhanced_runnable_image"
+        for key in ("streaming_command", "streaming_predict_route"):
+            if streaming or data[key]:
+                values[key] = data[key] or None
+        return values
+
+
 def bundle_choices(bundles) -> list[tuple[str, str]]:
     return [(b.id, f"{b.name} · {b.id} · {b.created_at:%Y-%m-%d %H:%M}") for b in bundles]
 
