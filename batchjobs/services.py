@@ -137,6 +137,8 @@ def _new_job(
         team=team,
         created_by=user if getattr(user, "pk", None) else None,
         bundle=bundle,
+        model_bundle_id=bundle.id,
+        bundle_name=bundle.name,
         serialization_format=fmt,
         labels=labels or {},
         timeout_seconds=float(timeout),

@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Quota, Team
+from batchjobs.models import ACTIVE_STATUSES, BatchJob
 from bundles import store
 from bundles.models import File, ModelBundle, StoredObject
 from launch_site import limits
@@ -473,7 +474,7 @@ def bundle_clone_with_changes(
 
 def bundle_delete_by_name(*, team: Team, name: str) -> int:
     """Delete every version of the bundle `name` (the legacy DELETE), refusing with 409 while an
-    endpoint or batch job uses one; artifacts no other bundle uses go too. Returns the count."""
+    endpoint or an active (pending or running) batch job uses one; artifacts no other bundle uses go too. Returns the count."""
     keys: list[str] = []
     with transaction.atomic():
         bundles = ModelBundle.objects.filter(team=team, name=name)
@@ -481,6 +482,15 @@ def bundle_delete_by_name(*, team: Team, name: str) -> int:
         if not artifact_keys:
             raise NotFoundError(f"No model bundle named {name!r}.")
         count = bundles.count()
+        # A running job's replicas load the bundle; a finished job keeps its id and name.
+        active = list(
+            BatchJob.objects.filter(bundle__in=bundles, status__in=ACTIVE_STATUSES).values_list("id", flat=True)
+        )
+        if active:
+            raise ConflictError(
+                f"model bundle {name!r} is in use by batch job {', '.join(sorted(active))}; "
+                "wait for it to finish or cancel it first"
+            )
         try:
             with transaction.atomic():
                 bundles.delete()

@@ -55,6 +55,9 @@ RETRY_KEY = "launch:callback:retry"  # sorted set: task id -> when its next atte
 SIGNATURE_HEADER = "X-Launch-Signature"
 MAX_RETRY_DELAY_SECONDS = 300
 DRAIN_BATCH = 100
+# Counters of delivery outcomes, `<endpoint id>:<outcome>` -> n (the /metrics series).
+OUTCOMES_KEY = "launch:callback:outcomes"
+CALLBACK_OUTCOMES = ("delivered", "retried", "gave_up")
 
 
 def config_key(task_id: str) -> str:
@@ -298,6 +301,7 @@ def deliver(task_id: str) -> bool:
         _retry_later(client, task_id, key, config, _describe(error), now, attempts=attempts)
         return False
     client.hset(key, mapping={"delivered": 1, "delivered_at": time.time(), "first_attempt_at": first})
+    _count_outcome(client, endpoint_id, "delivered")
     return True
 
 
@@ -312,8 +316,24 @@ def _retry_later(client, task_id: str, key: str, config: dict, message: str, now
     delay = min(settings.CALLBACK_RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0), MAX_RETRY_DELAY_SECONDS)
     if now + delay - first <= settings.CALLBACK_RETRY_FOR_SECONDS:
         client.zadd(RETRY_KEY, {task_id: now + delay})
+        if attempted:  # a lookup miss is no delivery attempt
+            _count_outcome(client, config["endpoint_id"], "retried")
     else:
         client.hset(key, "last_error", f"{message}; gave up after {attempts} attempts")
+        _count_outcome(client, config["endpoint_id"], "gave_up")
+
+
+def _count_outcome(client, endpoint_id: str, outcome: str) -> None:
+    client.hincrby(OUTCOMES_KEY, f"{endpoint_id}:{outcome}", 1)
+
+
+def callback_outcome_counts() -> dict[str, dict[str, int]]:
+    """{endpoint id: {outcome: deliveries}} since the counters began (Redis keeps them)."""
+    counts: dict[str, dict[str, int]] = {}
+    for field, value in get_redis().hgetall(OUTCOMES_KEY).items():
+        endpoint_id, _, outcome = field.decode().rpartition(":")
+        counts.setdefault(endpoint_id, {})[outcome] = int(value)
+    return counts
 
 
 def _describe(error: Exception) -> str:

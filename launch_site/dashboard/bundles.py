@@ -16,14 +16,23 @@ from bundles.services import bundle_create_from_upload, bundle_create_runnable_i
 from bundles.store import QuotaExceededError
 from endpoints.models import ModelEndpoint
 from launch_site.dashboard import selectors
-from launch_site.dashboard.common import SERVICE_ERRORS, add_service_error, render_page, team_view
+from launch_site.dashboard.common import (
+    SERVICE_ERRORS,
+    add_service_error,
+    list_page,
+    render_page,
+    search_text,
+    team_view,
+)
 from launch_site.dashboard.forms import BundleUploadForm, RunnableImageBundleForm
 from launch_site.errors import PayloadTooLargeError
 
 
 @team_view
 def bundle_list(request: HttpRequest, team: Team) -> HttpResponse:
-    return render_page(request, "dashboard/bundles/list.html", {"names": selectors.bundle_names(team=team)})
+    """Bundle names (`?q=` searches them), newest first, a page at a time."""
+    context = list_page(request, selectors.bundle_names(team=team, search=search_text(request)))
+    return render_page(request, "dashboard/bundles/list.html", context)
 
 
 def _create_from_upload(*, team: Team, user, data: dict) -> ModelBundle:
