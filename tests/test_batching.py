@@ -420,3 +420,33 @@ def test_a_hanging_batch_times_out_each_of_its_tasks_and_the_queue_moves_on(live
     after = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": "d"}).json()["task_id"]
     task = api.wait_task(after, timeout=60)
     assert task["status"] == "SUCCESS" and task["result"] == {"result": '"d"'}, task
+
+
+@pytest.mark.django_db
+def test_the_edit_page_turns_batching_on_and_off_and_shows_a_bad_value_on_its_field(owner):
+    from django.test import Client
+
+    from endpoints.models import ModelEndpoint
+
+    bundle = make_bundle(owner.team)
+    endpoint_id = owner.client.post(
+        "/v1/model-endpoints", endpoint_body(bundle.id, name="edited"), format="json"
+    ).json()["endpoint_creation_task_id"]
+    browser = Client()
+    browser.force_login(owner.user)
+    form = {"bundle": bundle.id, "min_workers": 1, "max_workers": 2, "labels": "{}", "metadata": "{}"}
+
+    response = browser.post(f"/endpoints/{endpoint_id}/edit/", {**form, "max_batch_size": 999})
+    assert response.status_code == 422
+    assert "between 0 and 256" in response.content.decode()
+    assert ModelEndpoint.objects.get(pk=endpoint_id).max_batch_size is None
+
+    browser.post(f"/endpoints/{endpoint_id}/edit/", {**form, "max_batch_size": 16, "max_batch_wait_ms": 40})
+    endpoint = ModelEndpoint.objects.get(pk=endpoint_id)
+    assert (endpoint.max_batch_size, endpoint.max_batch_wait_ms) == (16, 40)
+    html = browser.get(f"/endpoints/{endpoint_id}/edit/").content.decode()
+    assert 'name="max_batch_size" value="16"' in html and 'name="max_batch_wait_ms" value="40"' in html
+
+    browser.post(f"/endpoints/{endpoint_id}/edit/", {**form, "max_batch_size": 0})
+    endpoint = ModelEndpoint.objects.get(pk=endpoint_id)
+    assert (endpoint.max_batch_size, endpoint.max_batch_wait_ms) == (None, None)

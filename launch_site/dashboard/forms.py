@@ -200,6 +200,14 @@ class EndpointEditForm(forms.Form):
         min_value=1, max_value=43200, required=False, help_text="A task running longer fails and its replica is replaced."
     )
     high_priority = forms.BooleanField(required=False, help_text="Placed before other endpoints when capacity is short.")
+    # Bounds and rules: endpoints.services._apply_batching (its errors land on these fields).
+    max_batch_size = forms.IntegerField(
+        required=False, label="Max batch size",
+        help_text="Requests per call of the bundle's batch predict (docs/batching.md); 0 turns batching off.",
+    )
+    max_batch_wait_ms = forms.IntegerField(
+        required=False, label="Max batch wait (ms)", help_text="How long a batch waits to fill after its first request."
+    )
 
     def __init__(self, *args, bundles=(), **kwargs):
         super().__init__(*args, **kwargs)
