@@ -422,7 +422,9 @@ class Replica:
                         if entries:
                             self.run_tasks(connection, entries)
                         continue
-                    entry = self.redis.blmove(self.keys.queue, self.inflight, 1, "RIGHT", "LEFT")
+                    # On this thread's connection (no socket timeout, see above), never the pool's.
+                    connection.send_command("BLMOVE", self.keys.queue, self.inflight, "RIGHT", "LEFT", 1)
+                    entry = connection.read_response()
                     if entry is not None:
                         self.run_task(connection, entry)
                 except redis.RedisError as exc:
