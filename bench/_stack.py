@@ -79,6 +79,13 @@ class Stack:
             os.killpg(self.process.pid, 9)
         shutil.rmtree(self.home, ignore_errors=True)
 
+    def redis(self):
+        """A client of the stack's embedded Redis, with its generated password."""
+        import redis
+
+        return redis.Redis(unix_socket_path=str(self.home / "run" / "redis.sock"),
+                           password=(self.home / "redis_password").read_text().strip())
+
     def api(self, method: str, path: str, **kwargs):
         response = self.session.request(method, self.url + path, timeout=120, **kwargs)
         if response.status_code >= 300:

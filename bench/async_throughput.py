@@ -21,8 +21,6 @@ import time
 import uuid
 from pathlib import Path
 
-import redis
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _stack import Stack, identity_bundle, machine  # noqa: E402
@@ -118,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, list[float]] = {"submit": [], "e2e": [], "1": [], "2": []}
     with Stack() as stack:
-        redis_client = redis.Redis(unix_socket_path=str(stack.home / "run" / "redis.sock"))
+        redis_client = stack.redis()
         bundle_id = stack.bundle(identity_bundle(), "identity")
         submit_endpoint = stack.endpoint(
             bundle_id, "submit", endpoint_type="async", min_workers=2, max_workers=2, per_worker=1

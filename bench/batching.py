@@ -75,10 +75,7 @@ def main() -> None:
 
         for mode in ("off", "on"):  # warm both paths (connections, scripts, replicas)
             load(stack.port, request(mode), connections=options.connections, seconds=1)
-        import redis
-
-        redis_client = redis.Redis(unix_socket_path=str(stack.home / "run" / "redis.sock"),
-                                   password=(stack.home / "redis_password").read_text().strip())
+        redis_client = stack.redis()
         figures: dict[str, list[dict]] = {"off": [], "on": []}
         for rep in range(options.reps):
             for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
