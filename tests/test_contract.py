@@ -314,11 +314,12 @@ def test_every_route_of_the_spec_is_served_or_listed_as_not_served():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("method", "path"), sorted(NOT_SERVED))
-def test_route_not_served_answers_404_or_405(owner, method, path):
-    url = path.replace("{", "").replace("}", "")
-    response = getattr(owner.client, method)(url, {}, format="json")
-    assert response.status_code in (404, 405), f"{method} {path} is served now: move it out of NOT_SERVED"
+def test_routes_listed_as_not_served_answer_404_or_405(owner):
+    # Empty while every route of the spec is served; it guards the list once a route leaves.
+    for method, path in sorted(NOT_SERVED):
+        url = path.replace("{", "").replace("}", "")
+        response = getattr(owner.client, method)(url, {}, format="json")
+        assert response.status_code in (404, 405), f"{method} {path} is served now: move it out of NOT_SERVED"
 
 
 @pytest.mark.django_db
