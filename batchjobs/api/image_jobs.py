@@ -133,7 +133,7 @@ class ImageJobDetailView(APIView):
 class ImageJobLogsView(APIView):
     """Our addition: the job's output (stdout and stderr), kept after it ends."""
 
-    @extend_schema(responses={200: OpenApiTypes.STR})
+    @extend_schema(responses={(200, "text/plain"): OpenApiTypes.STR})
     def get(self, request, job_id: str):
         job = image_jobs.image_job_get(team=request_team(request), job_id=job_id)
         if job.status in ("PENDING", "RUNNING") and job.replica_id:

@@ -9,6 +9,8 @@ otherwise, and knows only the task states PENDING, SUCCESS and FAILURE.
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -19,7 +21,7 @@ from bundles import selectors as bundle_selectors
 from bundles.models import ModelBundle
 from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import NAME_HELP, QuantityField
-from endpoints.api.views import endpoints_representation, task_result_shape
+from endpoints.api.views import SYNC_TIMEOUT_RESPONSE, endpoints_representation, task_result_shape
 from endpoints.models import GPU_TYPES
 from launch_site.errors import FieldError, NotFoundError
 from workers import protocol
@@ -198,6 +200,7 @@ def rate_key_of(request) -> str | None:
 
 
 class LegacySyncTaskView(APIView):
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, 504: SYNC_TIMEOUT_RESPONSE})
     def post(self, request, endpoint_name: str):
         endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
         payload = legacy_task_payload(request.data)
