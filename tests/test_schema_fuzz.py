@@ -5,11 +5,9 @@ server with a real API key, gets no 5xx and no status code the schema does not d
 from __future__ import annotations
 
 import collections
-import re
 
 import pytest
 import schemathesis
-from django.urls import URLPattern, URLResolver, get_resolver
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -17,33 +15,16 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
-API_PREFIXES = ("v1/", "v2/")
-# API routes that take no API key, so the key-auth schema leaves them out, each with why.
-NOT_KEY_AUTH = {
-    "/v1/store/objects/{token}": "a signed store URL (upload PUT, download GET): the token in the path is the "
-                                 "credential, checked by bundles.store; tests/test_store.py tries tampering and replay",
-}
+from tests.test_isolation_matrix import NOT_KEY_AUTH, served_routes
 
 
-def served_api_routes() -> set[str]:
-    """Every API path the URL resolver serves, written as OpenAPI writes it (/v1/x/{id})."""
-    routes: set[str] = set()
-
-    def walk(patterns, prefix: str):
-        for pattern in patterns:
-            text = prefix + str(pattern.pattern)
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, text)
-            elif isinstance(pattern, URLPattern) and text.startswith(API_PREFIXES):
-                routes.add("/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", text))
-
-    walk(get_resolver().url_patterns, "")
-    return routes
+def served_api_paths() -> set[str]:
+    return {path for _, path in served_routes()}
 
 
 def test_every_served_api_route_is_in_the_schema_with_key_auth(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
-    assert served_api_routes() - set(schema["paths"]) == set(NOT_KEY_AUTH)
+    assert served_api_paths() - set(schema["paths"]) == {path for _, path in NOT_KEY_AUTH}
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             assert {"apiKeyBasic": []} in operation["security"], (method, path)
@@ -123,7 +104,7 @@ def test_generated_requests_get_no_5xx_and_only_declared_statuses(live_server, o
             run()
         except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every operation's failure is collected and shown
             failures[operation.label] = str(exc)[:2000]
-    assert operations >= len(served_api_routes())
+    assert operations == len(served_routes() - NOT_KEY_AUTH)
     counts = collections.Counter(statuses)
     assert failures == {}, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
     assert counts[200] > 0  # the key is real: not a run of 401s
