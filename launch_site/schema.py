@@ -42,14 +42,17 @@ def add_error_responses(result: dict, generator, request, public) -> dict:
             errors = {
                 "400": _response("Malformed request.", ERROR),
                 "401": _response("No API key, or an invalid, revoked or former member's key.", ERROR),
-                "403": _response("Not allowed (staff only, or a signed URL refused).", ERROR),
+                "403": _response("Not allowed: a staff-only route, or a dashboard session of a user in no team.",
+                                 ERROR),
                 "404": _response("No such object in your team.", ERROR),
                 "429": _response("Too many invalid keys from this address, or over the key's inference rate "
                                  "(see Retry-After).", ERROR),
                 "503": _response("Redis or the endpoint is unavailable (see Retry-After).", ERROR),
             }
-            if method in ("post", "put", "patch"):
+            if method in ("post", "put", "patch", "delete"):
+                # A delete conflicts too: a bundle an endpoint uses, a host still running replicas.
                 errors["409"] = _response("Conflicts with the object's state or a quota.", ERROR)
+            if method in ("post", "put", "patch"):
                 errors["413"] = _response("Request body over MAX_REQUEST_BYTES (or an upload over "
                                           "MAX_UPLOAD_BYTES).", ERROR)
             errors["422"] = _response("A field (body or query) is invalid; `loc` names it.", VALIDATION_ERROR)

@@ -162,6 +162,7 @@ class LegacyEndpointDetailView(APIView):
         services.endpoint_update(endpoint=endpoint, changes=changes)
         return Response({"endpoint_creation_task_id": endpoint.id})
 
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def delete(self, request, name: str):
         endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
         services.endpoint_delete(endpoint=endpoint)

@@ -116,6 +116,7 @@ class ModelEndpointDetailView(APIView):
         services.endpoint_update(endpoint=endpoint, changes=dict(serializer.validated_data))
         return Response({"endpoint_creation_task_id": endpoint.id})
 
+    @extend_schema(responses={200: {"type": "object", "properties": {"deleted": {"type": "boolean"}}}})
     def delete(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         services.endpoint_delete(endpoint=endpoint)
