@@ -10,6 +10,7 @@ did not name itself.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import re
 from collections.abc import Callable
@@ -261,10 +262,12 @@ def team_rows(team) -> dict[str, list]:
     return rows
 
 
-def _client(key: str | None) -> APIClient:
+def _client(key: str | None, *, scheme: str = "Bearer") -> APIClient:
     # An address of its own: its invalid keys must not lock other tests out of 127.0.0.1.
     client = APIClient(REMOTE_ADDR="10.0.0.10")
-    if key:
+    if key and scheme == "Basic":  # what the public client sends: the key as username
+        client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"{key}:".encode()).decode())
+    elif key:
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
     return client
 
@@ -298,6 +301,7 @@ def test_isolation_matrix(owner, teammate, outsider, settings):
     Membership.objects.filter(user=removed_user, team=owner.team).delete()
     assert ApiKey.objects.filter(user=removed_user, revoked_at=None).exists()  # the key itself lives on
 
+    teammate_basic = _client(teammate.key, scheme="Basic")  # the owner's client sends Bearer
     refused = {"no key": _client(None), "revoked key": _client(revoked_key), "removed member": _client(removed_key)}
     team_ids = {world.bundle_id, world.endpoint_id, world.task_id, world.batch_job_id, world.image_job_id,
                 world.image_bundle_id, world.trigger_id, world.file_id, world.streaming_endpoint_id}
@@ -325,7 +329,7 @@ def test_isolation_matrix(owner, teammate, outsider, settings):
             check(persona, method, path, client, (401,), outside=True)
         outsider_codes = (403,) if route.kind == STAFF else (200,) if route.kind == OWN else route.outsider
         check("other team", method, path, outsider.client, outsider_codes, outside=True)
-        check("teammate", method, path, teammate.client, route.ok, outside=False)
+        check("teammate", method, path, teammate_basic, route.ok, outside=False)
         check("owner", method, path, owner.client, route.ok, outside=False)
     assert violations == [], "\n".join(violations)
     assert cells == len(ROUTES) * 6
