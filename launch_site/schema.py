@@ -53,6 +53,8 @@ def add_error_responses(result: dict, generator, request, public) -> dict:
                 # A delete conflicts too: a bundle an endpoint uses, a host still running replicas.
                 errors["409"] = _response("Conflicts with the object's state or a quota.", ERROR)
             if method in ("post", "put", "patch"):
+                errors["415"] = _response("The body is not in a media type the route takes (JSON, or a "
+                                          "multipart form where the route takes a file).", ERROR)
                 errors["413"] = _response("Request body over MAX_REQUEST_BYTES (or an upload over "
                                           "MAX_UPLOAD_BYTES).", ERROR)
             errors["422"] = _response("A field (body or query) is invalid; `loc` names it.", VALIDATION_ERROR)

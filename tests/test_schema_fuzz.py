@@ -172,3 +172,20 @@ def test_a_task_for_an_endpoint_being_deleted_is_a_409_not_a_retryable_503(owner
     response = owner.client.post(url, {"args": 1}, format="json")
     assert response.status_code == 409, response.content
     assert "being deleted" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_a_form_body_on_a_json_route_is_a_415_not_an_empty_update(owner, settings):
+    # Found by schemathesis: a multipart PUT whose part had no name parsed as an empty form,
+    # and the trigger update answered 200 having changed nothing.
+    from tests.test_contract import World
+
+    settings.LAUNCH_RUNTIME = "docker"
+    world = World(owner)
+    before = owner.client.get(f"/v1/triggers/{world.trigger_id}").json()
+    response = owner.client.generic(
+        "PUT", f"/v1/triggers/{world.trigger_id}", b"--b\r\n[1, 2]--b--\r\n", content_type="multipart/form-data; boundary=b"
+    )
+    assert response.status_code == 415, response.content
+    assert response["Content-Type"].startswith("application/json")
+    assert owner.client.get(f"/v1/triggers/{world.trigger_id}").json() == before
