@@ -32,6 +32,8 @@ def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> di
             "healthcheck_route": image["healthcheck_route"],
             "readiness_timeout_seconds": image["readiness_initial_delay_seconds"],
         }
+        if image.get("streaming_predict_route"):  # the streaming flavor
+            forward["streaming_predict_route"] = image["streaming_predict_route"]
         return {**common, "LAUNCH_FORWARD_CONFIG": json.dumps(forward)}
     config = {
         "packaging_type": bundle.packaging_type,

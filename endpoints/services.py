@@ -17,6 +17,7 @@ from endpoints.models import GPU_TYPES, ModelEndpoint
 from endpoints.quantities import parse_bytes, parse_cpus
 from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
+from workers.runtimes.local_gpus import local_gpu_refusal
 
 # Fields an edit may change; the ones in ROLLOVER_FIELDS change what replicas run.
 EDITABLE_FIELDS = (
@@ -128,12 +129,9 @@ def _validate_rules(endpoint: ModelEndpoint) -> None:
             raise FieldError("gpu_type", "is required when gpus > 0")
         if endpoint.gpu_type not in GPU_TYPES:
             raise FieldError("gpu_type", f"must be one of {', '.join(GPU_TYPES)}")
-        if settings.LAUNCH_RUNTIME == "local":
-            raise FieldError(
-                "gpus",
-                "this server runs replicas as local processes and has no GPU hosts; "
-                "use gpus: 0, or register a GPU host and run with LAUNCH_RUNTIME=docker",
-            )
+        refusal = local_gpu_refusal(endpoint.gpus, endpoint.gpu_type) if settings.LAUNCH_RUNTIME == "local" else None
+        if refusal:
+            raise FieldError(*refusal)
     elif endpoint.gpu_type:
         raise FieldError("gpu_type", "must be empty when gpus is 0")
     refusal = runnable_image_refusal(endpoint.bundle, settings.LAUNCH_RUNTIME)

@@ -51,6 +51,8 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                            submit pipeline).
   <p>samples               list: JSON samples of the counters every few seconds, newest first
                            (workers.metrics, for the dashboard's charts).
+  <p>daily                 hash: UTC day (YYYY-MM-DD) -> completed + failed at the first sample
+                           of that day (workers.metrics: requests per day on the usage page).
   <p>stream:<task_id>      list; a streaming task's items, each `{"i": n, "result": JSON text}`,
                            RPUSHed by the replica as the predict yields them. The gateway pops
                            them (BLPOP on this list, then the done list), so the final record
@@ -123,7 +125,7 @@ def owner_prefix(owner_kind: str, owner_id: str) -> str:
 class Keys:
     """Key names under one prefix."""
 
-    __slots__ = ("history", "latency", "prefix", "queue", "samples", "stats")
+    __slots__ = ("daily", "history", "latency", "prefix", "queue", "samples", "stats")
 
     def __init__(self, prefix: str):
         self.prefix = prefix
@@ -132,6 +134,7 @@ class Keys:
         self.latency = prefix + "latency"
         self.history = prefix + "history"
         self.samples = prefix + "samples"
+        self.daily = prefix + "daily"
 
     def inflight(self, replica_id: str) -> str:
         return f"{self.prefix}inflight:{replica_id}"

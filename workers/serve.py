@@ -322,7 +322,7 @@ class Replica:
             status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
         else:
             emit = self.stream_emitter(task_id) if request.get("stream") else None
-            status, result, error, pickled = run_single(self.predict, request, self.memory_limit, emit)
+            status, result, error, pickled = run_single(self.predict_for(request), request, self.memory_limit, emit)
             if status == protocol.FAILURE and error.startswith("out of memory"):
                 # What is left of this process after a MemoryError cannot be trusted: end it
                 # with the status that tells the controller why (workers.lifecycle).
@@ -340,6 +340,11 @@ class Replica:
         )
         for _ in range(replies + 1):
             connection.read_response()
+
+    def predict_for(self, request: dict) -> Callable:
+        """The predict that serves this request (a forwarder relays a streaming request to
+        another route of its container)."""
+        return self.predict
 
     def stream_emitter(self, task_id: str) -> Emit:
         """Pushes one item of a streaming task and, in the same round trip, asks whether its

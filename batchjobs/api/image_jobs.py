@@ -49,7 +49,7 @@ def job_response(job: DockerImageBatchJob) -> dict:
 
 
 class ImageJobBundleListView(APIView):
-    @extend_schema(parameters=[OpenApiParameter("bundle_name", str, required=False),
+    @extend_schema(operation_id="v1_docker_image_batch_job_bundles_list", parameters=[OpenApiParameter("bundle_name", str, required=False),
                                OpenApiParameter("order_by", str, required=False, enum=["newest", "oldest"])],
                    responses=OBJECT)
     def get(self, request):
@@ -94,7 +94,7 @@ class ImageJobBundleDetailView(APIView):
 
 
 class ImageJobListView(APIView):
-    @extend_schema(parameters=[OpenApiParameter("trigger_id", str, required=False)], responses=OBJECT)
+    @extend_schema(operation_id="v1_docker_image_batch_jobs_list", parameters=[OpenApiParameter("trigger_id", str, required=False)], responses=OBJECT)
     def get(self, request):
         jobs = DockerImageBatchJob.objects.filter(team=request_team(request)).select_related("created_by", "team")
         if request.query_params.get("trigger_id"):
@@ -160,7 +160,7 @@ def trigger_response(trigger) -> dict:
 
 
 class TriggerListView(APIView):
-    @extend_schema(responses=OBJECT)
+    @extend_schema(operation_id="v1_triggers_list", responses=OBJECT)
     def get(self, request):
         from batchjobs.models import Trigger
 

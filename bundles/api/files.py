@@ -28,7 +28,7 @@ def file_v1(file: File) -> dict:
 class FileListView(APIView):
     parser_classes = [MultiPartParser]
 
-    @extend_schema(responses=OBJECT)
+    @extend_schema(operation_id="v1_files_list", responses=OBJECT)
     def get(self, request):
         return Response({"files": [file_v1(f) for f in selectors.file_list(team=request_team(request))]})
 

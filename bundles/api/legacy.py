@@ -18,7 +18,7 @@ OBJECT = {200: OpenApiTypes.OBJECT}
 
 
 class LegacyBundleListView(APIView):
-    @extend_schema(responses=OBJECT)
+    @extend_schema(operation_id="v1_hosted_inference_model_bundle_list", responses=OBJECT)
     def get(self, request):
         bundles = selectors.bundle_list(team=request_team(request))
         return Response({"bundles": [bundle_legacy(b) for b in bundles]})

@@ -52,7 +52,7 @@ def required_query(request, name: str) -> str:
 
 
 class BundleV1ListView(APIView):
-    @extend_schema(parameters=LIST_PARAMETERS, responses=OBJECT)
+    @extend_schema(operation_id="v1_model_bundles_list", parameters=LIST_PARAMETERS, responses=OBJECT)
     def get(self, request):
         bundles = selectors.bundle_list(team=request_team(request), **list_query(request))
         return Response({"model_bundles": [bundle_v1(b) for b in bundles]})
@@ -78,7 +78,7 @@ class BundleV1ListView(APIView):
 
 
 class BundleV2ListView(APIView):
-    @extend_schema(parameters=LIST_PARAMETERS, responses=OBJECT)
+    @extend_schema(operation_id="v2_model_bundles_list", parameters=LIST_PARAMETERS, responses=OBJECT)
     def get(self, request):
         bundles = selectors.bundle_list(team=request_team(request), **list_query(request))
         return Response({"model_bundles": [bundle_v2(b) for b in bundles]})

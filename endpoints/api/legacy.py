@@ -126,10 +126,12 @@ class LegacyEndpointUpdateSerializer(serializers.Serializer):
 
 
 class LegacyEndpointListView(APIView):
+    @extend_schema(operation_id="v1_hosted_inference_endpoints_list", responses=OpenApiTypes.OBJECT)
     def get(self, request):
         endpoints = list(selectors.endpoint_list(team=request_team(request)))
         return Response({"endpoints": [legacy_endpoint(e) for e in endpoints_representation(endpoints)]})
 
+    @extend_schema(request=LegacyEndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         serializer = LegacyEndpointCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -146,10 +148,12 @@ class LegacyEndpointListView(APIView):
 
 
 class LegacyEndpointDetailView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, name: str):
         endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
         return Response(legacy_endpoint(endpoints_representation([endpoint])[0]))
 
+    @extend_schema(request=LegacyEndpointUpdateSerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request, name: str):
         team = request_team(request)
         endpoint = selectors.endpoint_get_by_name(team=team, name=name)
@@ -213,6 +217,7 @@ class LegacySyncTaskView(APIView):
 
 
 class LegacyAsyncTaskCreateView(APIView):
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     def post(self, request, endpoint_name: str):
         endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
         payload = legacy_task_payload(request.data)
@@ -222,6 +227,7 @@ class LegacyAsyncTaskCreateView(APIView):
 
 
 class LegacyAsyncTaskDetailView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, endpoint_name: str, task_id: str):
         team = request_team(request)
         endpoint = selectors.endpoint_get_by_name(team=team, name=endpoint_name)
@@ -234,6 +240,7 @@ class LegacyAsyncTaskDetailView(APIView):
 class LegacyTaskResultView(APIView):
     """`get_async_response(task_id)`: the task by its id alone (ids carry their endpoint)."""
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, task_id: str):
         record = gateway.task_get(team=request_team(request), task_id=task_id)
         return Response(legacy_task_answer(request, task_id, record))

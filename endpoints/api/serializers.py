@@ -3,6 +3,7 @@ rules between fields live in endpoints.services)."""
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from endpoints.models import GPU_TYPES
@@ -10,6 +11,8 @@ from endpoints.models import GPU_TYPES
 NAME_HELP = "letters, digits, '-', '_' and '.', starting with a letter or digit"
 
 
+# As the contract types cpus, memory and storage.
+@extend_schema_field({"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "number"}]})
 class QuantityField(serializers.Field):
     """cpus, memory, storage: a number or a string ("8Gi", "500m"); parsed by the service."""
 

@@ -87,6 +87,7 @@ def endpoints_representation(endpoints: list[ModelEndpoint]) -> list[dict]:
 
 
 class ModelEndpointListView(APIView):
+    @extend_schema(operation_id="v1_model_endpoints_list", parameters=[OpenApiParameter("name", str, required=False), OpenApiParameter("order_by", str, required=False, enum=["newest", "oldest"])], responses=OpenApiTypes.OBJECT)
     def get(self, request):
         order_by = request.query_params.get("order_by")
         if order_by not in (None, "newest", "oldest"):
@@ -96,6 +97,7 @@ class ModelEndpointListView(APIView):
         ))
         return Response({"model_endpoints": endpoints_representation(endpoints)})
 
+    @extend_schema(request=EndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         serializer = EndpointCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -105,10 +107,12 @@ class ModelEndpointListView(APIView):
 
 
 class ModelEndpointDetailView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         return Response(endpoints_representation([endpoint])[0])
 
+    @extend_schema(request=EndpointUpdateSerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         serializer = EndpointUpdateSerializer(data=request.data)
@@ -124,6 +128,7 @@ class ModelEndpointDetailView(APIView):
 
 
 class ModelEndpointRestartView(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         services.endpoint_restart(endpoint=endpoint)
@@ -133,6 +138,7 @@ class ModelEndpointRestartView(APIView):
 class ModelEndpointsSchemaView(APIView):
     """The OpenAPI document of the team's endpoints: how to call each of them."""
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         endpoints = list(selectors.endpoint_list(team=request_team(request)))
         return Response(endpoints_openapi(endpoints, server=request.build_absolute_uri("/")))
@@ -145,6 +151,7 @@ class ModelEndpointsApiView(APIView):
     def perform_content_negotiation(self, request, force=False):
         return super().perform_content_negotiation(request, force=True)  # text/html is answered in get
 
+    @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT, (200, "text/html"): OpenApiTypes.STR})
     def get(self, request):
         endpoints = list(selectors.endpoint_list(team=request_team(request)))
         document = endpoints_openapi(endpoints, server=request.build_absolute_uri("/"))
@@ -345,6 +352,7 @@ def _server_sent_events(records):
 
 
 class AsyncTaskDetailView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, task_id: str):
         record = gateway.task_get(team=request_team(request), task_id=task_id)
         return Response({
@@ -360,6 +368,7 @@ class AsyncTaskDetailView(APIView):
 class TaskResultView(APIView):
     """The cloudpickled output of a task run with return_pickled."""
 
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request, task_id: str):
         data = gateway.task_pickled_result(team=request_team(request), task_id=task_id)
         return HttpResponse(data, content_type="application/octet-stream")
@@ -368,6 +377,7 @@ class TaskResultView(APIView):
 class CreationLogsView(APIView):
     """The tail of the output of an endpoint's newest replicas, to read why a load failed."""
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, name: str):
         endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
         replicas = Replica.objects.filter(owner_kind="endpoint", owner_id=endpoint.id).order_by("-created_at")[:3]
