@@ -7,6 +7,10 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 VALIDATION_ERROR = {"$ref": "#/components/schemas/HTTPValidationError"}
 
 
+# The task routes answer without DRF's content negotiation (endpoints.api.views.InferenceView).
+NO_CONTENT_NEGOTIATION = {"/v1/sync-tasks", "/v1/async-tasks", "/v1/streaming-tasks"}
+
+
 def _response(description: str, schema: dict) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -24,7 +28,7 @@ def add_error_responses(result: dict, generator, request, public) -> dict:
                            "type": {"type": "string"}},
         }}},
     })
-    for operations in result.get("paths", {}).values():
+    for path, operations in result.get("paths", {}).items():
         for method, operation in operations.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
@@ -57,6 +61,8 @@ def add_error_responses(result: dict, generator, request, public) -> dict:
                                           "multipart form where the route takes a file).", ERROR)
                 errors["413"] = _response("Request body over MAX_REQUEST_BYTES (or an upload over "
                                           "MAX_UPLOAD_BYTES).", ERROR)
+            if path not in NO_CONTENT_NEGOTIATION:
+                errors["406"] = _response("The Accept header names no media type the route answers.", ERROR)
             errors["422"] = _response("A field (body or query) is invalid; `loc` names it.", VALIDATION_ERROR)
             for status, response in errors.items():
                 responses.setdefault(status, response)
