@@ -202,3 +202,12 @@ def test_an_unacceptable_accept_header_is_a_406_the_schema_declares(owner, clien
     answered = owner.client.post("/v1/sync-tasks?model_endpoint_id=nope", {"args": 1}, format="json",
                                  HTTP_ACCEPT="text/x-nothing")
     assert answered.status_code == 404  # no negotiation on the task routes
+
+
+@pytest.mark.django_db
+def test_an_empty_host_header_is_a_json_400(owner):
+    # Found by schemathesis: `Host:` empty got Django's HTML "Bad Request (400)" page.
+    response = owner.client.get("/v1/model-endpoints", HTTP_HOST="")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json() == {"detail": "Bad request."}
