@@ -19,7 +19,7 @@ from accounts import throttling
 from accounts.models import Team
 from endpoints import callbacks
 from endpoints.models import ModelEndpoint
-from launch_site.errors import ApplicationError, FieldError, NotFoundError, UnavailableError
+from launch_site.errors import ApplicationError, ConflictError, FieldError, NotFoundError, UnavailableError
 from launch_site.redis_client import get_redis, get_waiting_redis
 from workers import protocol
 from workers.models import Replica
@@ -169,7 +169,9 @@ def _check_can_serve(endpoint: ModelEndpoint) -> None:
     if endpoint.status == Status.READY:
         return
     if endpoint.status == Status.DELETE_IN_PROGRESS:
-        raise UnavailableError(f"endpoint {endpoint.name!r} is being deleted")
+        # The client's own doing, and final: 409 as edits and restarts answer, not a 503 that
+        # clients retry.
+        raise ConflictError(f"endpoint {endpoint.name!r} is being deleted")
     states = set(
         Replica.objects.filter(owner_kind=Replica.Owner.ENDPOINT, owner_id=endpoint.id, state__in=SERVING_STATES)
         .values_list("state", flat=True)

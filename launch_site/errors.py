@@ -163,6 +163,12 @@ def query_error(field: str, message: str) -> drf.ValidationError:
     return error
 
 
+def json_bad_request(request, exception=None):  # noqa: ARG001 - Django's handler400 signature
+    # A request Django refuses before any view (an empty or disallowed Host header, a
+    # malformed body it had to read): JSON like every other API error, not Django's HTML page.
+    return JsonResponse({"detail": "Bad request."}, status=400)
+
+
 def json_not_found(request, exception=None):  # noqa: ARG001 - Django's handler404 signature
     return JsonResponse({"detail": "Not found."}, status=404)
 

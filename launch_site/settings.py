@@ -239,6 +239,16 @@ DOCKER_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_TIMEOUT_SECONDS", 5.0)
 # the web server by the host's address (not 127.0.0.1); "none" suits an embedded Redis on a
 # unix socket, which only the forwarder gets mounted.
 DOCKER_RUNNABLE_IMAGE_NETWORK = env_str("LAUNCH_DOCKER_RUNNABLE_IMAGE_NETWORK") or "bridge"
+# The network of a serve-loop replica: "per-owner" (a bridge network of its endpoint or batch
+# job, created on demand: no reach into the host's loopback services, nor into other owners'
+# replicas' networks), "host" (the host's network namespace), or the name of an existing
+# network. "per-owner" falls back to host networking, with a warning in the log and the
+# container's launch.network_fallback label, when the engine cannot create the network or the
+# replica must reach Redis or the web server on the host's loopback (SECURITY.md).
+DOCKER_REPLICA_NETWORK = env_str("LAUNCH_DOCKER_REPLICA_NETWORK") or "per-owner"
+# A serve-loop replica's root filesystem is read-only, with a tmpfs at /tmp and at its HOME
+# (/home/launch); false for bundles that must write elsewhere (SECURITY.md).
+DOCKER_READ_ONLY_ROOT = env_bool("LAUNCH_DOCKER_READ_ONLY_ROOT", True)
 # The forwarder container's own memory limit (not booked by placement: it is small).
 DOCKER_FORWARDER_MEMORY_BYTES = env_int("LAUNCH_DOCKER_FORWARDER_MEMORY_BYTES", 256 * 1024**2, minimum=32 * 1024**2)
 DOCKER_BUILD_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_BUILD_TIMEOUT_SECONDS", 1800.0)
@@ -271,10 +281,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON only; the routes that take a file say MultiPartParser themselves. A form body on a
+    # JSON route is a 415, never a silently empty update (found by schemathesis).
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "launch_site.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -23,5 +23,6 @@ urlpatterns = [
     re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT}),
 ]
 
+handler400 = "launch_site.errors.json_bad_request"
 handler404 = "launch_site.errors.json_not_found"
 handler500 = "launch_site.errors.json_server_error"

@@ -121,7 +121,7 @@ def wait_for(predicate, seconds: float = 30.0) -> bool:
     return predicate()
 
 
-def test_replica_container_has_limits_labels_host_network_and_no_privileges(
+def test_replica_container_has_limits_labels_its_owners_network_a_read_only_root_and_no_privileges(
     docker_hosts, docker_engines, runtime, bundle_url
 ):
     replica = start(runtime, bundle_url, cpus=0.5, memory_mib=300)
@@ -129,7 +129,13 @@ def test_replica_container_has_limits_labels_host_network_and_no_privileges(
     host_config, config = attrs["HostConfig"], attrs["Config"]
     assert host_config["NanoCpus"] == 500_000_000
     assert host_config["Memory"] == 300 * MIB
-    assert host_config["NetworkMode"] == "host"
+    assert host_config["NetworkMode"] == "launch-net-end_docker"
+    network = docker_engines.client(replica.host.name).networks.get("launch-net-end_docker")
+    assert network.attrs["Driver"] == "bridge" and network.attrs["Labels"]["launch.network_owner"] == "end_docker"
+    assert "launch.network_fallback" not in config["Labels"]
+    assert host_config["ReadonlyRootfs"] is True
+    assert set(host_config["Tmpfs"]) == {"/tmp", "/home/launch"}
+    assert "HOME=/home/launch" in config["Env"]
     assert host_config["Privileged"] is False
     assert host_config["RestartPolicy"]["Name"] in ("", "no")
     assert host_config["CapDrop"] == ["ALL"]
@@ -321,6 +327,109 @@ def test_a_replica_container_serves_a_task_end_to_end(docker_hosts, runtime, bun
     assert record["status"] == protocol.SUCCESS, record
     assert json.loads(record["result"]) == 6
     assert redis_client.hget(keys.task(task_id), "replica").decode() == replica.id
+
+
+def _probe_bundle_url(port: int) -> str:
+    """A bundle whose predict tries, from inside the container, what a hostile bundle would."""
+
+    def load_predict_fn(model):
+        def predict(x):
+            import os
+            import socket
+
+            tried = {}
+            for name, path in (("root", "/launch-escape"), ("tmp", "/tmp/ok"), ("home", os.path.expanduser("~/ok"))):
+                try:
+                    with open(path, "w") as f:
+                        f.write("x")
+                    tried[name] = "written"
+                except OSError as error:
+                    tried[name] = type(error).__name__
+            try:
+                socket.create_connection(("127.0.0.1", model), timeout=2).close()
+                tried["host_loopback"] = "connected"
+            except OSError as error:
+                tried["host_loopback"] = type(error).__name__
+            return tried
+
+        return predict
+
+    directory = Path(settings.BUNDLE_STORE_DIR) / f"probe-{uuid.uuid4().hex[:8]}"
+    directory.mkdir(parents=True)
+    path = directory / "bundle.pkl"
+    path.write_bytes(cloudpickle.dumps({"model": port, "load_predict_fn": load_predict_fn}))
+    return f"file://{path}"
+
+
+def _run_task(runtime, replica, owner_id: str, redis_client) -> dict:
+    keys = protocol.Keys(protocol.endpoint_prefix(owner_id))
+    task_id = protocol.task_id_for(owner_id, uuid.uuid4().hex)
+    redis_client.hset(keys.task(task_id), mapping={
+        "payload": json.dumps({"args": 1}), "status": protocol.PENDING, "attempts": 0, "created_at": time.time(),
+    })
+    redis_client.lpush(keys.queue, task_id)
+    answer = redis_client.blpop([keys.done(task_id)], timeout=60)
+    assert answer is not None, runtime.logs(replica)
+    record = protocol.final_record_with_text(answer[1])
+    assert record["status"] == protocol.SUCCESS, record
+    return json.loads(record["result"])
+
+
+@pytest.fixture
+def host_loopback_listener():
+    """A service on the host's 127.0.0.1 (as the database or an external Redis would be)."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server.getsockname()[1]
+    server.close()
+
+
+@needs_serve_loop
+def test_a_hostile_bundle_cannot_write_the_root_nor_reach_the_hosts_loopback(
+    docker_hosts, runtime, redis_client, host_loopback_listener
+):
+    replica = start(runtime, _probe_bundle_url(host_loopback_listener), owner_id="end_probe")
+    tried = _run_task(runtime, replica, "end_probe", redis_client)
+    assert tried == {"root": "OSError", "tmp": "written", "home": "written", "host_loopback": "ConnectionRefusedError"}
+
+
+@needs_serve_loop
+def test_host_networking_and_a_writable_root_are_what_the_settings_say(
+    docker_hosts, runtime, redis_client, host_loopback_listener, settings
+):
+    # The probe sees the host's loopback and writes its root: the check above can fail.
+    settings.DOCKER_REPLICA_NETWORK = "host"
+    settings.DOCKER_READ_ONLY_ROOT = False
+    replica = start(runtime, _probe_bundle_url(host_loopback_listener), owner_id="end_open")
+    tried = _run_task(runtime, replica, "end_open", redis_client)
+    assert (tried["root"], tried["host_loopback"]) == ("written", "connected")
+
+
+def test_a_replica_that_must_reach_the_hosts_loopback_falls_back_to_host_networking_and_says_why(
+    docker_hosts, docker_engines, runtime, bundle_url, caplog
+):
+    replica, spec = make_spec(bundle_url, owner_id="end_loop")
+    spec.env["LAUNCH_REDIS_URL"] = "redis://127.0.0.1:6390/0"
+    handle = runtime.start(spec, runtime.place(spec))
+    replica.refresh_from_db()
+    attrs = docker_engines.client(replica.host.name).containers.get(handle).attrs
+    assert attrs["HostConfig"]["NetworkMode"] == "host"
+    assert "LAUNCH_REDIS_URL at 127.0.0.1" in attrs["Config"]["Labels"]["launch.network_fallback"]
+    assert "runs with host networking: the replica must reach LAUNCH_REDIS_URL" in caplog.text
+
+
+def test_owner_networks_are_removed_once_their_owner_has_no_live_replica(
+    docker_hosts, docker_engines, runtime, bundle_url
+):
+    replica = start(runtime, bundle_url, owner_id="end_gone")
+    client = docker_engines.client(replica.host.name)
+    runtime.reconcile_orphans({replica.id})
+    assert client.networks.list(names=["launch-net-end_gone"])  # its replica lives
+    runtime.kill(replica)
+    Replica.objects.filter(pk=replica.pk).update(state=Replica.State.STOPPED)
+    runtime.reconcile_orphans(set())
+    assert client.networks.list(names=["launch-net-end_gone"]) == []
 
 
 def test_register_host_command_probes_a_real_engine(docker_engines, db):

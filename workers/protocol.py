@@ -260,10 +260,20 @@ def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: 
         pipe.ltrim(keys.history, 0, history_length - 1)
 
 
+# Redis turns a blocking timeout into whole milliseconds, truncating, and 0 blocks forever:
+# 0.001 s already does (0.001 * 1000 is 0.999... in floating point). 10 ms leaves a margin.
+MIN_BLOCKING_SECONDS = 0.01
+
+
+def blocking_timeout(seconds: float) -> float:
+    """A BLPOP timeout that waits about `seconds` (a sub-millisecond wait is never "forever")."""
+    return max(seconds, MIN_BLOCKING_SECONDS)
+
+
 def wait_final(pipe, keys: Keys, task_id: str, *, timeout_seconds: float) -> None:
     """On a pipeline: block until the task's final record is pushed (BLPOP). The connection's
     socket timeout must exceed the wait (launch_site.redis_client.get_waiting_redis)."""
-    pipe.blpop([keys.done(task_id)], timeout=timeout_seconds)
+    pipe.blpop([keys.done(task_id)], timeout=blocking_timeout(timeout_seconds))
 
 
 def stream_item(index: int, result_json: str) -> str:
@@ -275,7 +285,7 @@ def read_stream(client, keys: Keys, task_id: str, *, timeout_seconds: float) -> 
     """The next thing a streaming task produced: ("item", {"i", "result"}) or ("final", final
     record), or None when nothing came within the timeout. BLPOP takes its keys in order, so
     the final record is read only once every item before it has been."""
-    answer = client.blpop([keys.stream(task_id), keys.done(task_id)], timeout=timeout_seconds)
+    answer = client.blpop([keys.stream(task_id), keys.done(task_id)], timeout=blocking_timeout(timeout_seconds))
     if answer is None:
         return None
     key, value = answer

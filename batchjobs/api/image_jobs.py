@@ -56,7 +56,8 @@ class ImageJobBundleListView(APIView):
         bundles = DockerImageBatchJobBundle.objects.filter(team=request_team(request))
         if request.query_params.get("bundle_name"):
             bundles = bundles.filter(name=request.query_params["bundle_name"])
-        order_by = request.query_params.get("order_by") or "newest"
+        # An empty order_by is refused like any other bad value, not read as the default.
+        order_by = request.query_params.get("order_by", "newest")
         if order_by not in ("newest", "oldest"):
             raise query_error("order_by", "must be newest or oldest")
         bundles = bundles.order_by("-created_at" if order_by == "newest" else "created_at")
@@ -133,7 +134,7 @@ class ImageJobDetailView(APIView):
 class ImageJobLogsView(APIView):
     """Our addition: the job's output (stdout and stderr), kept after it ends."""
 
-    @extend_schema(responses={200: OpenApiTypes.STR})
+    @extend_schema(responses={(200, "text/plain"): OpenApiTypes.STR})
     def get(self, request, job_id: str):
         job = image_jobs.image_job_get(team=request_team(request), job_id=job_id)
         if job.status in ("PENDING", "RUNNING") and job.replica_id:

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -36,6 +37,8 @@ class BatchJobCreateView(APIView):
 
 
 class BatchJobUploadView(APIView):
+    parser_classes = [MultiPartParser]
+
     @extend_schema(request={"multipart/form-data": UploadBatchJobSerializer}, responses={200: OpenApiTypes.OBJECT})
     def post(self, request):
         serializer = UploadBatchJobSerializer(data=request.data)

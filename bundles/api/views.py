@@ -38,7 +38,7 @@ OBJECT = {200: OpenApiTypes.OBJECT}
 
 
 def list_query(request) -> dict:
-    order_by = request.query_params.get("order_by") or None
+    order_by = request.query_params.get("order_by")  # empty is refused, not read as absent
     if order_by not in (None, *selectors.ORDERINGS):
         raise query_error("order_by", "must be newest or oldest")
     return {"model_name": request.query_params.get("model_name") or None, "order_by": order_by}

@@ -21,7 +21,7 @@ from bundles import selectors as bundle_selectors
 from bundles.models import ModelBundle
 from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import NAME_HELP, QuantityField
-from endpoints.api.views import endpoints_representation, task_result_shape
+from endpoints.api.views import SYNC_TIMEOUT_RESPONSE, endpoints_representation, task_result_shape
 from endpoints.models import GPU_TYPES
 from launch_site.errors import FieldError, NotFoundError
 from workers import protocol
@@ -166,7 +166,7 @@ class LegacyEndpointDetailView(APIView):
         services.endpoint_update(endpoint=endpoint, changes=changes)
         return Response({"endpoint_creation_task_id": endpoint.id})
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def delete(self, request, name: str):
         endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
         services.endpoint_delete(endpoint=endpoint)
@@ -205,7 +205,7 @@ def rate_key_of(request) -> str | None:
 
 
 class LegacySyncTaskView(APIView):
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, 504: SYNC_TIMEOUT_RESPONSE})
     def post(self, request, endpoint_name: str):
         endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
         payload = legacy_task_payload(request.data)

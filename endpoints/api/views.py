@@ -8,12 +8,12 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated, ParseError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import api_key_from_request
+from accounts.authentication import ApiKeyAuthentication, api_key_from_request
 from accounts.selectors import request_team
 from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import EndpointCreateSerializer, EndpointUpdateSerializer
@@ -123,7 +123,7 @@ class ModelEndpointDetailView(APIView):
         services.endpoint_update(endpoint=endpoint, changes=dict(serializer.validated_data))
         return Response({"endpoint_creation_task_id": endpoint.id})
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses={200: {"type": "object", "properties": {"deleted": {"type": "boolean"}}}})
     def delete(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         services.endpoint_delete(endpoint=endpoint)
@@ -191,11 +191,16 @@ class InferenceView(APIView):
     rest of the API. It stays an APIView so that the schema documents the route."""
 
     http_method_names = ["post", "options"]
+    authentication_classes = [ApiKeyAuthentication]  # what post checks itself; the schema says it
 
     def dispatch(self, request, *args, **kwargs):
+        if request.method != "POST":
+            return error_json_response(MethodNotAllowed(request.method))
+        return self.post(request)
+
+    def post(self, request, *args, **kwargs):
+        # Called by dispatch with Django's own request (no DRF wrapping).
         try:
-            if request.method != "POST":
-                raise MethodNotAllowed(request.method)
             api_key = api_key_from_request(request)
             if api_key is None:
                 raise NotAuthenticated("Send an API key: HTTP Basic with the key as username, or Bearer.")
@@ -226,6 +231,52 @@ def _json_body(request) -> tuple[object, str]:
         raise ParseError(f"JSON parse error - {exc}") from None
 
 
+# The task routes' bodies and answers (the contract's SyncEndpointPredictV1Request and
+# friends), for the served schema: InferenceView bypasses DRF, so nothing is inferred.
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+_TASK_REQUEST = {
+    "type": "object",
+    "description": "Exactly one of `args` or `url`. `cloudpickle`, `destination_path` and `num_retries` are "
+                   "refused (422 naming them).",
+    "properties": {
+        "args": {"nullable": True, "description": "The predict's input (any JSON)."},
+        "url": _NULLABLE_STRING,
+        "return_pickled": {"type": "boolean", "default": False},
+        "callback_url": _NULLABLE_STRING,
+        "callback_auth": {"type": "object", "nullable": True, "additionalProperties": True},
+        "cloudpickle": _NULLABLE_STRING,
+        "destination_path": _NULLABLE_STRING,
+    },
+}
+_SYNC_TASK_REQUEST = {**_TASK_REQUEST, "properties": {
+    **_TASK_REQUEST["properties"],
+    "timeout_seconds": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "nullable": True},
+    "num_retries": {"type": "integer", "minimum": 0, "nullable": True},
+}}
+_TASK_STATUS = {"type": "string", "enum": [protocol.PENDING, protocol.STARTED, protocol.SUCCESS, protocol.FAILURE]}
+_SYNC_TASK_ANSWER = {"type": "object", "required": ["status"], "properties": {
+    "status": _TASK_STATUS,
+    "result": {"nullable": True},
+    "traceback": _NULLABLE_STRING,
+    "status_code": {"type": "integer", "nullable": True},
+}}
+# A sync task the endpoint did not finish within SYNC_TASK_TIMEOUT_SECONDS (or the body's
+# timeout_seconds): the task stays readable at /v1/async-tasks/{task_id}.
+SYNC_TIMEOUT_RESPONSE = OpenApiResponse(
+    response={"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
+    description="The endpoint did not answer in time; the task stays queued and readable as an async task.",
+)
+_ENDPOINT_PARAMETER = OpenApiParameter(
+    "model_endpoint_id", OpenApiTypes.STR, OpenApiParameter.QUERY, required=True,
+    description="The endpoint's id (not found or another team's: 404).",
+)
+
+
+@extend_schema(
+    description="Runs a task and waits for its answer (up to SYNC_TASK_TIMEOUT_SECONDS).",
+    parameters=[_ENDPOINT_PARAMETER], request={"application/json": _SYNC_TASK_REQUEST},
+    responses={200: _SYNC_TASK_ANSWER, 504: SYNC_TIMEOUT_RESPONSE},
+)
 class SyncTaskView(InferenceView):
     def serve(self, request, endpoint, body, text, rate_key) -> dict | HttpResponse:
         payload = gateway.task_payload(body)
@@ -248,6 +299,11 @@ class SyncTaskView(InferenceView):
         }
 
 
+@extend_schema(
+    description="Queues a task; read it at /v1/async-tasks/{task_id}.",
+    parameters=[_ENDPOINT_PARAMETER], request={"application/json": _TASK_REQUEST},
+    responses={200: {"type": "object", "required": ["task_id"], "properties": {"task_id": {"type": "string"}}}},
+)
 class AsyncTaskCreateView(InferenceView):
     def serve(self, request, endpoint, body, text, rate_key) -> dict:
         payload = gateway.task_payload(body)
@@ -258,6 +314,14 @@ class AsyncTaskCreateView(InferenceView):
         )}
 
 
+@extend_schema(
+    description="Runs a task on a streaming endpoint and streams what its predict yields.",
+    parameters=[_ENDPOINT_PARAMETER], request={"application/json": _TASK_REQUEST},
+    responses={(200, "text/event-stream"): OpenApiResponse(
+        response=OpenApiTypes.STR, description="Server-sent events, one `data: {status, result, traceback, "
+                                               "status_code}` line per item the predict yields.",
+    )},
+)
 class StreamingTaskView(InferenceView):
     """Server-sent events: one `data: {status, result: {result}, traceback, status_code}` event
     per item the predict yields (the shape the current client's EndpointResponseStream reads),

@@ -2,9 +2,10 @@
 
 The container runs `python -m workers.serve` with the replica's LAUNCH_* environment, CPU and
 memory limits, GPU device requests for the device ids placement bound (or only
-NVIDIA_VISIBLE_DEVICES on a host set to gpus_via_env_only), host networking, no Docker
-socket, no privileges and no restart policy: the controller, not Docker, replaces replicas
-that die. Every container is labelled `launch.replica=<id>`, which is how a restarted
+NVIDIA_VISIBLE_DEVICES on a host set to gpus_via_env_only), a bridge network of its owner
+(replica_network), a read-only root with a tmpfs /tmp and HOME, no Docker socket, no
+capabilities or privileges and no restart policy: the controller, not Docker, replaces
+replicas that die. Every container is labelled `launch.replica=<id>`, which is how a restarted
 controller finds its running replicas (`running_replica_ids`) and how containers nobody owns
 are found and removed (`reconcile_orphans`).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import tarfile
@@ -309,6 +311,73 @@ def _local_paths(spec: ReplicaSpec) -> dict[str, dict]:
     return volumes
 
 
+# A serve-loop replica's writable places when its root is read-only (DOCKER_READ_ONLY_ROOT).
+REPLICA_HOME = "/home/launch"
+WRITABLE_TMPFS = {"/tmp": "rw,nosuid,nodev,mode=1777", REPLICA_HOME: "rw,nosuid,nodev,mode=1777"}
+NETWORK_OWNER_LABEL = "launch.network_owner"
+NETWORK_FALLBACK_LABEL = "launch.network_fallback"
+
+
+def owner_network_name(owner_id: str) -> str:
+    return f"launch-net-{owner_id}"
+
+
+def _is_loopback(hostname: str | None) -> bool:
+    if not hostname:
+        return False
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_needs(spec: ReplicaSpec) -> list[str]:
+    """What the replica must reach on the host's loopback, which a bridge network cannot."""
+    needs = []
+    for name in ("LAUNCH_REDIS_URL", "LAUNCH_BUNDLE_URL"):
+        url = urlparse(spec.env.get(name, ""))
+        if url.scheme in ("redis", "rediss", "http", "https") and _is_loopback(url.hostname):
+            needs.append(f"{name} at {url.hostname}")
+    return needs
+
+
+def replica_network(client: docker.DockerClient, spec: ReplicaSpec, host: Host) -> tuple[str, str]:
+    """The network mode of a serve-loop replica, and why it is the host's when it had to be
+    (empty otherwise). DOCKER_REPLICA_NETWORK "per-owner": a bridge network per endpoint or
+    batch job, created here on first use, so user code reaches neither the host's loopback
+    services (its database, its Redis, the web server's port) nor other owners' replicas.
+    The replica still reaches the embedded Redis through its read-only socket mount."""
+    choice = settings.DOCKER_REPLICA_NETWORK
+    if choice != "per-owner":
+        return choice, ""
+    needs = _loopback_needs(spec)
+    if needs:
+        reason = f"the replica must reach {', '.join(needs)} on the host's loopback"
+    else:
+        name = owner_network_name(spec.owner_id)
+        try:
+            try:
+                client.networks.get(name)
+            except docker.errors.NotFound:
+                try:
+                    client.networks.create(name, driver="bridge", labels={NETWORK_OWNER_LABEL: spec.owner_id})
+                except docker.errors.APIError as error:
+                    if error.status_code != 409:  # 409: a replica of the same owner created it just now
+                        raise
+            return name, ""
+        except docker.errors.APIError as error:
+            reason = f"host {host.name} cannot create a bridge network: {error.explanation or error}"
+    logger.warning("replica %s runs with host networking: %s", spec.replica_id, reason)
+    return "host", reason
+
+
+def read_only_root() -> dict:
+    """create() arguments of a read-only root filesystem (DOCKER_READ_ONLY_ROOT)."""
+    return {"read_only": True, "tmpfs": dict(WRITABLE_TMPFS)} if settings.DOCKER_READ_ONLY_ROOT else {}
+
+
 def container_name(replica_id: str) -> str:
     return f"launch-{replica_id}"
 
@@ -340,6 +409,8 @@ class DockerRuntime(Runtime):
         image = image_ready(host, client, choice, tuple(spec.requirements))
         gpu_ids = list(placement.gpu_device_ids)
         environment = {"PYTHONUNBUFFERED": "1", **spec.env}
+        if settings.DOCKER_READ_ONLY_ROOT:
+            environment["HOME"] = REPLICA_HOME
         device_requests = []
         if gpu_ids:
             environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
@@ -348,13 +419,10 @@ class DockerRuntime(Runtime):
         volumes = {source: {"bind": target, "mode": mode} for source, target, mode in settings.DOCKER_EXTRA_MOUNTS}
         if urlparse(host.docker_url).scheme == "unix":
             volumes.update(_local_paths(spec))
-        labels = {
-            **spec.labels,
-            REPLICA_LABEL: spec.replica_id,
-            "launch.owner_kind": spec.owner_kind,
-            "launch.owner_id": spec.owner_id,
-            "launch.team": spec.team,
-        }
+        labels = self._labels(spec)
+        network, fallback = replica_network(client, spec, host)
+        if fallback:
+            labels[NETWORK_FALLBACK_LABEL] = fallback[:500]
         limits = {"nano_cpus": int(spec.cpus * 1e9)} if spec.cpus else {}
         if spec.memory_bytes:
             limits["mem_limit"] = spec.memory_bytes
@@ -372,14 +440,11 @@ class DockerRuntime(Runtime):
                 environment=environment,
                 labels=labels,
                 working_dir=choice.workdir,
-                network_mode="host",
-                privileged=False,
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                restart_policy={"Name": "no"},
+                network_mode=network,
                 device_requests=device_requests,
                 volumes=volumes,
-                log_config=LogConfig(type="json-file", config={"max-size": "50m", "max-file": "2"}),
+                **self._locked_down(),
+                **read_only_root(),
                 **limits,
             )
             container.start()
@@ -445,7 +510,7 @@ class DockerRuntime(Runtime):
                 detach=True, init=True, environment={"PYTHONUNBUFFERED": "1", **spec.env},
                 labels={**labels, ROLE_LABEL: ROLE_FORWARDER}, working_dir=forwarder_choice.workdir,
                 network_mode=f"container:{user.id}", volumes=forwarder_volumes,
-                mem_limit=settings.DOCKER_FORWARDER_MEMORY_BYTES, **self._locked_down(),
+                mem_limit=settings.DOCKER_FORWARDER_MEMORY_BYTES, **self._locked_down(), **read_only_root(),
             )
             forwarder_container.start()
         except docker.errors.ImageNotFound:
@@ -701,7 +766,32 @@ class DockerRuntime(Runtime):
                     except Exception as error:  # noqa: BLE001
                         logger.warning("removing orphan %s on %s failed: %s", replica_id, host.name, error)
                 removed.append(replica_id)
+        for host, client in self._healthy_clients():
+            self._remove_idle_networks(host, client)
         return removed
+
+    @staticmethod
+    def _remove_idle_networks(host: Host, client: docker.DockerClient) -> None:
+        """Remove owner networks (replica_network) of owners with no live replica. The
+        replica row exists before its start creates the network, so one being started keeps
+        its network; a network still in use is refused by Docker and kept."""
+        try:
+            networks = client.networks.list(filters={"label": NETWORK_OWNER_LABEL})
+        except Exception as error:  # noqa: BLE001
+            logger.warning("listing networks on %s failed: %s", host.name, error)
+            return
+        owners = {network.attrs.get("Labels", {}).get(NETWORK_OWNER_LABEL): network for network in networks}
+        live = set(Replica.objects.filter(owner_id__in=owners, state__in=LIVE_STATES).values_list("owner_id", flat=True))
+        for owner_id, network in owners.items():
+            if owner_id in live:
+                continue
+            try:
+                network.remove()
+                logger.info("removed the network of %s on %s", owner_id, host.name)
+            except docker.errors.NotFound:
+                pass
+            except Exception as error:  # noqa: BLE001
+                logger.warning("removing network %s on %s failed: %s", network.name, host.name, error)
 
     # --- helpers -------------------------------------------------------------------------
 
