@@ -13,13 +13,13 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import ApiKey, Team
+from accounts.models import Team
 from accounts.selectors import request_team
 from bundles import selectors as bundle_selectors
 from bundles.models import ModelBundle
 from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import NAME_HELP, QuantityField
-from endpoints.api.views import endpoints_representation, task_result_shape
+from endpoints.api.views import InferenceView, endpoints_representation, task_result_shape
 from endpoints.models import GPU_TYPES
 from launch_site.errors import FieldError, NotFoundError
 from workers import protocol
@@ -193,28 +193,33 @@ def legacy_task_answer(request, task_id: str, record: dict) -> dict:
     }
 
 
-def rate_key_of(request) -> str | None:
-    return request.auth.prefix if isinstance(request.auth, ApiKey) else None
+class LegacyInferenceView(InferenceView):
+    """The old dialect's task routes: the endpoint by its name in the path, with an API key
+    (async views, as InferenceView)."""
+
+    def endpoint_finder(self, request, *, endpoint_name: str):
+        return lambda team: selectors.endpoint_for_tasks(team=team, name=endpoint_name)
 
 
-class LegacySyncTaskView(APIView):
-    def post(self, request, endpoint_name: str):
-        endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
-        payload = legacy_task_payload(request.data)
-        callbacks.task_callback(endpoint, request.data, async_task=False)
-        task_id, record = gateway.task_run_sync(
-            endpoint=endpoint, payload=payload, timeout_seconds=None, rate_key=rate_key_of(request)
-        )
-        return Response(legacy_task_answer(request, task_id, record))
+class LegacySyncTaskView(LegacyInferenceView):
+    def submission(self, request, endpoint, body, text, rate_key):
+        payload = legacy_task_payload(body)
+        callbacks.task_callback(endpoint, body, async_task=False)
+        return gateway.prepare_sync(endpoint=endpoint, payload=payload, timeout_seconds=None, rate_key=rate_key)
+
+    async def answer(self, request, submission, client, waiting_client):
+        task_id, record = await gateway.run_sync_async(client, waiting_client, submission)
+        return legacy_task_answer(request, task_id, record)
 
 
-class LegacyAsyncTaskCreateView(APIView):
-    def post(self, request, endpoint_name: str):
-        endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
-        payload = legacy_task_payload(request.data)
-        callback = callbacks.task_callback(endpoint, request.data, async_task=True)
-        task_id = gateway.task_submit(endpoint=endpoint, payload=payload, callback=callback, rate_key=rate_key_of(request))
-        return Response({"task_id": task_id})
+class LegacyAsyncTaskCreateView(LegacyInferenceView):
+    def submission(self, request, endpoint, body, text, rate_key):
+        payload = legacy_task_payload(body)
+        callback = callbacks.task_callback(endpoint, body, async_task=True)
+        return gateway.prepare_submit(endpoint=endpoint, payload=payload, callback=callback, rate_key=rate_key)
+
+    async def answer(self, request, submission, client, waiting_client):
+        return {"task_id": await gateway.submit_async(client, submission)}
 
 
 class LegacyAsyncTaskDetailView(APIView):
