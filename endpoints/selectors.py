@@ -49,7 +49,8 @@ def endpoint_list(*, team: Team, name: str | None = None, order_by: str | None =
     endpoints = ModelEndpoint.objects.select_related("bundle", "created_by").filter(team=team)
     if name is not None:
         endpoints = endpoints.filter(name=name)
-    return endpoints.order_by("created_at" if order_by == "oldest" else "-created_at")
+    # The id breaks ties, so that pages (launch_site.pagination) neither repeat nor skip.
+    return endpoints.order_by(*(("created_at", "id") if order_by == "oldest" else ("-created_at", "-id")))
 
 
 def replica_counts(endpoints) -> dict[str, dict[str, int]]:

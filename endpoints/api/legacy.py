@@ -22,6 +22,7 @@ from endpoints.api.serializers import NAME_HELP, QuantityField
 from endpoints.api.views import InferenceView, endpoints_representation, task_result_shape
 from endpoints.models import GPU_TYPES
 from launch_site.errors import FieldError, NotFoundError
+from launch_site.pagination import page_of, page_response
 from workers import protocol
 
 # The client only knows these three; STARTED is still "not finished" to it, and it raises on
@@ -125,8 +126,9 @@ class LegacyEndpointUpdateSerializer(serializers.Serializer):
 
 class LegacyEndpointListView(APIView):
     def get(self, request):
-        endpoints = list(selectors.endpoint_list(team=request_team(request)))
-        return Response({"endpoints": [legacy_endpoint(e) for e in endpoints_representation(endpoints)]})
+        endpoints, more = page_of(request, selectors.endpoint_list(team=request_team(request)))
+        return page_response(request, "endpoints", [legacy_endpoint(e) for e in endpoints_representation(endpoints)],
+                             more)
 
     def post(self, request):
         serializer = LegacyEndpointCreateSerializer(data=request.data)

@@ -23,6 +23,7 @@ from endpoints.openapi import endpoints_openapi
 from launch_site import limits
 from launch_site.db import in_db_thread
 from launch_site.errors import FieldError, error_json_response, query_error
+from launch_site.pagination import page_of, page_response
 from launch_site.public_url import absolute_url
 from launch_site.redis_client import async_redis, get_redis
 from workers import protocol
@@ -93,10 +94,10 @@ class ModelEndpointListView(APIView):
         order_by = request.query_params.get("order_by")
         if order_by not in (None, "newest", "oldest"):
             raise query_error("order_by", "must be newest or oldest")
-        endpoints = list(selectors.endpoint_list(
+        endpoints, more = page_of(request, selectors.endpoint_list(
             team=request_team(request), name=request.query_params.get("name"), order_by=order_by
         ))
-        return Response({"model_endpoints": endpoints_representation(endpoints)})
+        return page_response(request, "model_endpoints", endpoints_representation(endpoints), more)
 
     def post(self, request):
         serializer = EndpointCreateSerializer(data=request.data)
