@@ -126,7 +126,7 @@ class LegacyEndpointUpdateSerializer(serializers.Serializer):
 
 class LegacyEndpointListView(APIView):
     def get(self, request):
-        endpoints, more = page_of(request, selectors.endpoint_list(team=request_team(request)))
+        endpoints, more = page_of(request, selectors.endpoint_page_source(team=request_team(request)))
         return page_response(request, "endpoints", [legacy_endpoint(e) for e in endpoints_representation(endpoints)],
                              more)
 

@@ -94,7 +94,7 @@ class ModelEndpointListView(APIView):
         order_by = request.query_params.get("order_by")
         if order_by not in (None, "newest", "oldest"):
             raise query_error("order_by", "must be newest or oldest")
-        endpoints, more = page_of(request, selectors.endpoint_list(
+        endpoints, more = page_of(request, selectors.endpoint_page_source(
             team=request_team(request), name=request.query_params.get("name"), order_by=order_by
         ))
         return page_response(request, "model_endpoints", endpoints_representation(endpoints), more)
