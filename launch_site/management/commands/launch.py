@@ -29,7 +29,6 @@ from typing import IO
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.services import api_key_create, team_get_or_create_for_user
@@ -97,12 +96,15 @@ class Command(BaseCommand):
             self.children.append(redis)
             # No REDIS_URL in the children's environment: settings read the password from
             # LAUNCH_HOME, so it is in no process's environ.
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("collectstatic", interactive=False, verbosity=0)
+        python, manage = sys.executable, str(settings.BASE_DIR / "manage.py")
+        # In children: what migrate loads (every migration module, 13 MB) would otherwise stay
+        # in this process, which then only supervises (BENCHMARKS.md, "Memory of the stack").
+        for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+            done = subprocess.run([python, manage, *command, "--verbosity", "0"], env=env, check=False)
+            if done.returncode != 0:
+                raise CommandError(f"`manage.py {command[0]}` failed (exit status {done.returncode}); see above")
         login, password, raw_key = self._first_start_credentials()
 
-        python = sys.executable
-        manage = str(settings.BASE_DIR / "manage.py")
         # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference
         # routes are async views, so a sync request waiting for its replica holds no thread;
         # the other routes run in Django's threads. Worker count: BENCHMARKS.md ("Web workers").
