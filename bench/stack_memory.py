@@ -7,6 +7,7 @@ Configurations alternate within each rep (the machine's load moves between minut
 gives medians over reps. The baseline is the first --workers value, measured in the same run.
 
 Usage: .venv/bin/python bench/stack_memory.py [--workers 1 2] [--reps 3] [--seconds 4]
+       [--compare-root OTHER_CHECKOUT]   (also each --workers value on another checkout's stack)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import Stack, identity_bundle, machine  # noqa: E402
+from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
 from peers import descendants, load  # noqa: E402
 
 ROLES = ("supervisor", "web (granian main)", "web workers", "controller", "redis", "replica")
@@ -66,8 +67,8 @@ def memory_by_role(root: int) -> dict[str, tuple[float, float]]:
     return {role: (rss, pss) for role, (rss, pss) in found.items()}
 
 
-def measure(workers: int, seconds: float) -> dict:
-    with Stack(args=("--web-workers", str(workers))) as stack:
+def measure(root: Path, workers: int, seconds: float) -> dict:
+    with Stack(root=root, args=("--web-workers", str(workers))) as stack:
         endpoint_id = stack.endpoint(stack.bundle(identity_bundle(), "identity"), "identity")
         auth = base64.b64encode(f"{stack.key}:".encode()).decode()
         body = b'{"args": {"x": 1}}'
@@ -87,37 +88,42 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--compare-root", type=Path)
     args = parser.parse_args()
-    runs: dict[int, list[dict]] = {w: [] for w in args.workers}
+    configs = [(ROOT, w) for w in args.workers] + [(args.compare_root, w) for w in args.workers if args.compare_root]
+    runs: dict[tuple, list[dict]] = {c: [] for c in configs}
     for rep in range(args.reps):
-        order = args.workers if rep % 2 == 0 else list(reversed(args.workers))
-        for workers in order:
-            result = measure(workers, args.seconds)
-            runs[workers].append(result)
-            print(f"rep {rep + 1}, {workers} web workers: 8 conn {result['8 conn']['rps']:.0f}/s, 32 conn "
+        for config in configs if rep % 2 == 0 else list(reversed(configs)):
+            result = measure(*config, args.seconds)
+            runs[config].append(result)
+            print(f"rep {rep + 1}, {config[0]}, {config[1]} web workers: 8 conn {result['8 conn']['rps']:.0f}/s, 32 conn "
                   f"{result['32 conn']['rps']:.0f}/s, errors {result['8 conn']['errors'] + result['32 conn']['errors']}; "
                   + ", ".join(f"{role} {rss:.0f}" for role, (rss, _) in result["memory"].items()), file=sys.stderr)
 
-    def med(workers: int, pick) -> float:
-        return statistics.median(pick(r) for r in runs[workers])
+    def med(config, pick) -> float:
+        return statistics.median(pick(r) for r in runs[config])
 
-    base = args.workers[0]
+    def label(config) -> str:
+        root, workers = config
+        where = "" if root == ROOT else f" ({root})"
+        return f"{workers} web worker{'s' if workers > 1 else ''}{where}"
+
+    base = configs[0]
     print(f"machine: {machine()}")
-    print("| figure | " + " | ".join(f"{w} web worker{'s' if w > 1 else ''}" for w in args.workers) + " |")
-    print("| --- |" + " --- |" * len(args.workers))
+    print("| figure | " + " | ".join(label(c) for c in configs) + " |")
+    print("| --- |" + " --- |" * len(configs))
     for role in ROLES:
-        cells = [f"{med(w, lambda r, role=role: r['memory'][role][0]):.0f} / {med(w, lambda r, role=role: r['memory'][role][1]):.0f}"
-                 for w in args.workers]
+        cells = [f"{med(c, lambda r, role=role: r['memory'][role][0]):.0f} / {med(c, lambda r, role=role: r['memory'][role][1]):.0f}"
+                 for c in configs]
         print(f"| {role}: RSS / PSS MB | " + " | ".join(cells) + " |")
-    totals = [(med(w, lambda r: sum(v[0] for v in r["memory"].values())), med(w, lambda r: sum(v[1] for v in r["memory"].values())))
-              for w in args.workers]
+    totals = [(med(c, lambda r: sum(v[0] for v in r["memory"].values())),
+               med(c, lambda r: sum(v[1] for v in r["memory"].values()))) for c in configs]
     print("| whole stack: RSS / PSS MB | " + " | ".join(f"{rss:.0f} / {pss:.0f}" for rss, pss in totals) + " |")
-    for c in ("8 conn", "32 conn"):
-        rps = [med(w, lambda r, c=c: r[c]["rps"]) for w in args.workers]
-        p99 = [med(w, lambda r, c=c: r[c]["p99"]) for w in args.workers]
-        print(f"| {c}: requests/s (ratio to {base} worker{'s' if base > 1 else ''}) | "
-              + " | ".join(f"{x:.0f} ({x / rps[0]:.2f})" for x in rps) + " |")
-        print(f"| {c}: p99 ms | " + " | ".join(f"{x:.1f}" for x in p99) + " |")
+    for conn in ("8 conn", "32 conn"):
+        rps = [med(c, lambda r, conn=conn: r[conn]["rps"]) for c in configs]
+        p99 = [med(c, lambda r, conn=conn: r[conn]["p99"]) for c in configs]
+        print(f"| {conn}: requests/s (ratio to {label(base)}) | " + " | ".join(f"{x:.0f} ({x / rps[0]:.2f})" for x in rps) + " |")
+        print(f"| {conn}: p99 ms | " + " | ".join(f"{x:.1f}" for x in p99) + " |")
 
 
 if __name__ == "__main__":

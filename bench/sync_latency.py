@@ -14,6 +14,7 @@ import argparse
 import base64
 import http.client
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,6 +27,23 @@ from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def web_cpu_seconds(stack: Stack) -> float:
+    """CPU time (user + system) the stack's web server processes have used: per request, a
+    figure the machine's other load moves much less than a latency."""
+    from peers import descendants
+
+    total = 0.0
+    for pid in descendants(stack.process.pid):
+        try:
+            if b"granian" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def direct_call_ms(n: int) -> list[float]:
@@ -83,18 +101,24 @@ def main() -> None:
     stacks = [Stack(root=root) for root in roots]
     p50s: dict[Path, list[float]] = {root: [] for root in roots}
     p99s: dict[Path, list[float]] = {root: [] for root in roots}
+    cpus: dict[Path, list[float]] = {root: [] for root in roots}
     try:
         clients = []
         for stack in stacks:
             stack.__enter__()
             clients.append(SyncClient(stack, stack.endpoint(stack.bundle(identity_bundle(), "identity"), "identity")))
+            clients[-1].timings(1)  # warm up connections and caches (200 requests)
         for run in range(args.runs):
             pairs = list(zip(roots, clients, strict=True))
-            for root, client in pairs if run % 2 == 0 else reversed(pairs):
-                timings = client.timings(args.requests)
+            for (root, client), stack in zip(pairs if run % 2 == 0 else reversed(pairs),
+                                             stacks if run % 2 == 0 else reversed(stacks), strict=True):
+                cpu_before = web_cpu_seconds(stack)
+                timings = client.timings(args.requests, warm_up=0)
+                cpus[root].append((web_cpu_seconds(stack) - cpu_before) * 1000 / args.requests)
                 p50s[root].append(percentile(timings, 0.5))
                 p99s[root].append(percentile(timings, 0.99))
-                print(f"run {run + 1}, {root}: p50 {p50s[root][-1]:.3f} ms, p99 {p99s[root][-1]:.3f} ms", file=sys.stderr)
+                print(f"run {run + 1}, {root}: p50 {p50s[root][-1]:.3f} ms, p99 {p99s[root][-1]:.3f} ms, "
+                      f"web CPU {cpus[root][-1]:.3f} ms/request", file=sys.stderr)
         for client in clients:
             client.close()
     finally:
@@ -106,7 +130,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"| measure | median of {args.runs} runs x {args.requests} requests |" + (" compared checkout | ratio |" if args.compare_root else ""))
     print("| --- | --- |" + (" --- | --- |" if args.compare_root else ""))
-    for label, values in (("HTTP sync p50", p50s), ("HTTP sync p99", p99s)):
+    for label, values in (("HTTP sync p50", p50s), ("HTTP sync p99", p99s), ("web server CPU per request", cpus)):
         ours = statistics.median(values[ROOT])
         row = f"| {label} | {ours:.3f} ms |"
         if args.compare_root:
