@@ -66,6 +66,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["up"])
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        # 2: on a 2-core machine 1.45x the requests/s of 1 for about 90 MB more (BENCHMARKS.md,
+        # "Memory of the stack and web workers"); no thread count: waits hold no thread (ASGI).
         parser.add_argument("--web-workers", type=int, default=2)
 
     def handle(self, *args, host: str, web_workers: int, **options):
