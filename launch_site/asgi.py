@@ -15,6 +15,7 @@ each hook called in the event loop. The other routes go through Django's handler
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 
@@ -74,16 +75,34 @@ class InferenceHandler(ASGIHandler):
         # Its receivers (close_old_connections, reset_queries) act on this thread's database
         # connections: the loop thread has none.
         signals.request_started.send(sender=self.__class__, scope=scope)
-        request, response = self.create_request(scope, body_file)
-        try:
-            if request is not None:
-                response = await self.run_get_response(request)
-            await self.send_response(response, send)
-        except OSError:
-            pass  # the client went away while we answered
-        finally:
-            response.close()  # sends request_finished, whose receivers are as above
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            await self.send_response(error_response, send)
+            error_response.close()
             body_file.close()
+            return
+        # As Django does: a client that goes away cancels the view (a stream's generator is
+        # closed, which tells the replica to stop; a sync wait gives its Redis connection back).
+        responding = asyncio.create_task(self._respond(request, send))
+        disconnected = asyncio.create_task(self.listen_for_disconnect(receive))
+        await asyncio.wait([disconnected, responding], return_when=asyncio.FIRST_COMPLETED)
+        for task in (disconnected, responding):
+            if not task.done():
+                task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, RequestAborted, OSError):
+                pass
+        if responding.cancelled() or responding.exception() is not None:
+            signals.request_finished.send(sender=self.__class__)
+        else:
+            responding.result().close()  # sends request_finished, whose receivers are as above
+        body_file.close()
+
+    async def _respond(self, request, send):
+        response = await self.run_get_response(request)
+        await self.send_response(response, send)
+        return response
 
     def load_middleware(self, is_async=False):
         self._view_middleware = []

@@ -12,18 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
-from django.conf import settings
-from django.db import connection
 
 from tests.stack import api_for
 
@@ -49,52 +42,6 @@ def barrier_bundle(directory: str, parties: int):
         return predict
 
     return {"model": None, "load_predict_fn": load_predict_fn}
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(db['NAME']).resolve()}"
-    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-@pytest.fixture
-def asgi_server(live_stack):
-    """The web server as `launch up` runs it (granian, ASGI, one worker) on the test's database
-    and Redis; the live stack's controller and replicas serve its tasks."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(
-        os.environ, DATABASE_URL=_database_url(), REDIS_URL=settings.REDIS_URL, SECRET_KEY=settings.SECRET_KEY,
-        ALLOWED_HOSTS="*",
-    )
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--backpressure", "1024", "--log-level", "error",
-         "launch_site.asgi:application"],
-        cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            requests.get(url + "/healthz", timeout=2)
-            break
-        except requests.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"granian did not start: {process.communicate()[0]}") from None
-            time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:  # requests still in flight: nothing may outlive the test
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
