@@ -81,8 +81,19 @@ class InferenceHandler(ASGIHandler):
             error_response.close()
             body_file.close()
             return
-        # As Django does: a client that goes away cancels the view (a stream's generator is
-        # closed, which tells the replica to stop; a sync wait gives its Redis connection back).
+        if not view_class_of(scope["path"]).watches_disconnect:
+            # A sync or async task: a gone client costs its wait at most (as under WSGI); not
+            # watching saves two tasks per request.
+            try:
+                response = await self._respond(request, send)
+            except OSError:
+                signals.request_finished.send(sender=self.__class__)  # the client went away
+            else:
+                response.close()  # sends request_finished, whose receivers are as above
+            body_file.close()
+            return
+        # A stream, as Django does: a client that goes away cancels the view (the stream's
+        # generator is closed, which tells the replica to stop the predict).
         responding = asyncio.create_task(self._respond(request, send))
         disconnected = asyncio.create_task(self.listen_for_disconnect(receive))
         await asyncio.wait([disconnected, responding], return_when=asyncio.FIRST_COMPLETED)
@@ -130,13 +141,18 @@ inference_application = InferenceHandler()
 
 
 @functools.lru_cache(maxsize=4096)
-def is_inference_route(path: str) -> bool:
+def view_class_of(path: str) -> type | None:
     try:
         match = resolve(path)
     except Resolver404:
-        return False
+        return None
     view_class = getattr(match.func, "view_class", None)
-    return isinstance(view_class, type) and issubclass(view_class, InferenceView)
+    return view_class if isinstance(view_class, type) else None
+
+
+def is_inference_route(path: str) -> bool:
+    view_class = view_class_of(path)
+    return view_class is not None and issubclass(view_class, InferenceView)
 
 
 async def application(scope, receive, send):

@@ -186,6 +186,8 @@ class InferenceView(APIView):
     an APIView with a `post` so that the schema documents the route."""
 
     http_method_names = ["post", "options"]
+    # Under ASGI (launch_site/asgi.py): whether a client that goes away cancels the view.
+    watches_disconnect = False
 
     async def dispatch(self, request, *args, **kwargs):
         try:
@@ -284,6 +286,8 @@ class StreamingTaskView(InferenceView):
     per item the predict yields (the shape the current client's EndpointResponseStream reads),
     and a FAILURE event with the traceback when it fails. Errors before the stream starts are
     ordinary JSON error answers."""
+
+    watches_disconnect = True  # the replica stops the predict when its client is gone
 
     def submission(self, request, endpoint, body, text, rate_key):
         payload = gateway.task_payload(body)
