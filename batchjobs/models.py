@@ -37,8 +37,15 @@ class BatchJob(models.Model):
     id = models.CharField(max_length=32, primary_key=True, default=new_batch_job_id, editable=False)
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="batch_jobs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    bundle = models.ForeignKey("bundles.ModelBundle", on_delete=models.PROTECT, related_name="batch_jobs")
-    input = models.ForeignKey("bundles.StoredObject", on_delete=models.PROTECT, related_name="+")
+    # A finished job outlives its bundle: deleting the bundle (refused while an active job
+    # uses it) leaves the job its bundle's id and name as plain metadata.
+    bundle = models.ForeignKey(
+        "bundles.ModelBundle", null=True, blank=True, on_delete=models.SET_NULL, related_name="batch_jobs"
+    )
+    model_bundle_id = models.CharField(max_length=32, blank=True)
+    bundle_name = models.CharField(max_length=200, blank=True)
+    # Null only once the job has finished and the file it read (/v1/files) was deleted.
+    input = models.ForeignKey("bundles.StoredObject", on_delete=models.PROTECT, related_name="+", null=True, blank=True)
     input_path = models.CharField(max_length=512)
     serialization_format = models.CharField(max_length=8, choices=SerializationFormat.choices)
     labels = models.JSONField(default=dict, blank=True)
@@ -70,6 +77,10 @@ class BatchJob(models.Model):
         "bundles.StoredObject", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     desired_workers = models.PositiveIntegerField(default=0)
+    # The first FAILED_ITEMS_KEPT failed items, {"id", "error"} (the error's tail), so the
+    # page and the API can list them without reading the results file; every failed item's
+    # full error is in that file.
+    failed_items = models.JSONField(default=list, blank=True)
 
     # The resume cursor (see the class docstring).
     chunk_size = models.PositiveIntegerField(default=0)
@@ -112,15 +123,32 @@ class BatchJob(models.Model):
         )
 
     def finish(self, *, result: models.Model, results_bytes: int) -> bool:
-        """RUNNING -> SUCCESS, with the stored results file."""
+        """RUNNING -> SUCCESS, with the stored results file. A job some of whose items failed
+        says so in its reason: SUCCESS means it ran to the end, not that every item did."""
+        reason = ""
+        if self.items_failed:
+            done = self.items_completed + self.items_failed
+            reason = f"{self.items_failed} of {done} items failed; each failed item has its error in the results"
         return self._move(
             self.Status.SUCCESS,
             finished_at=timezone.now(),
             result=result,
             results_bytes=results_bytes,
             desired_workers=0,
-            status_reason="",
+            status_reason=reason,
         )
+
+    def keep_partial_results(self, *, result: models.Model) -> bool:
+        """Attach the results of the items finished before the job ended early (CANCELLED,
+        FAILURE, TIMEOUT). Compare-and-set: only once, and never on a SUCCESS job."""
+        won = bool(
+            BatchJob.objects.filter(pk=self.pk, status__in=ENDED_EARLY_STATUSES, result__isnull=True).update(
+                result=result
+            )
+        )
+        if won:
+            self.result = result
+        return won
 
     def fail(self, reason: str, *, status: str = Status.FAILURE) -> bool:
         """PENDING or RUNNING -> FAILURE (or TIMEOUT), with the reason the user will read."""
@@ -153,6 +181,9 @@ TERMINAL_STATUSES = (
     BatchJob.Status.UNDEFINED,
 )
 ACTIVE_STATUSES = (BatchJob.Status.PENDING, BatchJob.Status.RUNNING)
+ENDED_EARLY_STATUSES = (BatchJob.Status.FAILURE, BatchJob.Status.TIMEOUT, BatchJob.Status.CANCELLED)
+FAILED_ITEMS_KEPT = 50
+FAILED_ITEM_ERROR_CHARS = 2000
 
 # The one table of a batch job's transitions: the status a job may move to, from which.
 # Nothing leaves a terminal status (a finished job cannot be cancelled, restarted or changed).

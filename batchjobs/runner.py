@@ -35,7 +35,13 @@ from redis.exceptions import LockError
 
 from batchjobs import storage
 from batchjobs.inputs import InputError, count_items, iter_items
-from batchjobs.models import ACTIVE_STATUSES, BatchJob
+from batchjobs.models import (
+    ACTIVE_STATUSES,
+    ENDED_EARLY_STATUSES,
+    FAILED_ITEM_ERROR_CHARS,
+    FAILED_ITEMS_KEPT,
+    BatchJob,
+)
 from batchjobs.results import ResultsFile
 from launch_site.redis_client import get_redis
 from workers import autoscaling, controller, protocol
@@ -67,6 +73,13 @@ def results_path(job_id: str) -> Path:
     return Path(settings.LAUNCH_HOME) / "batch" / f"{job_id}.results"
 
 
+def _error_tail(error: str) -> str:
+    """The end of an error: a traceback's last lines are the ones that name the problem."""
+    if len(error) <= FAILED_ITEM_ERROR_CHARS:
+        return error
+    return "…" + error[-(FAILED_ITEM_ERROR_CHARS - 1) :]
+
+
 def chunk_task_id(job_id: str, index: int) -> str:
     return protocol.task_id_for(job_id, f"c{index}")
 
@@ -90,6 +103,9 @@ def batch_tick() -> None:
     for job_id in (
         BatchJob.objects.exclude(status__in=ACTIVE_STATUSES).filter(released=False).values_list("id", flat=True)
     ):
+        # Before the release: a job that ended early and whose loop is gone (the load error
+        # failed it, or its controller died) still gets its finished items saved.
+        _keep_partial_results_under_lease(job_id)
         _reconcile(job_id)
     # Replicas whose job row is gone (its team was deleted): reconcile kills them.
     owners = set(
@@ -119,6 +135,48 @@ def ensure_loop(job_id: str) -> bool:
         _loops[job_id] = thread
         thread.start()
         return True
+
+
+def _keep_partial_results_under_lease(job_id: str) -> None:
+    if not BatchJob.objects.filter(pk=job_id, status__in=ENDED_EARLY_STATUSES, result__isnull=True).exists():
+        return
+    if not results_path(job_id).exists():
+        return
+    # The lease keeps this from sealing a file that a live loop is still appending to.
+    lease = get_redis().lock(_lease_key(job_id), timeout=LEASE_SECONDS, blocking=False, thread_local=False)
+    if not lease.acquire():
+        return
+    try:
+        batch_job_keep_partial_results(job_id)
+    except Exception:  # noqa: BLE001 - one job must not stop the others
+        logger.exception("batch job %s: saving its partial results failed", job_id)
+    finally:
+        with contextlib.suppress(Exception):
+            lease.release()
+
+
+def batch_job_keep_partial_results(job_id: str) -> None:
+    """A job that ended before its last item (CANCELLED, FAILURE, TIMEOUT): the items
+    collected so far, in input order, become its results file, closed like a finished one,
+    so the user can download what was done. Nothing when no item finished.
+
+    Runs under the job's lease (its loop, or the tick), so the file is not being appended
+    to; bytes past `results_bytes` (a chunk written but not counted) are cut off."""
+    job = BatchJob.objects.filter(pk=job_id, status__in=ENDED_EARLY_STATUSES, result__isnull=True).first()
+    if job is None:
+        return
+    results = ResultsFile(results_path(job.id), job.serialization_format)
+    if not job.results_bytes or not results.exists_with(job.results_bytes):
+        return
+    if job.items_completed + job.items_failed == 0:
+        results.path.unlink(missing_ok=True)
+        return
+    length = results.append(results.footer(), expected_length=job.results_bytes)
+    stored = storage.save_results(job, results.path, length)
+    if job.keep_partial_results(result=stored):
+        results.path.unlink(missing_ok=True)
+    else:
+        storage.delete_stored(stored)
 
 
 def _lease_key(job_id: str) -> str:
@@ -196,9 +254,10 @@ class JobLoop:
                 if job is None:
                     return
                 if job.status != BatchJob.Status.RUNNING:
-                    self._drop_queue()
+                    self._end_early()
                     return
                 if self._timed_out(job):
+                    self._end_early()
                     return
                 self._feed(job)
                 collected = self._collect(job)
@@ -215,7 +274,7 @@ class JobLoop:
                 else:
                     time.sleep(max(0.0, MIN_ITERATION_SECONDS - (time.monotonic() - started)))
         except JobEnded:
-            self._drop_queue()
+            self._end_early()
         finally:
             self.open_files.close()
 
@@ -237,6 +296,10 @@ class JobLoop:
             self._drop_queue()
             _reconcile(job.id)
         return True
+
+    def _end_early(self) -> None:
+        self._drop_queue()
+        batch_job_keep_partial_results(self.job_id)
 
     def _drop_queue(self) -> None:
         # Replicas finish the chunk in hand; nothing new is taken. The keys go when the
@@ -354,12 +417,15 @@ class JobLoop:
         records = protocol.read_fields(self.redis, self.keys, ready, ["status", "result", "traceback", "item_count"])
         data = []
         completed = failed = 0
+        failed_items = list(job.failed_items)
         first = job.items_completed + job.items_failed == 0
         for task_id, (status, result, traceback, item_count) in zip(ready, records, strict=True):
             entries = self._entries(task_id, status, result, traceback, int(item_count or 0))
             for entry in entries:
                 if "error" in entry:
                     failed += 1
+                    if len(failed_items) < FAILED_ITEMS_KEPT:
+                        failed_items.append({"id": entry["id"], "error": _error_tail(str(entry["error"]))})
                 else:
                     completed += 1
             encoded = self.results.encode(entries, first=first)
@@ -371,6 +437,7 @@ class JobLoop:
             results_bytes=length,
             items_completed=job.items_completed + completed,
             items_failed=job.items_failed + failed,
+            failed_items=failed_items,
         )
         if not updated:
             raise JobEnded

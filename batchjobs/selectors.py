@@ -27,7 +27,9 @@ def iso_duration(seconds: float) -> str:
 def batch_job_status(job: BatchJob, *, result_url: str | None) -> dict:
     """GetBatchJobV1Response plus our own fields. `num_tasks_completed` counts finished
     items, failed ones included (pending + completed = total, as the hosted service);
-    `num_tasks_failed` is how many of those failed."""
+    `num_tasks_failed` is how many of those failed, `failed_items` the first of them with
+    their errors. `result` is also set on a job that ended early (CANCELLED, FAILURE,
+    TIMEOUT) after some items finished: the results of those items."""
     end = job.finished_at or timezone.now()
     done = job.items_completed + job.items_failed
     total = job.total_items
@@ -40,7 +42,8 @@ def batch_job_status(job: BatchJob, *, result_url: str | None) -> dict:
         "num_tasks_pending": max(total - done, 0) if total is not None else None,
         "num_tasks_completed": done,
         "num_tasks_failed": job.items_failed,
-        "model_bundle_id": job.bundle_id,
+        "failed_items": job.failed_items,
+        "model_bundle_id": job.model_bundle_id,
         "serialization_format": job.serialization_format,
         "labels": job.labels,
         "created_at": job.created_at.isoformat(),

@@ -18,6 +18,7 @@ from endpoints.models import GPU_TYPES
 from endpoints.quantities import parse_bytes, parse_cpus
 from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
+from workers.runtimes.local_gpus import local_gpu_refusal
 from workers.tick import wake_controller
 
 RESOURCE_FIELDS = (
@@ -71,12 +72,9 @@ def _apply_resources(job: BatchJob, requests: dict[str, Any]) -> None:
     if job.gpus:
         if job.gpu_type not in GPU_TYPES:
             raise _resource_error("gpu_type", f"is required when gpus > 0: one of {', '.join(GPU_TYPES)}")
-        if settings.LAUNCH_RUNTIME == "local":
-            raise _resource_error(
-                "gpus",
-                "this server runs replicas as local processes and has no GPU hosts; use gpus: 0, "
-                "or register a GPU host and run with LAUNCH_RUNTIME=docker",
-            )
+        refusal = local_gpu_refusal(job.gpus, job.gpu_type) if settings.LAUNCH_RUNTIME == "local" else None
+        if refusal:
+            raise _resource_error(*refusal)
     elif job.gpu_type:
         raise _resource_error("gpu_type", "must be empty when gpus is 0")
 
@@ -139,6 +137,8 @@ def _new_job(
         team=team,
         created_by=user if getattr(user, "pk", None) else None,
         bundle=bundle,
+        model_bundle_id=bundle.id,
+        bundle_name=bundle.name,
         serialization_format=fmt,
         labels=labels or {},
         timeout_seconds=float(timeout),
@@ -169,9 +169,10 @@ def batch_job_create(
     resource_requests: dict[str, Any] | None = None,
     timeout_seconds: float | None = None,
 ) -> BatchJob:
-    """Record a PENDING job over an uploaded input file (`input_path`, from
-    batch_task_input_upload); the controller runs it."""
-    from bundles.services import stored_object_resolve
+    """Record a PENDING job over an input file; the controller runs it. `input_path` is what
+    batch_task_input_upload handed out (s3://<bucket>/<key>), or one of the team's files
+    (/v1/files): its id, or its /v1/files/{id} path or URL."""
+    from bundles.services import file_for_reference, stored_object_resolve
 
     job = _new_job(
         team=team,
@@ -182,7 +183,11 @@ def batch_job_create(
         resource_requests=resource_requests,
         timeout_seconds=timeout_seconds,
     )
-    stored = stored_object_resolve(team=team, location=input_path, kind="batch_input", field="input_path")
+    file = file_for_reference(team=team, reference=input_path, field="input_path")
+    if file is not None:
+        stored = file.stored
+    else:
+        stored = stored_object_resolve(team=team, location=input_path, kind="batch_input", field="input_path")
     return _save(job, stored=stored, input_path=input_path)
 
 

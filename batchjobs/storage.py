@@ -53,6 +53,12 @@ def delete_bytes(stored: StoredObject) -> None:
     _store().delete_object(stored.key)
 
 
+def delete_stored(stored: StoredObject) -> None:
+    """A stored object nobody will point at (its row lost a compare-and-set)."""
+    delete_bytes(stored)
+    stored.delete()
+
+
 def save_results(job, path: Path, length: int) -> StoredObject:
     with open(path, "rb") as file:
         return _save(team=job.team, kind=StoredObject.Kind.BATCH_RESULT, file=file, name=f"{job.id}-results")

@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Quota, Team
+from batchjobs.models import ACTIVE_STATUSES, BatchJob
 from bundles import store
 from bundles.models import File, ModelBundle, StoredObject
 from launch_site import limits
@@ -193,12 +194,44 @@ def file_upload(*, team: Team, filename: Any, stream: IO[bytes], size: int | Non
 
 
 def file_delete(*, file: File) -> None:
-    """Delete the file, its stored object and, once that is committed, its bytes."""
+    """Delete the file, its stored object and, once that is committed, its bytes; 409 while a
+    batch job that has not finished reads it (finished jobs keep their input_path text only)."""
+    from batchjobs.models import ACTIVE_STATUSES, BatchJob
+
     key = file.stored_id
     with transaction.atomic():
+        # Locked: a batch job created over this file at the same moment either commits
+        # first (and is seen below) or finds the file gone (file_for_reference).
+        File.objects.select_for_update().filter(pk=file.pk).first()
+        readers = BatchJob.objects.filter(input_id=key)
+        active = list(readers.filter(status__in=ACTIVE_STATUSES).values_list("id", "status")[:5])
+        if active:
+            jobs = ", ".join(f"{job_id} ({status})" for job_id, status in active)
+            raise ConflictError(f"file {file.id} is the input of batch job {jobs}; cancel it or wait until it ends")
+        readers.update(input=None)
         file.delete()
         StoredObject.objects.filter(key=key).delete()
         transaction.on_commit(lambda: store.delete_object(key))
+
+
+# A file named as a batch job's input: its id, or its /v1/files/{id} path or URL.
+_FILE_REFERENCE = re.compile(r"^(?:(?:https?://[^/\s]+)?/v1/files/)?(?P<id>file_[0-9a-z]+)(?:/content)?/?$")
+
+
+def file_for_reference(*, team: Team, reference: Any, field: str) -> File | None:
+    """The team's file that `reference` names (a file id, or `/v1/files/{id}` as a path or a
+    URL), locked until the caller's transaction ends (file_delete waits for it); None when
+    `reference` does not name a file; a FieldError naming `field` when it names one this team
+    does not have (another team's file reads as unknown)."""
+    if not isinstance(reference, str):
+        return None
+    match = _FILE_REFERENCE.match(reference.strip())
+    if match is None:
+        return None
+    file = File.objects.select_for_update().filter(pk=match["id"], team=team).select_related("stored").first()
+    if file is None:
+        raise FieldError(field, f"your team has no file {match['id']!r} (see GET /v1/files)")
+    return file
 
 
 # Model bundles
@@ -261,8 +294,7 @@ def _new_bundle(
     limits.check_name(name, field="name", max_length=limits.BUNDLE_NAME_MAX_LENGTH)
     if not isinstance(flavor, str) or flavor not in PACKAGING_TYPE_FOR_FLAVOR:
         raise FieldError("flavor", f"{flavor!r} is not supported here; use cloudpickle_artifact or zip_artifact")
-    if not isinstance(requirements, list) or not all(isinstance(item, str) for item in requirements):
-        raise FieldError("requirements", "must be a list of strings")
+    limits.check_requirements(requirements)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise FieldError("metadata", "must be a JSON object")
@@ -442,7 +474,7 @@ def bundle_clone_with_changes(
 
 def bundle_delete_by_name(*, team: Team, name: str) -> int:
     """Delete every version of the bundle `name` (the legacy DELETE), refusing with 409 while an
-    endpoint or batch job uses one; artifacts no other bundle uses go too. Returns the count."""
+    endpoint or an active (pending or running) batch job uses one; artifacts no other bundle uses go too. Returns the count."""
     keys: list[str] = []
     with transaction.atomic():
         bundles = ModelBundle.objects.filter(team=team, name=name)
@@ -450,6 +482,15 @@ def bundle_delete_by_name(*, team: Team, name: str) -> int:
         if not artifact_keys:
             raise NotFoundError(f"No model bundle named {name!r}.")
         count = bundles.count()
+        # A running job's replicas load the bundle; a finished job keeps its id and name.
+        active = list(
+            BatchJob.objects.filter(bundle__in=bundles, status__in=ACTIVE_STATUSES).values_list("id", flat=True)
+        )
+        if active:
+            raise ConflictError(
+                f"model bundle {name!r} is in use by batch job {', '.join(sorted(active))}; "
+                "wait for it to finish or cancel it first"
+            )
         try:
             with transaction.atomic():
                 bundles.delete()

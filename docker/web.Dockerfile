@@ -7,6 +7,12 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LAUNCH_HOME=/data
 
+# openssh-client: the controller reaches hosts registered as ssh://user@host through the ssh
+# binary (the Docker SDK's use_ssh_client), with the keys in /home/launch/.ssh.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openssh-client \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY requirements.txt /app/requirements.txt
 RUN python -m pip install --no-cache-dir -r requirements.txt \

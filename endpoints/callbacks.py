@@ -55,6 +55,9 @@ RETRY_KEY = "launch:callback:retry"  # sorted set: task id -> when its next atte
 SIGNATURE_HEADER = "X-Launch-Signature"
 MAX_RETRY_DELAY_SECONDS = 300
 DRAIN_BATCH = 100
+# Counters of delivery outcomes, `<endpoint id>:<outcome>` -> n (the /metrics series).
+OUTCOMES_KEY = "launch:callback:outcomes"
+CALLBACK_OUTCOMES = ("delivered", "retried", "gave_up")
 
 
 def config_key(task_id: str) -> str:
@@ -130,7 +133,13 @@ def clean_auth(value, field: str) -> dict | None:
     extra = [k for k, v in value.items() if k not in ("kind", *needed) and v is not None]
     if extra:
         raise FieldError(field, f"unexpected for kind {kind}: {', '.join(sorted(extra))}")
-    return {"kind": kind, **{name: value[name] for name in needed}}
+    cleaned = {"kind": kind, **{name: value[name] for name in needed}}
+    if kind == "mtls":
+        try:
+            _tls_context(cleaned)  # a pair that cannot load would fail every delivery: say so now
+        except (ssl.SSLError, ValueError) as error:
+            raise FieldError(field, f"cert and key must be a matching PEM certificate and key ({error})") from None
+    return cleaned
 
 
 def clean_hooks(value, field: str = "post_inference_hooks") -> list | None:
@@ -224,23 +233,30 @@ def _post(url: str, body: bytes, headers: dict[str, str], auth: dict | None) -> 
     """One POST; raises on a network error or a status other than 2xx."""
     check_target(url)  # again at delivery: the name may resolve elsewhere by now
     headers = {"Content-Type": "application/json", "User-Agent": "launch-callbacks", **headers}
+    if auth and auth["kind"] == "basic":
+        token = b64encode(f"{auth['username']}:{auth['password']}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=_tls_context(auth)), _NoRedirect)
+    with opener.open(request, timeout=settings.CALLBACK_TIMEOUT_SECONDS) as response:
+        response.read(65536)
+
+
+def _tls_context(auth: dict | None) -> ssl.SSLContext:
+    """The system's CAs plus CALLBACK_CA_FILE (an operator's private CA for its sinks), and the
+    client certificate of an mtls auth. ssl takes a certificate only from files: they live in a
+    0700 directory for as long as loading takes."""
     context = ssl.create_default_context()
-    with tempfile.TemporaryDirectory(prefix="launch-callback-") as workdir:
-        if auth and auth["kind"] == "basic":
-            token = b64encode(f"{auth['username']}:{auth['password']}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
-        elif auth and auth["kind"] == "mtls":
+    if settings.CALLBACK_CA_FILE:
+        context.load_verify_locations(settings.CALLBACK_CA_FILE)
+    if auth and auth["kind"] == "mtls":
+        with tempfile.TemporaryDirectory(prefix="launch-callback-") as workdir:
             cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
             for path, text in ((cert, auth["cert"]), (key, auth["key"])):
                 with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
                     f.write(text)
             context.load_cert_chain(cert, key)
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=context), _NoRedirect,
-        )
-        with opener.open(request, timeout=settings.CALLBACK_TIMEOUT_SECONDS) as response:
-            response.read(65536)
+    return context
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -269,8 +285,10 @@ def deliver(task_id: str) -> bool:
     if endpoint is None:
         # Deleted (its config expires with its TTL), or not visible to this worker yet: never
         # drop a callback on one lookup; try again later within the retry window.
+        # A miss is no delivery attempt, so it shows as last_error only if it ends the retries.
         misses = client.hincrby(key, "endpoint_misses", 1)
-        _retry_later(client, task_id, key, config, "the endpoint was not found", time.time(), attempts=misses)
+        _retry_later(client, task_id, key, config, "the endpoint was not found", time.time(), attempts=misses,
+                     attempted=False)
         return False
     body = _body(task_id, record)
     now = time.time()
@@ -283,18 +301,39 @@ def deliver(task_id: str) -> bool:
         _retry_later(client, task_id, key, config, _describe(error), now, attempts=attempts)
         return False
     client.hset(key, mapping={"delivered": 1, "delivered_at": time.time(), "first_attempt_at": first})
+    _count_outcome(client, endpoint_id, "delivered")
     return True
 
 
-def _retry_later(client, task_id: str, key: str, config: dict, message: str, now: float, *, attempts: int = 0) -> None:
+def _retry_later(client, task_id: str, key: str, config: dict, message: str, now: float, *, attempts: int = 0,
+                 attempted: bool = True) -> None:
     """Schedule the next attempt with a doubling delay, or give up past CALLBACK_RETRY_FOR_SECONDS."""
     first = float(config.get("first_attempt_at") or now)
-    client.hset(key, mapping={"last_error": message, "first_attempt_at": first})
+    fields = {"first_attempt_at": first}
+    if attempted:
+        fields["last_error"] = message
+    client.hset(key, mapping=fields)
     delay = min(settings.CALLBACK_RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0), MAX_RETRY_DELAY_SECONDS)
     if now + delay - first <= settings.CALLBACK_RETRY_FOR_SECONDS:
         client.zadd(RETRY_KEY, {task_id: now + delay})
+        if attempted:  # a lookup miss is no delivery attempt
+            _count_outcome(client, config["endpoint_id"], "retried")
     else:
         client.hset(key, "last_error", f"{message}; gave up after {attempts} attempts")
+        _count_outcome(client, config["endpoint_id"], "gave_up")
+
+
+def _count_outcome(client, endpoint_id: str, outcome: str) -> None:
+    client.hincrby(OUTCOMES_KEY, f"{endpoint_id}:{outcome}", 1)
+
+
+def callback_outcome_counts() -> dict[str, dict[str, int]]:
+    """{endpoint id: {outcome: deliveries}} since the counters began (Redis keeps them)."""
+    counts: dict[str, dict[str, int]] = {}
+    for field, value in get_redis().hgetall(OUTCOMES_KEY).items():
+        endpoint_id, _, outcome = field.decode().rpartition(":")
+        counts.setdefault(endpoint_id, {})[outcome] = int(value)
+    return counts
 
 
 def _describe(error: Exception) -> str:

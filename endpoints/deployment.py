@@ -15,15 +15,19 @@ from workers.runtimes.base import ReplicaSpec
 RUNNABLE_IMAGE_PORT = 5005
 
 
-def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> dict[str, str]:
+def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int,
+                batching: tuple[int, int] | None = None) -> dict[str, str]:
     """The LAUNCH_* variables workers.serve reads. LAUNCH_REDIS_URL is added by the controller
-    when it starts the replica (workers.redis_acl: credentials of the replica's own)."""
+    when it starts the replica (workers.redis_acl: credentials of the replica's own).
+    `batching`: (max batch size, max wait in ms) of an endpoint that batches requests."""
     common = {
         "LAUNCH_PREFIX": prefix,
         "LAUNCH_REPLICA_ID": replica_id,
         "LAUNCH_CONCURRENCY": str(concurrency),
         "LAUNCH_HEARTBEAT_TTL_SECONDS": str(settings.HEARTBEAT_TIMEOUT_SECONDS),
     }
+    if batching is not None:
+        common["LAUNCH_MAX_BATCH_SIZE"], common["LAUNCH_MAX_BATCH_WAIT_MS"] = (str(n) for n in batching)
     if bundle.is_runnable_image:
         image = bundle.image_config
         forward = {
@@ -32,6 +36,8 @@ def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> di
             "healthcheck_route": image["healthcheck_route"],
             "readiness_timeout_seconds": image["readiness_initial_delay_seconds"],
         }
+        if image.get("streaming_predict_route"):  # the streaming flavor
+            forward["streaming_predict_route"] = image["streaming_predict_route"]
         return {**common, "LAUNCH_FORWARD_CONFIG": json.dumps(forward)}
     config = {
         "packaging_type": bundle.packaging_type,
@@ -49,6 +55,12 @@ def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int) -> di
     }
 
 
+def _batching(owner) -> tuple[int, int] | None:
+    """An endpoint's batching settings; batch jobs (which have none) run their chunks as they are."""
+    size = getattr(owner, "max_batch_size", None)
+    return (size, owner.max_batch_wait_ms) if size else None
+
+
 def bundle_replica_spec(owner, *, kind: str, prefix: str, replica_id: str, labels: dict[str, str]) -> ReplicaSpec:
     """The replica of an endpoint or a batch job: both carry a bundle, a team and the same
     resource fields (per_worker, cpus_millis, memory_bytes, gpus, gpu_type, labels)."""
@@ -59,7 +71,7 @@ def bundle_replica_spec(owner, *, kind: str, prefix: str, replica_id: str, label
         owner_id=owner.id,
         team=owner.team.name,
         env=_bundle_env(bundle, prefix=prefix, replica_id=replica_id,
-                        concurrency=getattr(owner, "concurrency", owner.per_worker)),
+                        concurrency=getattr(owner, "concurrency", owner.per_worker), batching=_batching(owner)),
         cpus=owner.cpus_millis / 1000,
         memory_bytes=owner.memory_bytes,
         gpus=owner.gpus,

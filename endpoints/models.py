@@ -72,6 +72,11 @@ class ModelEndpoint(models.Model):
     prewarm = models.BooleanField(null=True, blank=True)
     # Only false (or unset) is accepted: there is no cost optimizer here.
     optimize_costs = models.BooleanField(null=True, blank=True)
+    # Adaptive request batching (docs/batching.md), off while max_batch_size is null: a
+    # replica takes up to max_batch_size waiting requests at once, waiting at most
+    # max_batch_wait_ms for them, and calls the bundle's batch predict with the list.
+    max_batch_size = models.PositiveIntegerField(null=True, blank=True)
+    max_batch_wait_ms = models.PositiveIntegerField(null=True, blank=True)
     # Signs callback deliveries (HMAC-SHA256); shown once, in the creation answer.
     callback_secret = models.CharField(max_length=64, blank=True, default="", editable=False)
 

@@ -45,20 +45,21 @@ def endpoint_get_by_name(*, team: Team, name: str) -> ModelEndpoint:
     return endpoint
 
 
-# What the API's endpoint answer shows (endpoints.api.views.endpoint_representation): a list
-# loads no more, in particular not the bundle's JSON fields or the user's row.
-_SHOWN_FIELDS = (
-    "id", "name", "endpoint_type", "metadata", "bundle_id", "bundle__name", "status", "status_reason",
-    "post_inference_hooks", "default_callback_url", "default_callback_auth", "labels", "created_by__username",
-    "created_at", "last_updated_at", "min_workers", "max_workers", "per_worker", "concurrent_requests_per_worker",
-    "cpus", "gpus", "memory", "gpu_type", "storage", "optimize_costs", "high_priority", "billing_tags", "prewarm",
-    "task_expires_seconds", "queue_message_timeout_seconds",
-)
-
-
 def endpoint_page_source(*, team: Team, name: str | None = None, order_by: str | None = None):
-    """endpoint_list with only what the API's answer shows loaded (a page of the list route)."""
-    return endpoint_list(team=team, name=name, order_by=order_by).only(*_SHOWN_FIELDS)
+    """endpoint_list for the API's list route: of the bundle and the user, only what the answer
+    shows (their names) is loaded; the bundle's JSON fields and the user's row cost more than
+    the endpoint itself."""
+    from django.contrib.auth import get_user_model
+
+    from bundles.models import ModelBundle
+
+    skipped = [
+        f"{relation}__{field.name}"
+        for relation, model, shown in (("bundle", ModelBundle, "name"), ("created_by", get_user_model(), "username"))
+        for field in model._meta.concrete_fields
+        if field.name != shown and not field.primary_key
+    ]
+    return endpoint_list(team=team, name=name, order_by=order_by).defer(*skipped)
 
 
 def endpoint_list(*, team: Team, name: str | None = None, order_by: str | None = None):

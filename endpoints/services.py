@@ -17,17 +17,21 @@ from endpoints.models import GPU_TYPES, ModelEndpoint
 from endpoints.quantities import parse_bytes, parse_cpus
 from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
+from workers.runtimes.local_gpus import local_gpu_refusal
 
 # Fields an edit may change; the ones in ROLLOVER_FIELDS change what replicas run.
 EDITABLE_FIELDS = (
     "bundle", "min_workers", "max_workers", "per_worker", "cpus", "memory", "storage", "gpus", "gpu_type",
     "labels", "metadata", "post_inference_hooks", "default_callback_url", "default_callback_auth",
     "task_expires_seconds", "queue_message_timeout_seconds", "concurrent_requests_per_worker",
-    "high_priority", "billing_tags", "prewarm", "optimize_costs",
+    "high_priority", "billing_tags", "prewarm", "optimize_costs", "max_batch_size", "max_batch_wait_ms",
 )
 ROLLOVER_FIELDS = (
     "bundle", "cpus", "memory", "storage", "gpus", "gpu_type", "per_worker", "concurrent_requests_per_worker",
+    "max_batch_size", "max_batch_wait_ms",
 )
+# Set by _apply_batching, which gives them their rules (0 turns batching off).
+BATCHING_FIELDS = ("max_batch_size", "max_batch_wait_ms")
 
 
 def check_contract_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +95,41 @@ def _apply_resources(endpoint: ModelEndpoint, values: dict[str, Any]) -> None:
             endpoint.storage = str(storage)
 
 
+def _apply_batching(endpoint: ModelEndpoint, values: dict[str, Any]) -> None:
+    """Request batching (docs/batching.md). max_batch_size 0 turns it off: in an update, null
+    means "unchanged", as for every field. A wait without batching is refused rather than
+    kept for later; batching without a wait gets the default one."""
+    if values.get("max_batch_size") is not None:
+        size = limits.check_integer(values["max_batch_size"], field="max_batch_size", minimum=0,
+                                    maximum=limits.MAX_BATCH_SIZE)
+        endpoint.max_batch_size = size or None
+        if not size:
+            endpoint.max_batch_wait_ms = None
+    if values.get("max_batch_wait_ms") is not None:
+        wait = limits.check_integer(values["max_batch_wait_ms"], field="max_batch_wait_ms", minimum=0,
+                                    maximum=limits.MAX_BATCH_WAIT_MS)
+        if endpoint.max_batch_size is None:
+            raise FieldError("max_batch_wait_ms", "applies only to an endpoint that batches requests: "
+                                                  "set max_batch_size (1 or more) too")
+        endpoint.max_batch_wait_ms = wait
+    if endpoint.max_batch_size is not None and endpoint.max_batch_wait_ms is None:
+        endpoint.max_batch_wait_ms = limits.DEFAULT_BATCH_WAIT_MS
+
+
+def batching_refusal(endpoint: ModelEndpoint) -> str | None:
+    """Why this endpoint cannot batch its requests, when it asks to. A bundle whose predict
+    is not a batch predict is found out by its replica (the web never opens a bundle): the
+    replica then fails to load with the reason, and the endpoint is UPDATE_FAILED."""
+    if endpoint.max_batch_size is None:
+        return None
+    if endpoint.endpoint_type == ModelEndpoint.EndpointType.STREAMING:
+        return "a streaming endpoint sends each request's items as they come; it cannot batch requests"
+    if endpoint.bundle.is_runnable_image:
+        return (f"bundle {endpoint.bundle_id!r} is a runnable image: its server gets requests one by one "
+                "from our forwarder, which does not batch them")
+    return None
+
+
 def _validate_bounds(endpoint: ModelEndpoint) -> None:
     for field, minimum, maximum in (
         ("min_workers", 0, limits.MAX_WORKERS),
@@ -128,17 +167,17 @@ def _validate_rules(endpoint: ModelEndpoint) -> None:
             raise FieldError("gpu_type", "is required when gpus > 0")
         if endpoint.gpu_type not in GPU_TYPES:
             raise FieldError("gpu_type", f"must be one of {', '.join(GPU_TYPES)}")
-        if settings.LAUNCH_RUNTIME == "local":
-            raise FieldError(
-                "gpus",
-                "this server runs replicas as local processes and has no GPU hosts; "
-                "use gpus: 0, or register a GPU host and run with LAUNCH_RUNTIME=docker",
-            )
+        refusal = local_gpu_refusal(endpoint.gpus, endpoint.gpu_type) if settings.LAUNCH_RUNTIME == "local" else None
+        if refusal:
+            raise FieldError(*refusal)
     elif endpoint.gpu_type:
         raise FieldError("gpu_type", "must be empty when gpus is 0")
     refusal = runnable_image_refusal(endpoint.bundle, settings.LAUNCH_RUNTIME)
     if refusal:
         raise FieldError("model_bundle_id", refusal)
+    refusal = batching_refusal(endpoint)
+    if refusal:
+        raise FieldError("max_batch_size", refusal)
 
 
 def runnable_image_refusal(bundle: ModelBundle, runtime: str) -> str | None:
@@ -188,8 +227,9 @@ def endpoint_create(*, team: Team, user, name: str, model_bundle_id: str, endpoi
         callback_secret=callbacks.new_secret(),
     )
     for field, value in options.items():
-        if value is not None:
+        if value is not None and field not in BATCHING_FIELDS:
             setattr(endpoint, field, value)
+    _apply_batching(endpoint, options)
     _apply_resources(endpoint, {"cpus": cpus, "memory": memory, "storage": storage})
     _validate_rules(endpoint)
     quota_check(team=team, adding=usage_of(endpoint))
@@ -212,8 +252,9 @@ def endpoint_update(*, endpoint: ModelEndpoint, changes: dict[str, Any]) -> Mode
         changes["bundle"] = _bundle_for(endpoint.team, changes.pop("model_bundle_id"))
     before = {field: getattr(endpoint, field) for field in ROLLOVER_FIELDS}
     _apply_resources(endpoint, changes)
+    _apply_batching(endpoint, changes)
     for field in EDITABLE_FIELDS:
-        if field in changes and field not in ("cpus", "memory", "storage"):
+        if field in changes and field not in ("cpus", "memory", "storage", *BATCHING_FIELDS):
             setattr(endpoint, field, changes[field])
     if endpoint.gpus == 0 and "gpus" in changes and "gpu_type" not in changes:
         endpoint.gpu_type = None

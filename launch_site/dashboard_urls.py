@@ -16,6 +16,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
     path("bundles/", bundles.bundle_list, name="bundle-list"),
     path("bundles/new/", bundles.bundle_create, name="bundle-create"),
+    path("bundles/new-image/", bundles.bundle_create_image, name="bundle-create-image"),
     path("bundles/<str:bundle_id>/", bundles.bundle_detail, name="bundle-detail"),
     path("endpoints/", endpoints.endpoint_list, name="endpoint-list"),
     path("endpoints/new/", endpoints.endpoint_create, name="endpoint-create"),

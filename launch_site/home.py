@@ -15,8 +15,9 @@ from pathlib import Path
 
 # Only the socket's directory is open for traversal; the socket is 0777 (Redis's password,
 # not the file mode, guards it: a replica under another uid must be able to connect).
-# replica-homes/ holds each local replica's private HOME (0700, owned by the replica's uid).
-TRAVERSABLE = {"run", "replica-homes"}
+# replica-homes/ holds each local replica's private HOME (0700, owned by the replica's uid);
+# venvs/ the virtualenvs of bundles' requirements, which replicas run from (each 0755).
+TRAVERSABLE = {"run", "replica-homes", "venvs"}
 
 
 def secure_launch_home(home: Path) -> None:

@@ -31,6 +31,12 @@ MAX_BYTES = 2**50  # memory or storage of one replica: 1 PiB
 MAX_TASK_EXPIRES_SECONDS = 30 * 24 * 3600
 MAX_QUEUE_MESSAGE_TIMEOUT_SECONDS = 12 * 3600
 MAX_BATCH_TIMEOUT_SECONDS = 7 * 24 * 3600
+# Request batching of an endpoint (docs/batching.md): the largest batch one replica takes in
+# one Redis call (their payloads come back in one reply), and the longest a replica waits for
+# a batch to fill; a batch waited for longer would only add latency to every request in it.
+MAX_BATCH_SIZE = 256
+MAX_BATCH_WAIT_MS = 5000
+DEFAULT_BATCH_WAIT_MS = 10
 
 
 def check_name(value: Any, *, field: str, max_length: int) -> str:
@@ -60,3 +66,35 @@ def check_seconds(value: Any, *, field: str, maximum: float) -> float:
     if not 0 < value <= maximum:
         raise FieldError(field, f"must be more than 0 and at most {maximum:g} seconds")
     return float(value)
+
+
+MAX_REQUIREMENTS = 200  # pip requirements of one bundle
+MAX_REQUIREMENT_LENGTH = 500
+
+
+def check_requirements(value: Any, *, field: str = "requirements") -> list[str]:
+    """A bundle's pip requirements: each a PEP 508 requirement ("numpy==2.1.0", "pkg[extra]>=1",
+    "pkg @ https://host/pkg.whl"), parsed by `packaging`. They become the lines of a
+    requirements file that pip reads on the server (local runtime) or in a build (docker), so a
+    pip option ("-r /etc/shadow", "--index-url ..."), a second line, a local path or a file: URL
+    is refused here rather than handed to pip."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise FieldError(field, "must be a list of strings")
+    if len(value) > MAX_REQUIREMENTS:
+        raise FieldError(field, f"must have at most {MAX_REQUIREMENTS} items")
+    for index, item in enumerate(value):
+        text = item.strip()
+        what = f"item {index} ({item[:80]!r})"
+        if len(item) > MAX_REQUIREMENT_LENGTH:
+            raise FieldError(field, f"{what} must be at most {MAX_REQUIREMENT_LENGTH} characters")
+        if text.startswith("-"):
+            raise FieldError(field, f"{what} is a pip option; only requirements such as 'numpy==2.1.0' are taken")
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement as error:
+            raise FieldError(field, f"{what} is not a requirement such as 'numpy==2.1.0': {error}") from None
+        if requirement.url and not requirement.url.startswith(("https://", "http://")):
+            raise FieldError(field, f"{what}: only http(s) URLs are taken, not {requirement.url.split(':')[0]}:")
+    return value

@@ -162,6 +162,12 @@ LAUNCH_RUNTIME = env_choice("LAUNCH_RUNTIME", "local", ("local", "docker", "ray"
 # The local runtime, when the server runs as root with setpriv installed, runs each replica
 # under a uid of its own from this range ("first-last"; no passwd entry is needed), or "off".
 LOCAL_REPLICA_UIDS = env_uid_range("LOCAL_REPLICA_UIDS", (200_000, 265_535))
+# The local runtime's GPUs: this command is run with -L (nvidia-smi's list, one "GPU <index>:
+# <name> (UUID: ...)" line per device); tests point it at a fake printing such lines.
+LOCAL_NVIDIA_SMI = env_str("LAUNCH_LOCAL_NVIDIA_SMI") or "nvidia-smi"
+# A bundle's requirements run on the local runtime from a virtualenv per requirements hash
+# under LAUNCH_HOME/venvs, installed by a control-queue job bounded by this.
+LOCAL_VENV_INSTALL_TIMEOUT_SECONDS = env_float("LAUNCH_LOCAL_VENV_INSTALL_TIMEOUT_SECONDS", 900.0)
 LAUNCH_ACCESS_LOG = env_bool("LAUNCH_ACCESS_LOG", False)  # the web server's access log in `launch up`
 # Each replica gets a Redis ACL user limited to its endpoint's keys (when the server has ACLs
 # and lets us create users); off: replicas get REDIS_URL's own credentials.
@@ -214,6 +220,8 @@ CALLBACK_RETRY_FOR_SECONDS = env_float("CALLBACK_RETRY_FOR_SECONDS", 3600.0)
 # Callback URLs that resolve to private, loopback or link-local addresses are refused unless
 # the operator allows them (a sink inside the same network; the tests' loopback sink).
 CALLBACK_ALLOW_PRIVATE_TARGETS = env_bool("CALLBACK_ALLOW_PRIVATE_TARGETS", False)
+# A PEM bundle of CAs trusted for https callback targets besides the system's (a private CA).
+CALLBACK_CA_FILE = env_str("CALLBACK_CA_FILE", "")
 TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 3, minimum=1)
 SCALE_DOWN_DELAY_SECONDS = env_float("SCALE_DOWN_DELAY_SECONDS", 60.0)
 HEARTBEAT_TIMEOUT_SECONDS = env_float("HEARTBEAT_TIMEOUT_SECONDS", 10.0)

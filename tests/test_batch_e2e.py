@@ -170,6 +170,10 @@ def test_json_lines_job_keeps_going_past_a_failing_item(live_stack, owner):
     job = wait_job(api, upload_job(api, bundle_id, lines))
     assert job["status"] == "SUCCESS", job
     assert (job["num_tasks_completed"], job["num_tasks_failed"]) == (8, 1)
+    # SUCCESS ran to the end; the reason and the listed failures say not every item did.
+    assert job["status_reason"].startswith("1 of 8 items failed")
+    [failed] = job["failed_items"]
+    assert failed["id"] == 4 and "ValueError: cannot handle 3" in failed["error"]
     results = json.loads(download(api, job))
     assert [entry["id"] for entry in results] == list(range(1, 9))  # line numbers
     assert "ValueError: cannot handle 3" in results[3]["error"]
@@ -218,6 +222,10 @@ def test_cancel_stops_the_replicas_and_the_job_stays_cancelled(live_stack, owner
     job = api.get(f"/v1/batch-jobs/{job_id}").json()
     assert job["status"] == "CANCELLED"
     assert job["num_tasks_completed"] < 200
+    # What finished before the cancel is downloadable, in input order.
+    results = json.loads(download(api, job))
+    assert len(results) == job["num_tasks_completed"] > 0
+    assert results == [{"id": i + 1, "result": {"double": 2 * i, "label": ""}} for i in range(len(results))]
     again = api.put(f"/v1/batch-jobs/{job_id}", json={"cancel": True})
     assert again.status_code == 409
 
@@ -230,6 +238,11 @@ def test_job_over_its_timeout_ends_timeout_with_replicas_stopped(live_stack, own
     assert job["status"] == "TIMEOUT", job
     assert "timeout_seconds" in job["status_reason"]
     wait_no_replicas(job["job_id"])
+    job = api.get(f"/v1/batch-jobs/{job['job_id']}").json()
+    if job["num_tasks_completed"]:  # the items done before the timeout are kept
+        assert len(json.loads(download(api, job))) == job["num_tasks_completed"]
+    else:
+        assert job["result"] is None
 
 
 def test_bundle_that_cannot_load_fails_the_job_with_the_load_error(live_stack, owner):

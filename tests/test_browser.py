@@ -336,3 +336,72 @@ def test_async_endpoint_page_stays_live_and_everything_is_measured(live_stack, p
     page.wait_for_selector(".opblock", timeout=60_000)
     page.screenshot(path=f"{SCREENSHOTS}/api-docs.png")
     assert outside == []
+
+
+def test_lists_search_as_you_type_and_forms_show_every_error(live_server, page, tmp_path):
+    """Search on a list swaps only the list and keeps the URL; a job with failed items is not a
+    clean SUCCESS; Edit shows every bad field at once; a file is asked for again after an error."""
+    from accounts.models import Team
+    from batchjobs.models import BatchJob
+    from bundles.models import StoredObject
+    from endpoints.services import endpoint_create
+    from tests.factories import make_bundle
+
+    base = live_server.url
+    log_in(page, base, "sam")
+    team = Team.objects.get(name="sam-team")
+    bundle = make_bundle(team, name="model")
+    for name in ("search-alpha", "search-beta"):
+        endpoint = endpoint_create(
+            team=team, user=None, name=name, model_bundle_id=bundle.id, endpoint_type="async",
+            min_workers=0, max_workers=1, per_worker=1, cpus=1, memory="1Gi",
+        )  # fmt: skip
+
+    page.goto(f"{base}/endpoints/")
+    page.fill("form.search input[name=q]", "alph")
+    page.wait_for_url("**/endpoints/?q=alph*")
+    rows = page.locator("#endpoints tbody tr")
+    rows.first.wait_for()
+    page.wait_for_selector("#endpoints >> text=search-beta", state="detached")
+    assert rows.count() == 1 and "search-alpha" in rows.first.inner_text()
+    assert page.locator(".page-head h1").inner_text() == "Endpoints"  # the page stayed; only the list changed
+
+    stored = StoredObject.objects.create(key=f"{team.id}/batch_input/x", team=team, kind="batch_input")
+    job = BatchJob.objects.create(
+        team=team, bundle=bundle, model_bundle_id=bundle.id, bundle_name="model", input=stored,
+        input_path=stored.location, serialization_format="JSON", status="SUCCESS", total_items=3,
+        items_completed=2, items_failed=1, status_reason="1 of 3 items failed; each failed item has its error",
+        failed_items=[{"id": "2", "error": "Traceback (most recent call last):\nValueError: cannot handle 2"}],
+    )  # fmt: skip
+    page.goto(f"{base}/batch-jobs/{job.id}/")
+    assert page.inner_text("#job-status").strip() == "SUCCESS · 1 failed"
+    assert "ValueError: cannot handle 2" in page.inner_text("#failed-items")
+    page.screenshot(path=f"{SCREENSHOTS}/batch-failed-items.png", full_page=True)
+
+    page.goto(f"{base}/endpoints/{endpoint.id}/edit/")
+    page.fill("#id_cpus", "lots")
+    page.fill("#id_labels", '{"team": 1}')
+    page.fill("#id_queue_message_timeout_seconds", "50000")
+    page.click("button:has-text('Save')")
+    page.wait_for_selector("#field-cpus .errorlist")
+    for field in ("cpus", "labels", "queue_message_timeout_seconds"):
+        assert page.locator(f"#field-{field} .errorlist").is_visible(), field
+    assert page.input_value("#id_labels") == '{"team": 1}'
+    page.screenshot(path=f"{SCREENSHOTS}/endpoint-edit-errors.png", full_page=True)
+
+    bundle_file = tmp_path / "my-model.pkl"
+    bundle_file.write_bytes(cloudpickle.dumps(doubler_bundle()))
+    page.goto(f"{base}/bundles/new/")
+    page.fill("#id_name", "reask")
+    page.set_input_files("#id_file", str(bundle_file))
+    page.fill("#id_requirements", "[numpy")
+    page.click("button:has-text('Upload and create')")
+    reask = page.locator("#field-file .reask")
+    reask.wait_for()
+    assert "Choose my-model.pkl again" in reask.inner_text()
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in (f"/endpoints/{endpoint.id}/edit/", f"/batch-jobs/{job.id}/", "/batch-jobs/?q=model", "/api-keys/"):
+        page.goto(base + path)
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{path} overflows by {overflow} px at 390 px"

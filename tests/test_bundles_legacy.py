@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -182,3 +183,30 @@ def test_clone_without_new_bundle_name_is_422_naming_it(legacy):
     response = legacy.request("POST", "model_bundle/clone_with_changes", {"existing_bundle_name": "legacy-model"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "new_bundle_name"]
+
+
+def test_a_bundle_is_deletable_once_its_batch_jobs_have_finished(legacy, owner):
+    from batchjobs.models import BatchJob
+
+    bundle_id = legacy.create().json()["bundle_id"]
+    upload = {"file": SimpleUploadedFile("in.jsonl", b'{"args": {"x": 1}}\n'), "model_bundle_id": bundle_id}
+    created = owner.client.post("/v1/batch-jobs/upload", upload, format="multipart")
+    assert created.status_code == 200, created.content
+    job_id = created.json()["job_id"]
+
+    refused = legacy.request("DELETE", "model_bundle/legacy-model")
+    assert refused.status_code == 409
+    assert job_id in refused.json()["detail"]
+    assert ModelBundle.objects.filter(id=bundle_id).exists()
+
+    BatchJob.objects.filter(pk=job_id).update(status=BatchJob.Status.SUCCESS)
+    assert legacy.request("DELETE", "model_bundle/legacy-model").status_code == 200
+    assert not ModelBundle.objects.filter(id=bundle_id).exists()
+    # The finished job keeps its record, naming the bundle it ran.
+    job = owner.client.get(f"/v1/batch-jobs/{job_id}").json()
+    assert job["status"] == "SUCCESS" and job["model_bundle_id"] == bundle_id
+    browser = Client()
+    browser.force_login(owner.user)
+    page = browser.get(f"/batch-jobs/{job_id}/").content.decode()
+    assert "legacy-model <span class=\"muted\">(deleted)</span>" in page
+    assert "legacy-model" in browser.get("/batch-jobs/").content.decode()

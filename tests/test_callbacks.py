@@ -9,6 +9,8 @@ import hmac
 import http.server
 import json
 import logging
+import ssl
+import subprocess
 import threading
 import time
 
@@ -81,6 +83,16 @@ def verify(secret: str, headers: dict, raw: bytes) -> bool:
     fields = dict(part.split("=", 1) for part in headers["X-Launch-Signature"].split(","))
     expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + raw, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, fields["v1"])
+
+
+def delivered_outcome(api, task_id: str, timeout: float = 15) -> dict:
+    """The task's callback outcome once it says delivered: the sink has the POST a moment before
+    the job records that it got through."""
+    deadline = time.monotonic() + timeout
+    while not (callback := api.get(f"/v1/async-tasks/{task_id}").json()["callback"])["delivered"]:
+        assert time.monotonic() < deadline, callback
+        time.sleep(0.05)
+    return callback
 
 
 @pytest.fixture
@@ -158,8 +170,7 @@ def test_each_async_task_posts_one_signed_callback_with_its_outcome(callback_wor
         assert verify(secret, record["headers"], record["raw"])
         assert not verify("another secret", record["headers"], record["raw"])
         assert record["headers"]["Authorization"] == "Basic " + base64.b64encode(b"hook:s3cret").decode()
-    task = api.get(f"/v1/async-tasks/{task_ids[0]}").json()
-    assert task["callback"] == {"delivered": True, "attempts": 1, "last_error": None}
+    assert delivered_outcome(api, task_ids[0]) == {"delivered": True, "attempts": 1, "last_error": None}
     time.sleep(1)  # a duplicate would have arrived by now (the tick runs every 0.2 s)
     assert len(sink.received) == 3
 
@@ -175,9 +186,29 @@ def test_sink_that_fails_twice_gets_the_callback_on_the_third_try(callback_worke
     assert sink.attempts == 3
     assert record["body"] == {"task_id": task_id, "status": "SUCCESS", "result": {"result": "25"}}
     assert verify(secret, record["headers"], record["raw"])
-    callback = api.get(f"/v1/async-tasks/{task_id}").json()["callback"]
-    assert callback["delivered"] is True and callback["attempts"] == 3
+    callback = delivered_outcome(api, task_id)
+    assert callback["attempts"] == 3
     assert callback["last_error"] == "HTTP 503 from the callback URL"
+    # /metrics counts each attempt by outcome.
+    assert delivery_counts(endpoint_id) == {"delivered": 1, "retried": 2, "gave_up": 0}
+
+
+def delivery_counts(endpoint_id: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from workers.metrics import prometheus_text
+
+    deadline = time.monotonic() + 5
+    while True:  # the delivered count follows the delivered flag by one Redis call
+        families = {f.name: f for f in text_string_to_metric_families(prometheus_text().decode())}
+        counts = {
+            sample.labels["outcome"]: sample.value
+            for sample in families["launch_callback_deliveries"].samples
+            if sample.labels["endpoint_id"] == endpoint_id and sample.name.endswith("_total")
+        }
+        if counts.get("delivered") or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -221,3 +252,82 @@ def world_bundle(db, owner):
     from tests.factories import make_bundle
 
     return make_bundle(team=owner.team).id
+
+
+def _self_signed(workdir, name: str) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, PEM text (openssl, as an operator would make one)."""
+    cert, key = workdir / f"{name}.crt", workdir / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert.read_text(), key.read_text()
+
+
+class MutualTLSSink(Sink):
+    """The Sink over https that takes only connections presenting `client_cert`."""
+
+    def __init__(self, workdir, client_cert: str):
+        super().__init__()
+        server_cert, server_key = _self_signed(workdir, "sink")
+        (workdir / "sink.pem").write_text(server_cert + server_key)
+        (workdir / "trusted-client.crt").write_text(client_cert)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(workdir / "trusted-client.crt"))
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(str(workdir / "sink.pem"))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = self.url.replace("http://", "https://")
+        self.ca_file = str(workdir / "sink.crt")
+        (workdir / "sink.crt").write_text(server_cert)
+
+
+def test_mtls_callback_presents_the_client_certificate_and_a_wrong_one_is_not_delivered(
+    callback_worker, owner, tmp_path, settings,
+):
+    api = api_for(callback_worker, owner)
+    client_cert, client_key = _self_signed(tmp_path, "client")
+    stranger_cert, stranger_key = _self_signed(tmp_path, "stranger")
+    sink = MutualTLSSink(tmp_path, client_cert)
+    settings.CALLBACK_CA_FILE = sink.ca_file  # the sink's certificate comes from a private CA
+    endpoint_id, secret = create_async(
+        api, "mtls-hook", post_inference_hooks=["callback"], default_callback_url=sink.url,
+        default_callback_auth={"kind": "mtls", "cert": client_cert, "key": client_key},
+    )
+    good = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 6}}).json()["task_id"]
+    (record,) = sink.wait_for(1)
+    assert record["body"] == {"task_id": good, "status": "SUCCESS", "result": {"result": "36"}}
+    assert verify(secret, record["headers"], record["raw"])
+    assert delivered_outcome(api, good)["attempts"] == 1
+
+    # A task that names the same sink with a certificate the sink does not trust: the handshake
+    # fails, the outcome says so, and nothing reaches the sink.
+    refused = api.post(
+        f"/v1/async-tasks?model_endpoint_id={endpoint_id}",
+        json={"args": {"x": 7}, "callback_url": sink.url,
+              "callback_auth": {"kind": "mtls", "cert": stranger_cert, "key": stranger_key}},
+    ).json()["task_id"]
+    deadline = time.monotonic() + 30
+    while (callback := api.get(f"/v1/async-tasks/{refused}").json()["callback"])["attempts"] < 2:
+        assert time.monotonic() < deadline, callback
+        time.sleep(0.1)
+    assert callback["delivered"] is False
+    # TLS 1.3 may report the refusal at the handshake or as the connection closing after it.
+    assert callback["last_error"] and "HTTP" not in callback["last_error"], callback
+    assert len(sink.received) == 1
+
+
+def test_mtls_auth_that_cannot_load_is_422_naming_the_field(owner, world_bundle, tmp_path):
+    cert, _ = _self_signed(tmp_path, "client")
+    _, other_key = _self_signed(tmp_path, "other")
+    for auth in ({"kind": "mtls", "cert": "not a certificate", "key": other_key},
+                 {"kind": "mtls", "cert": cert, "key": other_key}):  # a key that is not the cert's
+        body = {
+            "name": "bad-mtls", "model_bundle_id": world_bundle, "endpoint_type": "async", "metadata": {}, "cpus": 1,
+            "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": 0, "max_workers": 1, "per_worker": 1,
+            "labels": {}, "default_callback_auth": auth,
+        }
+        response = owner.client.post("/v1/model-endpoints", body, format="json")
+        assert response.status_code == 422, response.content
+        assert "default_callback_auth" in response.content.decode()
+    assert owner.client.get("/v1/model-endpoints").json()["model_endpoints"] == []

@@ -229,7 +229,7 @@ def test_list_rows_stay_live_with_workers_and_queue(browser, endpoint, bundle, o
     )  # fmt: skip
     ModelEndpoint.objects.filter(pk=ready.pk).update(status=ModelEndpoint.Status.READY)
     html = browser.get("/endpoints/").content.decode()
-    assert 'id="endpoint-rows" hx-get="/endpoints/?rows=1"' in html
+    assert 'id="endpoint-rows" hx-get="/endpoints/?rows=1&amp;page=1"' in html
     get_redis().lpush(protocol.Keys(protocol.endpoint_prefix(ready.id)).queue, "a", "b", "c")
     rows = browser.get("/endpoints/", {"rows": "1"}, **HTMX).content.decode()
     assert "<html" not in rows and 'class="page-head"' not in rows

@@ -127,3 +127,19 @@ def test_a_finished_job_links_its_results_and_the_link_downloads_for_the_session
     download = browser.get(f"/v1/batch-jobs/{job.id}/result")
     assert download.status_code == 200
     assert b"".join(download.streaming_content) == results.read_bytes()
+
+
+def test_a_job_with_failed_items_does_not_look_like_a_clean_success(browser, bundle):
+    job = create_job(browser, bundle)
+    BatchJob.objects.filter(pk=job.pk).update(
+        status=BatchJob.Status.SUCCESS, total_items=3, items_completed=2, items_failed=1,
+        status_reason="1 of 3 items failed; each failed item has its error in the results",
+        failed_items=[{"id": "c", "error": "Traceback (most recent call last):\nValueError: cannot handle 3"}],
+    )  # fmt: skip
+    page = browser.get(f"/batch-jobs/{job.id}/").content.decode()
+    assert '<span class="badge warn"' in page and "SUCCESS · 1 failed" in page
+    assert '<span class="badge ok">SUCCESS</span>' not in page
+    assert "1 of 3 items failed" in page
+    assert 'class="failed-item"><td><code>c</code>' in page and "ValueError: cannot handle 3" in page
+    listing = browser.get("/batch-jobs/").content.decode()
+    assert "SUCCESS · 1 failed" in listing

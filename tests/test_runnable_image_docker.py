@@ -136,3 +136,55 @@ def test_a_container_that_never_gets_healthy_fails_the_endpoint_with_the_reason(
     endpoint_id = api.create_endpoint(created.json()["model_bundle_id"], "never-ready", cpus=0.25, memory="256Mi")
     endpoint = api.wait_endpoint(endpoint_id, "UPDATE_FAILED", timeout=90)
     assert "GET /never" in endpoint["status_reason"] and "readiness_initial_delay_seconds" in endpoint["status_reason"]
+
+
+def test_a_streaming_runnable_image_streams_each_event_of_its_container_as_it_comes(
+    live_stack, docker_hosts, docker_engines, user_image, owner, settings
+):
+    from tests.stack import api_for
+    from tests.test_streaming import EndpointResponseStream, open_stream
+
+    settings.LAUNCH_RUNTIME = "docker"
+    api = api_for(live_stack, owner)
+    flavor = runnable_flavor(flavor="streaming_enhanced_runnable_image", streaming_predict_route="/stream")
+    flavor["streaming_command"], flavor["command"] = flavor["command"], []
+    created = api.post("/v2/model-bundles", json={"name": "streamer", "schema_location": "", "flavor": flavor})
+    assert created.status_code == 200, created.text
+    endpoint_id = api.create_endpoint(created.json()["model_bundle_id"], "byoc-stream", endpoint_type="streaming",
+                                      cpus=0.25, memory="256Mi", per_worker=2)
+    api.wait_endpoint(endpoint_id, "READY", timeout=90, available_workers=1)
+
+    # Each event reaches the client while the container is still producing the rest (the
+    # client's reader holds up to 128 bytes, so an event may wait for the next one's bytes).
+    response = open_stream(api, endpoint_id, {"count": 3, "pause": 1.0, "prefix": "tok"})
+    events = EndpointResponseStream(response)
+    first = next(events)
+    received_first = time.time()
+    assert first["status"] == "SUCCESS"
+    assert json.loads(first["result"])["token"] == "tok0"
+    rest = list(events)
+    tokens = [json.loads(e["result"]) for e in rest[:2]]
+    assert [(t["token"], t["index"]) for t in tokens] == [("tok1", 1), ("tok2", 2)]
+    assert received_first < tokens[-1]["sent_at"]  # not held back until the stream's end
+    # A two-line data field is one item; the comment and the event name are not items.
+    assert [e["result"] for e in rest[2:]] == [json.dumps("two\nlines")]
+
+    # An error status from the streaming route is one FAILURE event carrying it.
+    failed = list(EndpointResponseStream(open_stream(api, endpoint_id, {"fail": True})))
+    assert [e["status"] for e in failed] == ["FAILURE"]
+    assert "POST /stream answered 500" in failed[0]["traceback"] and "asked to fail the stream" in failed[0]["traceback"]
+
+    # A sync request to the same endpoint still goes to the predict route.
+    def predicted() -> dict:
+        answer = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 4}}).json()
+        return json.loads(answer["result"]["result"])
+
+    assert predicted()["doubled"] == 8 and predicted()["streams_closed_by_reader"] == 0
+
+    # A client that goes away mid-stream: the forwarder closes its connection to the
+    # container, whose server learns it from its next write (and stops generating).
+    endless = open_stream(api, endpoint_id, {"count": -1, "pause": 0.05})
+    endless_events = EndpointResponseStream(endless)
+    assert [json.loads(next(endless_events)["result"])["index"] for _ in range(3)] == [0, 1, 2]
+    endless.close()
+    assert wait_for(lambda: predicted()["streams_closed_by_reader"] == 1, 30)

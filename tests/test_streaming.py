@@ -1,6 +1,10 @@
 """Streaming endpoints, end to end: real replicas, real HTTP, server-sent events read the way
-the current public client reads them (launch-python-client's `EndpointResponseStream`, not on
-PyPI, so its parsing is copied below), and generator predicts for sync requests too."""
+the current public client reads them, and generator predicts for sync requests too.
+
+The current client (launch-python-client, 0.4.x) is not on PyPI and its code is not ours to
+commit, so `EndpointResponseStream` below is our own reader that does what its reader does:
+sseclient over the raw response, and from each event's JSON the status, result.result and
+traceback."""
 
 from __future__ import annotations
 
@@ -20,8 +24,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("
 
 
 class EndpointResponseStream:
-    """launch/model_endpoint.py (scale-launch 0.4.2) EndpointResponseStream.__next__, as is:
-    sseclient over the raw response; each event's JSON gives status, result.result, traceback."""
+    """Reads a stream as the current client's reader of the same name does (see above)."""
 
     def __init__(self, response):
         self.events = sseclient.SSEClient(response).events()

@@ -21,7 +21,7 @@ from workers import lifecycle, protocol, redis_acl
 from workers.deployments import Deployment, load_deployment
 from workers.models import LIVE_STATES, Replica
 from workers.runtimes import get_runtime
-from workers.runtimes.base import WAITING_FOR_CAPACITY, PlacementError
+from workers.runtimes.base import WAITING_FOR_CAPACITY, BundleStartFailed, PlacementError
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def _reconcile(kind: str, owner_id: str, lock) -> None:
     waiting = None
     failed = deployment.failed_generation or load_error is not None
     if not failed and len(current) < deployment.desired:
-        waiting = _start_replicas(deployment, deployment.desired - len(current), lock)
+        waiting, load_error = _start_replicas(deployment, deployment.desired - len(current), lock)
+        failed = load_error is not None
     elif len(current) > deployment.desired:
         # Scale down: replicas still loading go first, then the newest.
         excess = sorted(current, key=lambda r: (r.state == State.READY, r.created_at))
@@ -167,11 +168,17 @@ def _time_out_tasks(deployment: Deployment, replicas: list[Replica]) -> None:
     keys = protocol.Keys(deployment.prefix)
     overdue = redis.zrangebyscore(keys.running, "-inf", time.time() - timeout)
     by_id = {r.id: r for r in replicas}
+    reason = f"timed out after {timeout:g} s"
+    to_kill: dict[str, str] = {}
+    # Every overdue task fails before any replica is killed: a kill requeues what its replica
+    # still runs, and an overdue task requeued that way (one of a batch, or of another thread)
+    # would be failed here anyway and then run again, finished, by the next replica.
     for raw_task_id in overdue:
         task_id = raw_task_id.decode()
         replica_id = (redis.hget(keys.task(task_id), "replica") or b"").decode()
-        reason = f"timed out after {timeout:g} s"
         protocol.time_out_task(redis, keys, task_id, replica_id, reason=reason)
+        to_kill.setdefault(replica_id, task_id)
+    for replica_id, task_id in to_kill.items():
         replica = by_id.get(replica_id)
         if replica is not None and replica.state in LIVE_STATES:
             runtime = get_runtime(replica.runtime)
@@ -203,8 +210,10 @@ def _requeue_orphans(deployment: Deployment, replicas: list[Replica]) -> None:
             logger.warning("requeued %s and failed %s tasks left by replica %s", requeued, failed, replica_id)
 
 
-def _start_replicas(deployment: Deployment, count: int, lock) -> str | None:
-    """Start `count` replicas; returns why it could not start them, if so."""
+def _start_replicas(deployment: Deployment, count: int, lock) -> tuple[str | None, str | None]:
+    """Start `count` replicas; returns why it could not start them, if so: (waiting, None)
+    for what passes (capacity, an install under way), (None, reason) when the bundle itself
+    cannot start (its requirements do not install): the generation fails with the reason."""
     recent = list(
         Replica.objects.filter(owner_kind=deployment.kind, owner_id=deployment.id).order_by("-created_at")[:12]
     )
@@ -212,7 +221,7 @@ def _start_replicas(deployment: Deployment, count: int, lock) -> str | None:
     if delay > 0:
         last = recent[0]
         headline = (last.reason or "failed").splitlines()[0]
-        return f"replica {last.id} {headline.removeprefix('replica ')}; starting another in {delay:.1f} s"
+        return f"replica {last.id} {headline.removeprefix('replica ')}; starting another in {delay:.1f} s", None
     runtime = get_runtime(deployment.runtime_name)
     for _ in range(count):
         lock.reacquire()
@@ -228,7 +237,7 @@ def _start_replicas(deployment: Deployment, count: int, lock) -> str | None:
             placement = runtime.place(spec)
         except PlacementError as error:
             replica.delete()
-            return f"{WAITING_FOR_CAPACITY}: {error}"
+            return f"{WAITING_FOR_CAPACITY}: {error}", None
         redis_url = redis_acl.replica_redis_url(prefix=deployment.prefix, replica_id=replica.id)
         spec = dataclasses.replace(spec, env={**spec.env, "LAUNCH_REDIS_URL": redis_url})
         try:
@@ -236,17 +245,23 @@ def _start_replicas(deployment: Deployment, count: int, lock) -> str | None:
         except PlacementError as error:  # e.g. an image still building: try again later
             replica.delete()
             redis_acl.revoke(replica.id)
-            return f"{WAITING_FOR_CAPACITY}: {error}"
+            return f"{WAITING_FOR_CAPACITY}: {error}", None
+        except BundleStartFailed as error:
+            logger.warning("replica %s of %s %s cannot start: %s", replica.id, deployment.kind, deployment.id,
+                           str(error).splitlines()[0])
+            lifecycle.compare_and_set(replica, State.FAILED, str(error))
+            redis_acl.revoke(replica.id)
+            return None, str(error)
         except Exception as error:  # noqa: BLE001 - a runtime failure is reported, not raised
             logger.exception("starting replica %s failed", replica.id)
             lifecycle.compare_and_set(replica, State.FAILED, f"could not start: {error}")
             redis_acl.revoke(replica.id)
-            return f"could not start a replica: {error}"
+            return f"could not start a replica: {error}", None
         replica.host_id = placement.host_id
         replica.gpu_device_ids = list(placement.gpu_device_ids)
         replica.save(update_fields=["handle", "host", "gpu_device_ids"])
         logger.info("started replica %s of %s %s", replica.id, deployment.kind, deployment.id)
-    return None
+    return None, None
 
 
 def _leaving_host(replica: Replica) -> bool:

@@ -12,8 +12,16 @@ POST of the task's `args` (as JSON) to the predict route. A 2xx answer is the ta
 No Django here, as in workers.serve. A user's container that dies takes the replica with it:
 the docker runtime counts a replica alive only while both of its containers run.
 
+A streaming request (a streaming_enhanced_runnable_image bundle, whose config names a
+streaming_predict_route) is POSTed to that route instead, and the container's answer is read
+as server-sent events: each event's data (JSON when it parses, else its text) is one item of
+the stream, handed to the serve loop's emitter as it arrives (workers.serve.collect: the same
+stream protocol as a cloudpickle bundle's generator). A client that goes away closes the
+connection to the container, which is how an SSE server learns to stop.
+
 Besides the serve loop's variables it reads LAUNCH_FORWARD_CONFIG, JSON: port,
-predict_route, healthcheck_route, readiness_timeout_seconds.
+predict_route, healthcheck_route, readiness_timeout_seconds, and streaming_predict_route for
+the streaming flavor.
 """
 
 from __future__ import annotations
@@ -45,12 +53,7 @@ class Relay:
         self.port, self.route = port, route
 
     def __call__(self, *args, **kwargs):
-        if kwargs:
-            body, content_type = json.dumps(kwargs).encode(), "application/json"
-        elif isinstance(args[0], bytes):  # a task given by `url`: the bytes at it
-            body, content_type = args[0], "application/octet-stream"
-        else:
-            body, content_type = json.dumps(args[0]).encode(), "application/json"
+        body, content_type = _request_body(args, kwargs)
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=PREDICT_TIMEOUT_SECONDS)
         try:
             connection.request("POST", self.route, body=body, headers={"Content-Type": content_type})
@@ -67,6 +70,70 @@ class Relay:
             return json.loads(text)
         except ValueError:
             return text
+
+
+def _request_body(args, kwargs) -> tuple[bytes, str]:
+    if kwargs:
+        return json.dumps(kwargs).encode(), "application/json"
+    if isinstance(args[0], bytes):  # a task given by `url`: the bytes at it
+        return args[0], "application/octet-stream"
+    return json.dumps(args[0]).encode(), "application/json"
+
+
+class StreamRelay:
+    """The streaming predict of a runnable image: POST to its streaming route and yield the
+    data of each server-sent event as it arrives."""
+
+    def __init__(self, port: int, route: str):
+        self.port, self.route = port, route
+
+    def __call__(self, *args, **kwargs):
+        body, content_type = _request_body(args, kwargs)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=PREDICT_TIMEOUT_SECONDS)
+        try:
+            try:
+                connection.request("POST", self.route, body=body,
+                                   headers={"Content-Type": content_type, "Accept": "text/event-stream"})
+                response = connection.getresponse()
+            except OSError as error:
+                raise ContainerError(f"the container's server did not answer POST {self.route}: {error!r}") from None
+            if not 200 <= response.status < 300:
+                text = response.read().decode(errors="replace")
+                raise ContainerError(f"POST {self.route} answered {response.status}: {text[-4000:]}")
+            yield from server_sent_events(response, self.route)
+        finally:
+            # Also when the serve loop closes this generator early (the client went away).
+            connection.close()
+
+
+def server_sent_events(response, route: str):
+    """The data of each event of an SSE body (`data:` lines up to a blank line), parsed as
+    JSON when it is JSON; comments and other fields (event, id, retry) are skipped."""
+    data: list[str] = []
+    while True:
+        try:
+            raw = response.readline()
+        except OSError as error:
+            raise ContainerError(f"the stream from POST {route} broke off: {error!r}") from None
+        if not raw:
+            break
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        if line:
+            if line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+            continue
+        if data:
+            yield _event_value("\n".join(data))
+            data = []
+    if data:  # the last event, without its blank line
+        yield _event_value("\n".join(data))
+
+
+def _event_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def healthy(port: int, route: str, timeout: float = 5.0) -> bool:
@@ -88,6 +155,13 @@ class Forwarder(Replica):
         self.healthcheck_route = config["healthcheck_route"]
         self.readiness_timeout = float(config["readiness_timeout_seconds"])
         self.relay = Relay(self.port, config["predict_route"])
+        streaming_route = config.get("streaming_predict_route")
+        self.stream_relay = StreamRelay(self.port, streaming_route) if streaming_route else None
+
+    def predict_for(self, request: dict):
+        if request.get("stream") and self.stream_relay is not None:
+            return self.stream_relay
+        return self.predict
 
     def load(self) -> None:
         """Wait for the container's healthcheck route to answer 200."""

@@ -7,10 +7,13 @@ from the Replica rows: no second bookkeeping.
 - `sample_tick`: a tick hook; every METRICS_SAMPLE_SECONDS it appends one sample per endpoint
   to `<prefix>samples` (a capped list, newest first), kept METRICS_RETENTION_SECONDS.
 - `chart_series`: per-interval rates and percentiles from consecutive samples (the charts).
+- `requests_by_day`, `gpu_hours_by_day`: per endpoint per UTC day (the usage page), from the
+  day marks `sample_tick` leaves in `<prefix>daily` and from the Replica rows' times and GPUs.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import time
@@ -114,6 +117,8 @@ def sample_tick() -> None:
     states = replica_states(Replica.Owner.ENDPOINT, endpoint_ids)
     keep = max(2, int(settings.METRICS_RETENTION_SECONDS / interval) + 1)
     now = time.time()
+    today = _day(now).isoformat()
+    expired_day = (_day(now) - datetime.timedelta(days=DAILY_MARKS_KEPT)).isoformat()
     with redis.pipeline(transaction=False) as pipe:
         for endpoint_id in endpoint_ids:
             figure = figures[endpoint_id]
@@ -123,10 +128,77 @@ def sample_tick() -> None:
                 "replicas": sum(states[endpoint_id].values()),
                 "total": [count for _, count in figure["latency"]["total"].buckets],
             }
-            samples = protocol.Keys(protocol.endpoint_prefix(endpoint_id)).samples
-            pipe.lpush(samples, json.dumps(sample, separators=(",", ":")))
-            pipe.ltrim(samples, 0, keep - 1)
+            keys = protocol.Keys(protocol.endpoint_prefix(endpoint_id))
+            pipe.lpush(keys.samples, json.dumps(sample, separators=(",", ":")))
+            pipe.ltrim(keys.samples, 0, keep - 1)
+            # The day's first sample marks where its request count starts (requests_by_day).
+            pipe.hsetnx(keys.daily, today, figure["completed"] + figure["failed"])
+            pipe.hdel(keys.daily, expired_day)
         pipe.execute()
+
+
+DAILY_MARKS_KEPT = 40
+
+
+def _day(moment: float | datetime.datetime) -> datetime.date:
+    if isinstance(moment, datetime.datetime):
+        return moment.astimezone(datetime.UTC).date()
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).date()
+
+
+def requests_by_day(endpoint_ids: list[str], days: list[datetime.date]) -> dict[str, dict[datetime.date, int | None]]:
+    """{endpoint id: {day: requests finished that UTC day}}, from the day marks sample_tick
+    leaves and the live counters (today: counters now minus today's mark). None for a day
+    with no mark (before the endpoint existed, or before the controller sampled it)."""
+    if not endpoint_ids:
+        return {}
+    figures = endpoint_figures(endpoint_ids)
+    with get_redis().pipeline(transaction=False) as pipe:
+        for endpoint_id in endpoint_ids:
+            pipe.hgetall(protocol.Keys(protocol.endpoint_prefix(endpoint_id)).daily)
+        answers = pipe.execute()
+    today = _day(time.time())
+    result = {}
+    for endpoint_id, raw in zip(endpoint_ids, answers, strict=True):
+        marks = {}
+        for day, value in raw.items():
+            try:
+                marks[datetime.date.fromisoformat(day.decode())] = int(value)
+            except ValueError:
+                continue  # the hash sits under the replica's prefix: skip what is not ours
+        now_total = figures[endpoint_id]["completed"] + figures[endpoint_id]["failed"]
+        counts: dict[datetime.date, int | None] = {}
+        for day in days:
+            start = marks.get(day)
+            if start is None:
+                counts[day] = None
+                continue
+            later = [marks[d] for d in sorted(marks) if d > day]
+            end = later[0] if later else (now_total if day <= today else start)
+            counts[day] = max(0, end - start)
+        result[endpoint_id] = counts
+    return result
+
+
+def gpu_hours_by_day(replicas, days: list[datetime.date], *, now: datetime.datetime) -> dict[str, dict]:
+    """{owner id: {day: GPU-hours}}: each replica holds its GPUs (gpu_device_ids) from its
+    row's creation (placement) until it stopped (or now), split at UTC midnights."""
+    wanted = set(days)
+    hours: dict[str, dict[datetime.date, float]] = {}
+    for replica in replicas:
+        gpus = len(replica.gpu_device_ids or [])
+        if not gpus:
+            continue
+        start, end = replica.created_at, replica.stopped_at or now
+        while start < end:
+            midnight = datetime.datetime.combine(_day(start) + datetime.timedelta(days=1), datetime.time(),
+                                                 tzinfo=datetime.UTC)
+            piece_end = min(end, midnight)
+            if _day(start) in wanted:
+                per_day = hours.setdefault(replica.owner_id, {})
+                per_day[_day(start)] = per_day.get(_day(start), 0.0) + gpus * (piece_end - start).total_seconds() / 3600
+            start = piece_end
+    return hours
 
 
 def _histogram_of(sample: dict) -> Histogram:
@@ -261,6 +333,19 @@ class LaunchCollector:
             jobs.add_metric([row["status"]], row["n"])
         yield items
         yield jobs
+
+        from endpoints.callbacks import CALLBACK_OUTCOMES, callback_outcome_counts
+
+        deliveries = CounterMetricFamily(
+            "launch_callback_deliveries", "Callback delivery attempts by outcome (retried: failed, tried again "
+            "later; gave_up: failed past CALLBACK_RETRY_FOR_SECONDS).", labels=[*labels, "outcome"],
+        )
+        outcomes = callback_outcome_counts()
+        for endpoint in endpoints:
+            values = [endpoint.id, endpoint.name, endpoint.team.name]
+            for outcome in CALLBACK_OUTCOMES:
+                deliveries.add_metric([*values, outcome], outcomes.get(endpoint.id, {}).get(outcome, 0))
+        yield deliveries
 
         host_labels = ["host"]
         cpus = GaugeMetricFamily("launch_host_cpus", "CPUs of a host, total and free.", labels=[*host_labels, "kind"])

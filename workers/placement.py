@@ -1,9 +1,12 @@
-"""Placement for the docker runtime: which host a replica goes to and which GPUs it gets.
+"""Placement: which host a replica goes to (docker runtime) and which GPUs it gets (docker
+and local runtimes: the one home of GPU booking).
 
 A host's free capacity is what it has (probed CPUs and memory, declared or probed GPU device
 ids) minus what its live replicas asked for. The host rows are locked for the whole
 decision and the choice is written onto the replica's row in the same transaction, so two
-placements running at once never hand out the same GPU device id.
+placements running at once never hand out the same GPU device id. The local runtime's
+machine is not a Host row: its GPUs come from workers.runtimes.local_gpus, and its booked
+ids are those of live local replicas (host null), locked the same way (place_local_replica).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from django.db import transaction
 
 from workers.models import LIVE_STATES, Host, Replica
 from workers.runtimes.base import Placement, PlacementError, ReplicaSpec
+from workers.runtimes.local_gpus import LocalGpus
 
 GIB = 1024**3
 
@@ -57,8 +61,18 @@ def _free_capacity(hosts: list[Host], spec: ReplicaSpec | None) -> list[_Free]:
         if spec is not None and owner_kind == spec.owner_kind and owner_id == spec.owner_id:
             entry.owner_replicas += 1
     for entry in free.values():
-        entry.gpu_ids = [i for i in entry.gpu_ids if i not in entry.used_gpu_ids]
+        entry.gpu_ids = _unbooked(entry.gpu_ids, entry.used_gpu_ids)
     return list(free.values())
+
+
+def _unbooked(device_ids, used: set[str]) -> list[str]:
+    return [str(i) for i in device_ids if str(i) not in used]
+
+
+def _book(spec: ReplicaSpec, host: Host | None, gpu_ids: list[str]) -> None:
+    Replica.objects.filter(id=spec.replica_id).update(
+        host=host, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
+    )
 
 
 def place_replica(spec: ReplicaSpec) -> Placement:
@@ -108,7 +122,36 @@ def place_replica(spec: ReplicaSpec) -> Placement:
             ),
         )
         gpu_ids = chosen.gpu_ids[: spec.gpus] if spec.gpus else []
-        Replica.objects.filter(id=spec.replica_id).update(
-            host=chosen.host, gpu_device_ids=gpu_ids, cpus=spec.cpus, memory_bytes=spec.memory_bytes
-        )
+        _book(spec, chosen.host, gpu_ids)
         return Placement(host_id=chosen.host.pk, gpu_device_ids=tuple(gpu_ids))
+
+
+def place_local_replica(spec: ReplicaSpec, gpus: LocalGpus) -> Placement:
+    """Bind GPU device ids of this machine (`gpus`, from local_gpus()) to a local replica:
+    those no live local replica holds, or raise PlacementError saying who holds them. A
+    CPU-only replica books nothing. The replica rows that could hold a device are locked for
+    the decision (every racing placement's own row is one of them, created and committed
+    before it is placed), so two placements at once see each other's choice."""
+    if not spec.gpus:
+        return Placement()
+    if spec.gpu_type and spec.gpu_type != gpus.gpu_type:
+        raise PlacementError(f"this machine has {gpus.describe()}, no {spec.gpu_type}")
+    with transaction.atomic():
+        live = list(
+            Replica.objects.select_for_update()
+            .filter(runtime="local", host__isnull=True, state__in=LIVE_STATES)
+            .exclude(id=spec.replica_id)
+            .order_by("pk")
+            .values_list("id", "gpu_device_ids")
+        )
+        holders = {str(i): replica_id for replica_id, ids in live for i in ids or ()}
+        free = _unbooked(gpus.device_ids, set(holders))
+        if len(free) < spec.gpus:
+            booked = ", ".join(f"{i} by replica {holders[i]}" for i in gpus.device_ids if i in holders)
+            raise PlacementError(
+                f"no {_describe_gpus(spec.gpus, spec.gpu_type)} on this machine: it has {gpus.describe()}"
+                f"{', booked: ' + booked if booked else ''}"
+            )
+        gpu_ids = free[: spec.gpus]
+        _book(spec, None, gpu_ids)
+        return Placement(gpu_device_ids=tuple(gpu_ids))

@@ -7,7 +7,8 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
   <p>queue                 list of entries (see queue_entry): a task id, or for the gateway's
                            tasks the id, its expiry and its payload, so a replica runs it
                            without reading the hash first. The gateway LPUSHes; a replica
-                           BLMOVEs RIGHT->LEFT into its in-flight list (oldest first).
+                           BLMOVEs RIGHT->LEFT into its in-flight list (oldest first);
+                           a batching replica takes several at once (TAKE_BATCH_SCRIPT).
   <p>inflight:<replica>    list of the entries a replica is running. The controller puts the
                            entries of a replica whose heartbeat stopped back on the queue.
   <p>task:<task_id>        hash, expires after task_expires_seconds:
@@ -51,6 +52,8 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                            submit pipeline).
   <p>samples               list: JSON samples of the counters every few seconds, newest first
                            (workers.metrics, for the dashboard's charts).
+  <p>daily                 hash: UTC day (YYYY-MM-DD) -> completed + failed at the first sample
+                           of that day (workers.metrics: requests per day on the usage page).
   <p>stream:<task_id>      list; a streaming task's items, each `{"i": n, "result": JSON text}`,
                            RPUSHed by the replica as the predict yields them. The gateway pops
                            them (BLPOP on this list, then the done list), so the final record
@@ -123,7 +126,7 @@ def owner_prefix(owner_kind: str, owner_id: str) -> str:
 class Keys:
     """Key names under one prefix."""
 
-    __slots__ = ("history", "latency", "prefix", "queue", "samples", "stats")
+    __slots__ = ("daily", "history", "latency", "prefix", "queue", "samples", "stats")
 
     def __init__(self, prefix: str):
         self.prefix = prefix
@@ -132,6 +135,7 @@ class Keys:
         self.latency = prefix + "latency"
         self.history = prefix + "history"
         self.samples = prefix + "samples"
+        self.daily = prefix + "daily"
 
     def inflight(self, replica_id: str) -> str:
         return f"{self.prefix}inflight:{replica_id}"
@@ -439,6 +443,33 @@ redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[3], 'replica
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return payload
 """
+
+# Request batching (docs/batching.md): up to ARGV[1] more entries, oldest first, moved from the
+# queue into the replica's in-flight list in one atomic step, so a replica killed while it
+# waits for its batch to fill (or runs it) leaves every entry where the controller requeues
+# it (REQUEUE_SCRIPT). Sent right after a BLMOVE in the same round trip: the BLMOVE blocks
+# for the first entry, then this takes the ones waiting behind it.
+# KEYS: queue, inflight. ARGV: how many at most. Returns the entries taken.
+TAKE_BATCH_SCRIPT = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not entry then break end
+  taken[#taken + 1] = entry
+end
+return taken
+"""
+
+
+def take_batch(connection, keys: Keys, inflight: str, *, first_timeout: float, most: int) -> list[bytes]:
+    """One round trip on a connection of the caller's own: block up to `first_timeout` seconds
+    for one entry (BLMOVE), then take up to `most` - 1 more that wait behind it. The entries
+    taken, oldest first; each sits in `inflight` until FINISH_SCRIPT (or a requeue) takes it out."""
+    connection.send_command("BLMOVE", keys.queue, inflight, "RIGHT", "LEFT", first_timeout)
+    connection.send_command("EVAL", TAKE_BATCH_SCRIPT, 2, keys.queue, inflight, max(0, most - 1))
+    first, rest = connection.read_response(), connection.read_response()
+    return ([first] if first is not None else []) + list(rest or [])
+
 
 # Upper bounds (seconds) of the latency histograms' buckets (the `latency` hash), and the
 # Lua that counts one observation into them: part of the FINISH script, so timing a task costs

@@ -37,7 +37,7 @@ USER_PREFIX = "launch-"
 # user has one (launch_site.embedded_redis), and an external REDIS_URL's must (SECURITY.md).
 REPLICA_COMMANDS = (
     "ping", "select",
-    "blmove", "lrem", "lpush", "rpush", "set", "del", "hset", "hget", "hmget", "hexists", "hdel", "hincrby", "hincrbyfloat",
+    "blmove", "lmove", "lrem", "lpush", "rpush", "set", "del", "hset", "hget", "hmget", "hexists", "hdel", "hincrby", "hincrbyfloat",
     "exists", "expire", "zadd", "zrem",
     "eval", "evalsha", "script|load", "script|exists",
 )

@@ -9,6 +9,9 @@ It runs user code, so it never imports Django and knows only what its environmen
   LAUNCH_BUNDLE_CONFIG      JSON: packaging_type, app_config, module paths, python_version
   LAUNCH_CONCURRENCY        tasks run at once (threads), default 1
   LAUNCH_HEARTBEAT_TTL_SECONDS  the heartbeat key's TTL; refreshed five times per TTL
+  LAUNCH_MAX_BATCH_SIZE     request batching (docs/batching.md): take up to this many tasks at
+                            once and call the bundle's batch predict with their inputs; unset: off
+  LAUNCH_MAX_BATCH_WAIT_MS  how long a batch waits to fill after its first task, at most
 
 Lifecycle: replica hash `loading` -> `ready` (or `failed` with the traceback, exit 1). Each
 worker thread moves a task id from the queue to this replica's in-flight list (BLMOVE, so a
@@ -130,6 +133,56 @@ def load_predict_fn(config: dict, data: bytes) -> Callable:
     return predict_fn_from_object(bundle, config.get("app_config"))
 
 
+def is_batch_predict(predict: Callable) -> bool:
+    """A batch predict declares itself with the attribute `batch = True` (docs/batching.md): it
+    takes a list of inputs and returns a list of outputs, one per input, in order. Any other
+    value than True or False is refused rather than guessed at (`batch = 32` is not a size);
+    a method named `batch` is not a declaration."""
+    declared = getattr(predict, "batch", False)
+    if declared is True:
+        return True
+    if declared is False or declared is None or callable(declared):
+        return False
+    raise BundleLoadError(
+        f"the predict function's `batch` attribute is {declared!r}: set it to True to declare a batch predict "
+        "(it takes a list of inputs and returns a list of outputs), or leave it out"
+    )
+
+
+class BatchSizeMismatch(Exception):
+    """The batch predict did not return one output per input."""
+
+
+def batch_outputs(batch_predict: Callable, values: list) -> list:
+    """Call a batch predict with a list of inputs; its outputs as a list of the same length."""
+    output = batch_predict(values)
+    if isinstance(output, Iterator):
+        output = list(output)
+    if isinstance(output, (str, bytes, dict)) or not hasattr(output, "__len__"):
+        raise BatchSizeMismatch(
+            f"the batch predict returned {type(output).__name__}, not a list: it must return one output per input, "
+            f"in order ({len(values)} inputs)"
+        )
+    if len(output) != len(values):
+        raise BatchSizeMismatch(
+            f"the batch predict returned {len(output)} outputs for {len(values)} inputs: it must return one output "
+            "per input, in order"
+        )
+    return list(output)
+
+
+def one_at_a_time(batch_predict: Callable) -> Callable:
+    """A batch predict called the way a single predict is (`call`): with a list of one. For a
+    request that is not batched (a streaming one, a batch job's item, an endpoint without
+    batching)."""
+
+    def predict(*args, **kwargs):
+        value = args[0] if args else kwargs  # call() passes one argument, or an object's keys
+        return batch_outputs(batch_predict, [value])[0]
+
+    return predict
+
+
 # --- running one request ------------------------------------------------------------------
 
 
@@ -147,6 +200,10 @@ def fetch_input(url: str) -> bytes:
 def call(predict: Callable, value):
     # args that are an object are keyword arguments (DESIGN §3); anything else is one argument.
     return predict(**value) if isinstance(value, dict) else predict(value)
+
+
+# (status, result JSON text, traceback, pickled result) of one task.
+Outcome = tuple[str, str, str, bytes]
 
 
 class StreamCancelled(Exception):
@@ -182,22 +239,72 @@ class OutOfMemory(Exception):
 
 
 def run_single(predict: Callable, request: dict, memory_limit: str = "",
-               emit: Emit | None = None) -> tuple[str, str, str, bytes]:
+               emit: Emit | None = None) -> Outcome:
     """-> (status, result JSON text, traceback, pickled result)."""
     try:
         output = collect(call(predict, _input(request)), emit)
+    except StreamCancelled:
+        return protocol.FAILURE, "", "cancelled: the streaming client went away", b""
+    except BaseException as error:  # noqa: BLE001 - the user's error is the task's outcome
+        return failure(error, memory_limit)
+    return encode_output(output, request, memory_limit)
+
+
+def failure(error: BaseException, memory_limit: str) -> Outcome:
+    """The outcome of a task whose predict (or the encoding of its output) raised `error`,
+    the exception being handled."""
+    if isinstance(error, MemoryError):
+        limit = f" (limit {memory_limit})" if memory_limit else ""
+        return protocol.FAILURE, "", f"out of memory{limit}\n{traceback.format_exc()}", b""
+    if not isinstance(error, Exception):
+        raise error  # KeyboardInterrupt, SystemExit: not the task's outcome
+    return protocol.FAILURE, "", traceback.format_exc(), b""
+
+
+def encode_output(output, request: dict, memory_limit: str = "") -> Outcome:
+    """A task's output as its outcome: JSON text, or cloudpickled with return_pickled. An output
+    that does not encode fails its own task only."""
+    try:
         if request.get("return_pickled"):
             import cloudpickle
 
             return protocol.SUCCESS, "", "", cloudpickle.dumps(output)
         return protocol.SUCCESS, json.dumps(output), "", b""
-    except MemoryError:
-        limit = f" (limit {memory_limit})" if memory_limit else ""
-        return protocol.FAILURE, "", f"out of memory{limit}\n{traceback.format_exc()}", b""
-    except StreamCancelled:
-        return protocol.FAILURE, "", "cancelled: the streaming client went away", b""
-    except Exception:  # noqa: BLE001 - the user's error is the task's outcome
-        return protocol.FAILURE, "", traceback.format_exc(), b""
+    except BaseException as error:  # noqa: BLE001
+        return failure(error, memory_limit)
+
+
+def run_batch(batch_predict: Callable, requests: list[dict], memory_limit: str = "") -> list[Outcome]:
+    """The outcomes of a batch of requests, one per request, in order. An input that cannot be
+    read (its url) fails its own request. When the batch predict raises, each request runs again
+    alone, so one request's bad input does not fail the others; a MemoryError is not retried
+    (what is left of the process cannot be trusted: every request fails "out of memory"), nor is
+    a wrong number of outputs (a fault of the bundle, not of an input)."""
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    values, positions = [], []
+    for position, request in enumerate(requests):
+        try:
+            values.append(_input(request))
+            positions.append(position)
+        except Exception:  # noqa: BLE001
+            outcomes[position] = (protocol.FAILURE, "", traceback.format_exc(), b"")
+    if values:
+        try:
+            outputs = batch_outputs(batch_predict, values)
+            for position, output in zip(positions, outputs, strict=True):
+                outcomes[position] = encode_output(output, requests[position], memory_limit)
+        except MemoryError as error:
+            outcome = failure(error, memory_limit)
+            for position in positions:
+                outcomes[position] = outcome
+        except BatchSizeMismatch as mismatch:
+            for position in positions:
+                outcomes[position] = (protocol.FAILURE, "", str(mismatch), b"")
+        except Exception:  # noqa: BLE001 - retried one by one below
+            single = one_at_a_time(batch_predict)
+            for position in positions:
+                outcomes[position] = run_single(single, requests[position], memory_limit)
+    return outcomes  # type: ignore[return-value]
 
 
 def format_bytes(count: int) -> str:
@@ -251,6 +358,10 @@ class Replica:
         self.exit_code = 0
         self.start_task = self.redis.register_script(protocol.START_SCRIPT)
         self.predict: Callable | None = None
+        # Request batching (docs/batching.md): 0 is off.
+        self.max_batch_size = int(env.get("LAUNCH_MAX_BATCH_SIZE") or 0)
+        self.max_batch_wait = int(env.get("LAUNCH_MAX_BATCH_WAIT_MS") or 0) / 1000
+        self.batch_predict: Callable | None = None
 
     def set_state(self, state: str, **fields) -> None:
         self.redis.hset(self.keys.replica(self.replica_id), mapping={
@@ -276,6 +387,15 @@ class Replica:
             data = fetch_bundle(self.bundle_url)
             self.redis.hset(self.keys.replica(self.replica_id), "t_downloaded", time.time())
             self.predict = load_predict_fn(self.config, data)
+            if is_batch_predict(self.predict):
+                # Requests that are not batched (streams, batch job items) call it with a list of one.
+                self.batch_predict, self.predict = self.predict, one_at_a_time(self.predict)
+            if self.max_batch_size and self.batch_predict is None:
+                raise BundleLoadError(
+                    f"this endpoint batches requests (max_batch_size {self.max_batch_size}), but the bundle's predict "
+                    "function is not a batch predict: declare one with `predict.batch = True` (it then takes a list "
+                    "of inputs and returns a list of outputs, docs/batching.md), or set max_batch_size to 0"
+                )
             self.redis.hset(self.keys.replica(self.replica_id), "t_loaded", time.time())
         except BaseException:  # noqa: BLE001 - SystemExit from user code is a load failure too
             error = traceback.format_exc()
@@ -288,10 +408,26 @@ class Replica:
         # A connection of this thread's own for the task scripts: a script is sent before the
         # task runs and its reply read after, which a pooled connection cannot do.
         connection = self.redis.connection_pool.make_connection()
+        # No health check (a PING before a command when the connection was quiet): it would
+        # read the pending reply of the STARTED mark as the PING's answer once a predict ran
+        # longer than the interval, and lose the thread.
+        connection.health_check_interval = 0
+        # No socket timeout either (redis-py's default is 5 s): every blocking command sent
+        # here carries its own timeout, and a reply given up on after a BLMOVE moved tasks into
+        # the in-flight list would strand them there while this replica lives. A Redis that
+        # stops answering is the heartbeat's to notice.
+        connection.socket_timeout = None
         try:
             while not self.stopping.is_set():
                 try:
-                    entry = self.redis.blmove(self.keys.queue, self.inflight, 1, "RIGHT", "LEFT")
+                    if self.max_batch_size:
+                        entries = self.take_batch(connection)
+                        if entries:
+                            self.run_tasks(connection, entries)
+                        continue
+                    # On this thread's connection (no socket timeout, see above), never the pool's.
+                    connection.send_command("BLMOVE", self.keys.queue, self.inflight, "RIGHT", "LEFT", 1)
+                    entry = connection.read_response()
                     if entry is not None:
                         self.run_task(connection, entry)
                 except redis.RedisError as exc:
@@ -325,24 +461,82 @@ class Replica:
             status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
         else:
             emit = self.stream_emitter(task_id) if request.get("stream") else None
-            status, result, error, pickled = run_single(self.predict, request, self.memory_limit, emit)
-            if status == protocol.FAILURE and error.startswith("out of memory"):
-                # What is left of this process after a MemoryError cannot be trusted: end it
-                # with the status that tells the controller why (workers.lifecycle).
-                self.exit_code = protocol.EXIT_OUT_OF_MEMORY
-                self.stopping.set()
+            status, result, error, pickled = run_single(self.predict_for(request), request, self.memory_limit, emit)
+        self.send_finish(connection, entry, task_id, (status, result, error, pickled))
+        for _ in range(replies + 1):
+            connection.read_response()
+
+    def send_finish(self, connection, entry: bytes, task_id: str, outcome: Outcome) -> None:
+        """Send (not read) the script that records a task's outcome and answers its waiter."""
+        status, result, error, pickled = outcome
+        if status == protocol.FAILURE and error.startswith("out of memory"):
+            # What is left of this process after a MemoryError cannot be trusted: end it
+            # with the status that tells the controller why (workers.lifecycle).
+            self.exit_code = protocol.EXIT_OUT_OF_MEMORY
+            self.stopping.set()
         record = protocol.final_record(
             status, result=result if status == protocol.SUCCESS and not pickled else None,
             traceback=error or None, result_pickled=bool(pickled),
         )
         counter = "completed" if status == protocol.SUCCESS else "failed"
         connection.send_command(
-            "EVAL", protocol.FINISH_SCRIPT, 6, task_key, self.inflight, self.keys.done(task_id), self.keys.stats,
-            self.keys.running, self.keys.callbacks, entry, status, result, error, pickled, time.time(), record,
-            protocol.DONE_LIST_TTL_SECONDS, counter, task_id, protocol.SYNC_ANSWERED_TTL_SECONDS,
+            "EVAL", protocol.FINISH_SCRIPT, 6, self.keys.task(task_id), self.inflight, self.keys.done(task_id),
+            self.keys.stats, self.keys.running, self.keys.callbacks, entry, status, result, error, pickled,
+            time.time(), record, protocol.DONE_LIST_TTL_SECONDS, counter, task_id,
+            protocol.SYNC_ANSWERED_TTL_SECONDS,
         )
-        for _ in range(replies + 1):
-            connection.read_response()
+
+    def take_batch(self, connection) -> list[bytes]:
+        """Up to max_batch_size entries, moved into the in-flight list as they are taken: block
+        (up to a second) for the first, then wait at most max_batch_wait for the rest. Each
+        take is one round trip that also takes everything already waiting, so a busy queue
+        fills the batch at once and a lone request waits only max_batch_wait."""
+        entries = protocol.take_batch(connection, self.keys, self.inflight, first_timeout=1,
+                                      most=self.max_batch_size)
+        deadline = time.monotonic() + self.max_batch_wait
+        while entries and len(entries) < self.max_batch_size and not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # BLMOVE's timeout 0 means forever: never ask for less than a millisecond.
+            entries += protocol.take_batch(connection, self.keys, self.inflight, first_timeout=round(max(left, 0.001), 3),
+                                           most=self.max_batch_size - len(entries))
+        return entries
+
+    def run_tasks(self, connection, entries: list[bytes]) -> None:
+        """A batch: each task is marked STARTED (and put in the `running` set) before the batch
+        predict runs, and finished on its own with its own outcome, so timeouts, requeues,
+        latency histograms and sync waiters see each task as if it had run alone. The marks
+        and outcomes of the whole batch travel in two pipelined round trips."""
+        batch, alone = [], []
+        now = time.time()
+        for entry in entries:
+            task_id, expires_at, payload = protocol.parse_entry(entry)
+            request = json.loads(payload) if payload is not None else None
+            if request is None or "items" in request or request.get("stream"):
+                alone.append(entry)  # not what an endpoint's gateway queues for batching: as before
+            elif now > expires_at:
+                self.redis.lrem(self.inflight, 0, entry)  # expired while queued: not run
+            else:
+                batch.append((entry, task_id, request))
+        for _, task_id, _ in batch:
+            connection.send_command(
+                "EVAL", protocol.MARK_STARTED_SCRIPT, 2, self.keys.task(task_id), self.keys.running,
+                self.replica_id, now, task_id,
+            )
+        if batch:
+            outcomes = run_batch(self.batch_predict, [request for _, _, request in batch], self.memory_limit)
+            for (entry, task_id, _), outcome in zip(batch, outcomes, strict=True):
+                self.send_finish(connection, entry, task_id, outcome)
+            for _ in range(2 * len(batch)):
+                connection.read_response()
+        for entry in alone:
+            self.run_task(connection, entry)
+
+    def predict_for(self, request: dict) -> Callable:
+        """The predict that serves this request (a forwarder relays a streaming request to
+        another route of its container)."""
+        return self.predict
 
     def stream_emitter(self, task_id: str) -> Emit:
         """Pushes one item of a streaming task and, in the same round trip, asks whether its

@@ -50,7 +50,8 @@ def job_response(job: DockerImageBatchJob) -> dict:
 
 
 class ImageJobBundleListView(APIView):
-    @extend_schema(parameters=[OpenApiParameter("bundle_name", str, required=False),
+    @extend_schema(operation_id="v1_docker_image_batch_job_bundles_list",
+                   parameters=[OpenApiParameter("bundle_name", str, required=False),
                                OpenApiParameter("order_by", str, required=False, enum=["newest", "oldest"]),
                                *PAGE_PARAMETERS],
                    responses=OBJECT)
@@ -96,7 +97,8 @@ class ImageJobBundleDetailView(APIView):
 
 
 class ImageJobListView(APIView):
-    @extend_schema(parameters=[OpenApiParameter("trigger_id", str, required=False), *PAGE_PARAMETERS], responses=OBJECT)
+    @extend_schema(operation_id="v1_docker_image_batch_jobs_list",
+                   parameters=[OpenApiParameter("trigger_id", str, required=False), *PAGE_PARAMETERS], responses=OBJECT)
     def get(self, request):
         jobs = DockerImageBatchJob.objects.filter(team=request_team(request)).select_related("created_by", "team")
         if request.query_params.get("trigger_id"):
@@ -163,7 +165,7 @@ def trigger_response(trigger) -> dict:
 
 
 class TriggerListView(APIView):
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=OBJECT)
+    @extend_schema(operation_id="v1_triggers_list", parameters=PAGE_PARAMETERS, responses=OBJECT)
     def get(self, request):
         from batchjobs.models import Trigger
 

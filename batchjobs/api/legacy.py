@@ -5,6 +5,8 @@ routes."""
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -39,6 +41,7 @@ class LegacyBatchJobView(APIView):
     """POST batch_job/<bundle_name> creates; GET batch_job/<job_id> reads (one path, two
     meanings, as the client uses it)."""
 
+    @extend_schema(request=LegacyBatchJobCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request, key: str):
         serializer = LegacyBatchJobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -65,6 +68,7 @@ class LegacyBatchJobView(APIView):
             raise
         return Response({"job_id": job.id})
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, key: str):
         job = selectors.batch_job_get(team=request_team(request), job_id=key)
         return Response(job_response(request, job))

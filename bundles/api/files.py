@@ -29,7 +29,7 @@ def file_v1(file: File) -> dict:
 class FileListView(APIView):
     parser_classes = [MultiPartParser]
 
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=OBJECT)
+    @extend_schema(operation_id="v1_files_list", parameters=PAGE_PARAMETERS, responses=OBJECT)
     def get(self, request):
         files, more = page_of(request, selectors.file_list(team=request_team(request)))
         return page_response(request, "files", [file_v1(f) for f in files], more)

@@ -19,7 +19,7 @@ OBJECT = {200: OpenApiTypes.OBJECT}
 
 
 class LegacyBundleListView(APIView):
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=OBJECT)
+    @extend_schema(operation_id="v1_hosted_inference_model_bundle_list", parameters=PAGE_PARAMETERS, responses=OBJECT)
     def get(self, request):
         bundles, more = page_of(request, selectors.bundle_list(team=request_team(request)))
         return page_response(request, "bundles", [bundle_legacy(b) for b in bundles], more)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from bundles.models import ModelBundle
@@ -90,6 +91,8 @@ class CloneSerializer(serializers.Serializer):
     new_app_config = serializers.DictField(required=False, allow_null=True)
 
 
+# A form field whose value is JSON text (multipart bodies carry only strings).
+@extend_schema_field({"type": "string", "description": "JSON text"})
 class JSONFormField(serializers.Field):
     """A multipart form field holding JSON of one type (`list` or `dict`)."""
 

@@ -54,7 +54,7 @@ def required_query(request, name: str) -> str:
 
 
 class BundleV1ListView(APIView):
-    @extend_schema(parameters=LIST_PARAMETERS, responses=OBJECT)
+    @extend_schema(operation_id="v1_model_bundles_list", parameters=LIST_PARAMETERS, responses=OBJECT)
     def get(self, request):
         bundles, more = page_of(request, selectors.bundle_list(team=request_team(request), **list_query(request)))
         return page_response(request, "model_bundles", [bundle_v1(b) for b in bundles], more)
@@ -80,7 +80,7 @@ class BundleV1ListView(APIView):
 
 
 class BundleV2ListView(APIView):
-    @extend_schema(parameters=LIST_PARAMETERS, responses=OBJECT)
+    @extend_schema(operation_id="v2_model_bundles_list", parameters=LIST_PARAMETERS, responses=OBJECT)
     def get(self, request):
         bundles, more = page_of(request, selectors.bundle_list(team=request_team(request), **list_query(request)))
         return page_response(request, "model_bundles", [bundle_v2(b) for b in bundles], more)

@@ -9,6 +9,8 @@ otherwise, and knows only the task states PENDING, SUCCESS and FAILURE.
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -125,11 +127,13 @@ class LegacyEndpointUpdateSerializer(serializers.Serializer):
 
 
 class LegacyEndpointListView(APIView):
+    @extend_schema(operation_id="v1_hosted_inference_endpoints_list", responses=OpenApiTypes.OBJECT)
     def get(self, request):
         endpoints, more = page_of(request, selectors.endpoint_page_source(team=request_team(request)))
         return page_response(request, "endpoints", [legacy_endpoint(e) for e in endpoints_representation(endpoints)],
                              more)
 
+    @extend_schema(request=LegacyEndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         serializer = LegacyEndpointCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -146,10 +150,12 @@ class LegacyEndpointListView(APIView):
 
 
 class LegacyEndpointDetailView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, name: str):
         endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
         return Response(legacy_endpoint(endpoints_representation([endpoint])[0]))
 
+    @extend_schema(request=LegacyEndpointUpdateSerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request, name: str):
         team = request_team(request)
         endpoint = selectors.endpoint_get_by_name(team=team, name=name)
@@ -162,6 +168,7 @@ class LegacyEndpointDetailView(APIView):
         services.endpoint_update(endpoint=endpoint, changes=changes)
         return Response({"endpoint_creation_task_id": endpoint.id})
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def delete(self, request, name: str):
         endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
         services.endpoint_delete(endpoint=endpoint)
@@ -204,6 +211,10 @@ class LegacyInferenceView(InferenceView):
 
 
 class LegacySyncTaskView(LegacyInferenceView):
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    async def post(self, request, *args, **kwargs):
+        return await super().post(request, *args, **kwargs)
+
     def submission(self, request, endpoint, body, text, rate_key):
         payload = legacy_task_payload(body)
         callbacks.task_callback(endpoint, body, async_task=False)
@@ -215,6 +226,10 @@ class LegacySyncTaskView(LegacyInferenceView):
 
 
 class LegacyAsyncTaskCreateView(LegacyInferenceView):
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    async def post(self, request, *args, **kwargs):
+        return await super().post(request, *args, **kwargs)
+
     def submission(self, request, endpoint, body, text, rate_key):
         payload = legacy_task_payload(body)
         callback = callbacks.task_callback(endpoint, body, async_task=True)
@@ -225,6 +240,7 @@ class LegacyAsyncTaskCreateView(LegacyInferenceView):
 
 
 class LegacyAsyncTaskDetailView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, endpoint_name: str, task_id: str):
         team = request_team(request)
         endpoint = selectors.endpoint_get_by_name(team=team, name=endpoint_name)
@@ -237,6 +253,7 @@ class LegacyAsyncTaskDetailView(APIView):
 class LegacyTaskResultView(APIView):
     """`get_async_response(task_id)`: the task by its id alone (ids carry their endpoint)."""
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, task_id: str):
         record = gateway.task_get(team=request_team(request), task_id=task_id)
         return Response(legacy_task_answer(request, task_id, record))

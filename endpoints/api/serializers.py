@@ -3,6 +3,7 @@ rules between fields live in endpoints.services)."""
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from endpoints.models import GPU_TYPES
@@ -10,6 +11,8 @@ from endpoints.models import GPU_TYPES
 NAME_HELP = "letters, digits, '-', '_' and '.', starting with a letter or digit"
 
 
+# As the contract types cpus, memory and storage.
+@extend_schema_field({"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "number"}]})
 class QuantityField(serializers.Field):
     """cpus, memory, storage: a number or a string ("8Gi", "500m"); parsed by the service."""
 
@@ -38,6 +41,9 @@ def _contract_options(*, create: bool) -> dict[str, serializers.Field]:
         "high_priority": serializers.BooleanField(required=False, allow_null=True),
         "billing_tags": serializers.DictField(required=False, allow_null=True),
         "public_inference": serializers.BooleanField(required=False, allow_null=True),
+        # Our own (docs/batching.md); bounds and rules in endpoints.services._apply_batching.
+        "max_batch_size": serializers.IntegerField(required=False, allow_null=True),
+        "max_batch_wait_ms": serializers.IntegerField(required=False, allow_null=True),
     }
     if create:
         fields["nodes_per_worker"] = serializers.IntegerField(min_value=1, required=False, default=1)

@@ -10,6 +10,8 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated, ParseError
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -77,6 +79,9 @@ def endpoint_representation(endpoint: ModelEndpoint, counts: dict, queued: int |
         "prewarm": endpoint.prewarm,
         "task_expires_seconds": endpoint.task_expires_seconds,
         "queue_message_timeout_seconds": endpoint.queue_message_timeout_seconds,
+        # Our own: request batching (docs/batching.md), null while off.
+        "max_batch_size": endpoint.max_batch_size,
+        "max_batch_wait_ms": endpoint.max_batch_wait_ms,
     }
 
 
@@ -90,6 +95,7 @@ def endpoints_representation(endpoints: list[ModelEndpoint]) -> list[dict]:
 
 
 class ModelEndpointListView(APIView):
+    @extend_schema(operation_id="v1_model_endpoints_list", parameters=[OpenApiParameter("name", str, required=False), OpenApiParameter("order_by", str, required=False, enum=["newest", "oldest"])], responses=OpenApiTypes.OBJECT)
     def get(self, request):
         order_by = request.query_params.get("order_by")
         if order_by not in (None, "newest", "oldest"):
@@ -99,6 +105,7 @@ class ModelEndpointListView(APIView):
         ))
         return page_response(request, "model_endpoints", endpoints_representation(endpoints), more)
 
+    @extend_schema(request=EndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         serializer = EndpointCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -108,10 +115,12 @@ class ModelEndpointListView(APIView):
 
 
 class ModelEndpointDetailView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         return Response(endpoints_representation([endpoint])[0])
 
+    @extend_schema(request=EndpointUpdateSerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         serializer = EndpointUpdateSerializer(data=request.data)
@@ -119,6 +128,7 @@ class ModelEndpointDetailView(APIView):
         services.endpoint_update(endpoint=endpoint, changes=dict(serializer.validated_data))
         return Response({"endpoint_creation_task_id": endpoint.id})
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def delete(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         services.endpoint_delete(endpoint=endpoint)
@@ -126,6 +136,7 @@ class ModelEndpointDetailView(APIView):
 
 
 class ModelEndpointRestartView(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request, endpoint_id: str):
         endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         services.endpoint_restart(endpoint=endpoint)
@@ -135,6 +146,7 @@ class ModelEndpointRestartView(APIView):
 class ModelEndpointsSchemaView(APIView):
     """The OpenAPI document of the team's endpoints: how to call each of them."""
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         endpoints = list(selectors.endpoint_list(team=request_team(request)))
         return Response(endpoints_openapi(endpoints, server=request.build_absolute_uri("/")))
@@ -147,6 +159,7 @@ class ModelEndpointsApiView(APIView):
     def perform_content_negotiation(self, request, force=False):
         return super().perform_content_negotiation(request, force=True)  # text/html is answered in get
 
+    @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT, (200, "text/html"): OpenApiTypes.STR})
     def get(self, request):
         endpoints = list(selectors.endpoint_list(team=request_team(request)))
         document = endpoints_openapi(endpoints, server=request.build_absolute_uri("/"))
@@ -200,6 +213,7 @@ class InferenceView(APIView):
                 raise
             return response
 
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     async def post(self, request, *args, **kwargs):
         submission = await in_db_thread(request, self.prepare, request, **kwargs)
         async with async_redis(shared=isinstance(request, ASGIRequest)) as (client, waiting_client):
@@ -340,6 +354,7 @@ def _in_own_loop(events):
 
 
 class AsyncTaskDetailView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, task_id: str):
         record = gateway.task_get(team=request_team(request), task_id=task_id)
         return Response({
@@ -355,6 +370,7 @@ class AsyncTaskDetailView(APIView):
 class TaskResultView(APIView):
     """The cloudpickled output of a task run with return_pickled."""
 
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request, task_id: str):
         data = gateway.task_pickled_result(team=request_team(request), task_id=task_id)
         return HttpResponse(data, content_type="application/octet-stream")
@@ -363,6 +379,7 @@ class TaskResultView(APIView):
 class CreationLogsView(APIView):
     """The tail of the output of an endpoint's newest replicas, to read why a load failed."""
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, name: str):
         endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
         replicas = Replica.objects.filter(owner_kind="endpoint", owner_id=endpoint.id).order_by("-created_at")[:3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
@@ -16,7 +17,10 @@ from launch_site.dashboard.common import (
     SERVICE_ERRORS,
     STOP_POLLING,
     add_service_error,
+    list_page,
     render_page,
+    search_text,
+    status_filter,
     team_view,
 )
 from launch_site.dashboard.forms import BatchJobForm
@@ -52,10 +56,16 @@ def progress(job: BatchJob) -> dict:
 
 @team_view
 def batch_job_list(request: HttpRequest, team: Team) -> HttpResponse:
-    jobs = list(selectors.batch_job_list(team=team)[:200])
-    for job in jobs:
+    """Jobs newest first: `?q=` (job id or bundle name), `?status=`, `?page=`."""
+    jobs = selectors.batch_job_list(team=team)
+    if search := search_text(request):
+        jobs = jobs.filter(Q(id__icontains=search) | Q(bundle_name__icontains=search))
+    if status := status_filter(request, BatchJob.Status.values):
+        jobs = jobs.filter(status=status)
+    context = {**list_page(request, jobs), "status": status, "statuses": BatchJob.Status.values}
+    for job in context["items"]:
         job.progress = progress(job)
-    return render_page(request, "dashboard/batch/list.html", {"jobs": jobs})
+    return render_page(request, "dashboard/batch/list.html", context)
 
 
 @team_view

@@ -12,6 +12,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.http import urlencode
@@ -30,6 +31,31 @@ STOP_POLLING = 286
 # same answers 204 (htmx swaps nothing: scroll positions and open <details> stay).
 LIVE_VERSION_PLACEHOLDER = "__LIVE_VERSION__"
 UNCHANGED = 204
+
+
+LIST_PAGE_SIZE = 25
+
+
+def list_page(request: HttpRequest, items, *, per_page: int | None = None) -> dict:
+    """Server-side search, filter and pagination of a dashboard list share this: one page of
+    `items` (a queryset or a list; `?page=N`, where a bad or past-the-end number gives the
+    nearest page), and the query string its links keep (the search and the filters).
+    Context: `page`, `items` (the page's rows), `keep`, `q`."""
+    page = Paginator(items, per_page or LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    keep = request.GET.copy()
+    for name in ("page", "rows", "v"):
+        keep.pop(name, None)
+    return {"page": page, "items": list(page.object_list), "keep": keep.urlencode(), "q": search_text(request)}
+
+
+def search_text(request: HttpRequest) -> str:
+    return request.GET.get("q", "").strip()[:200]
+
+
+def status_filter(request: HttpRequest, statuses) -> str:
+    """`?status=` when it is one of `statuses`, else '' (any)."""
+    wanted = request.GET.get("status", "")
+    return wanted if wanted in statuses else ""
 
 
 _CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken" value="[^"]*"')

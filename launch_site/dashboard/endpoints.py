@@ -22,8 +22,11 @@ from launch_site.dashboard.common import (
     SERVICE_ERRORS,
     STOP_POLLING,
     add_service_error,
+    list_page,
     live_response,
     render_page,
+    search_text,
+    status_filter,
     team_view,
 )
 from launch_site.dashboard.forms import EndpointEditForm, EndpointForm, TryItForm
@@ -48,17 +51,19 @@ def _with_state(endpoints: list[ModelEndpoint]) -> list[ModelEndpoint]:
 
 @team_view
 def endpoint_list(request: HttpRequest, team: Team) -> HttpResponse:
-    """The list; its rows are one live part (`?rows=1`), refreshed while the page is visible."""
-    search = request.GET.get("q", "").strip()
-    endpoints = selectors.endpoint_list(team=team)
-    if search:
+    """The list (`?q=` name search, `?status=`, `?page=`); its rows are one live part
+    (`?rows=1` with the same query), refreshed while the page is visible."""
+    endpoints = selectors.endpoint_list(team=team).select_related("bundle")
+    if search := search_text(request):
         endpoints = endpoints.filter(name__icontains=search)
-    endpoints = _with_state(list(endpoints.select_related("bundle")[:200]))
-    for endpoint in endpoints:
+    if status := status_filter(request, ModelEndpoint.Status.values):
+        endpoints = endpoints.filter(status=status)
+    context = {**list_page(request, endpoints), "status": status, "statuses": ModelEndpoint.Status.values}
+    context["endpoints"] = _with_state(context["items"])
+    for endpoint in context["endpoints"]:
         endpoint.sparkline = charts.sparkline(
             metrics.chart_series(endpoint.id, seconds=3600, points=30)["requests"]
         )
-    context = {"endpoints": endpoints, "q": search}
     if request.htmx and request.GET.get("rows"):
         return live_response(request, render_page(request, "dashboard/endpoints/rows.html", context))
     context["getting_started"] = dashboard_selectors.getting_started(request, team=team)
@@ -134,13 +139,19 @@ def endpoint_status(request: HttpRequest, team: Team, endpoint_id: str) -> HttpR
 
 
 TASK_STATUS_FILTERS = (protocol.PENDING, protocol.STARTED, protocol.SUCCESS, protocol.FAILURE)
+REQUESTS_PAGE_SIZE = 50
 
 
 def _requests_context(request: HttpRequest, endpoint: ModelEndpoint) -> dict:
-    wanted = request.GET.get("status", "")
+    """The recent requests: `?status=`, `?q=` (part of a task id), `?page=`."""
+    wanted = status_filter(request, TASK_STATUS_FILTERS)
+    search = search_text(request)
     tasks = dashboard_selectors.recent_tasks(endpoint)
-    shown = [task for task in tasks if task["status"] == wanted] if wanted in TASK_STATUS_FILTERS else tasks
-    return {"endpoint": endpoint, "tasks": shown[:50], "task_count": len(tasks), "status_filter": wanted,
+    shown = [
+        task for task in tasks if (not wanted or task["status"] == wanted) and (not search or search in task["task_id"])
+    ]
+    page = list_page(request, shown, per_page=REQUESTS_PAGE_SIZE)
+    return {"endpoint": endpoint, **page, "tasks": page["items"], "task_count": len(tasks), "status_filter": wanted,
             "status_filters": TASK_STATUS_FILTERS}
 
 
@@ -176,15 +187,10 @@ def endpoint_charts(request: HttpRequest, team: Team, endpoint_id: str) -> HttpR
 def endpoint_edit(request: HttpRequest, team: Team, endpoint_id: str) -> HttpResponse:
     endpoint = selectors.endpoint_get(team=team, endpoint_id=endpoint_id)
     bundles = dashboard_selectors.bundles_for_select(team=team)
-    initial = {"bundle": endpoint.bundle_id, "min_workers": endpoint.min_workers, "max_workers": endpoint.max_workers}
-    form = EndpointEditForm(request.POST or None, bundles=bundles, initial=initial)
+    form = EndpointEditForm(request.POST or None, bundles=bundles, initial=EndpointEditForm.initial_for(endpoint))
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        changes = {"min_workers": data["min_workers"], "max_workers": data["max_workers"]}
-        if data["bundle"] != endpoint.bundle_id:
-            changes["model_bundle_id"] = data["bundle"]
         try:
-            services.endpoint_update(endpoint=endpoint, changes=changes)
+            services.endpoint_update(endpoint=endpoint, changes=form.changes(endpoint))
         except SERVICE_ERRORS as error:
             add_service_error(form, error, field_names=FIELD_NAMES)
         else:

@@ -10,7 +10,15 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.models import Team
 from accounts.services import api_key_create, api_key_revoke
 from launch_site.dashboard import selectors
-from launch_site.dashboard.common import SERVICE_ERRORS, add_service_error, render_page, team_view
+from launch_site.dashboard.common import (
+    SERVICE_ERRORS,
+    add_service_error,
+    list_page,
+    render_page,
+    search_text,
+    status_filter,
+    team_view,
+)
 from launch_site.dashboard.forms import ApiKeyForm
 
 NEW_KEY_SESSION = "new_api_key"
@@ -33,9 +41,15 @@ def api_key_list(request: HttpRequest, team: Team) -> HttpResponse:
     new_key = None
     pending = request.session.pop(NEW_KEY_SESSION, None) if request.method == "GET" else None
     if pending:
-        key = next((k for k in selectors.api_keys(team=team, user=request.user) if k.id == pending["id"]), None)
+        key = selectors.api_keys(team=team, user=request.user).filter(pk=pending["id"]).first()
         new_key = {"key": key, "raw": pending["raw"]} if key else None
-    context = {"keys": selectors.api_keys(team=team, user=request.user), "form": form, "new_key": new_key}
+    # The list: `?q=` (name, prefix or owner), `?status=` (a state), `?page=`.
+    state = status_filter(request, selectors.API_KEY_STATES)
+    keys = selectors.api_keys(team=team, user=request.user, search=search_text(request), state=state)
+    context = {
+        **list_page(request, keys), "status": state, "statuses": selectors.API_KEY_STATES,
+        "form": form, "new_key": new_key,
+    }  # fmt: skip
     response = render_page(request, "dashboard/keys.html", context, status=422 if form.errors else 200)
     if new_key:
         response["Cache-Control"] = "no-store"

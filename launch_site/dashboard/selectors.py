@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, Exists, Max, OuterRef
+from django.db.models import Count, Exists, Max, OuterRef, Q
 
 from accounts.models import ApiKey, Membership, Team
 from bundles.models import ModelBundle
@@ -15,16 +15,17 @@ from workers.models import Replica
 from workers.runtimes import get_runtime
 
 
-def bundle_names(*, team: Team) -> list[dict]:
-    """One row per bundle name: how many versions, the newest one and when it was made."""
+def bundle_names(*, team: Team, search: str = "") -> list[dict]:
+    """One row per bundle name (names containing `search`): how many versions, the newest one
+    and when it was made."""
     rows = (
-        ModelBundle.objects.filter(team=team)
+        ModelBundle.objects.filter(team=team, name__icontains=search)
         .values("name")
         .annotate(versions=Count("id"), latest_at=Max("created_at"))
         .order_by("-latest_at")
     )
     latest = {}
-    for bundle in ModelBundle.objects.filter(team=team).order_by("name", "-created_at"):
+    for bundle in ModelBundle.objects.filter(team=team, name__icontains=search).order_by("name", "-created_at"):
         latest.setdefault(bundle.name, bundle)
     return [{**row, "latest": latest[row["name"]]} for row in rows]
 
@@ -96,8 +97,22 @@ def _visible_keys(*, team: Team, user):
     return keys
 
 
-def api_keys(*, team: Team, user) -> list[ApiKey]:
-    return list(_visible_keys(team=team, user=user).order_by("-created_at"))
+API_KEY_STATES = ("active", "revoked", "owner left")
+
+
+def api_keys(*, team: Team, user, search: str = "", state: str = ""):
+    """The keys the user may see, newest first: `search` in the key's name, prefix or owner;
+    `state` one of API_KEY_STATES."""
+    keys = _visible_keys(team=team, user=user).order_by("-created_at")
+    if search:
+        keys = keys.filter(Q(name__icontains=search) | Q(prefix__icontains=search) | Q(user__username__icontains=search))
+    if state == "active":
+        keys = keys.filter(revoked_at__isnull=True, owner_is_member=True)
+    elif state == "revoked":
+        keys = keys.filter(revoked_at__isnull=False)
+    elif state == "owner left":
+        keys = keys.filter(revoked_at__isnull=True, owner_is_member=False)
+    return keys
 
 
 def api_key_get(*, team: Team, user, key_id: int) -> ApiKey:

@@ -29,3 +29,14 @@ def seconds(value) -> str:
     if value < 3600:
         return f"{int(value // 60)} min {int(value % 60)} s" if value >= 60 else f"{value:.0f} s"
     return f"{int(value // 3600)} h {int(value % 3600 // 60)} min"
+
+
+@register.filter
+def file_to_choose_again(field) -> str:
+    """The name of the file sent in this form field when the form came back with errors
+    (browsers cannot refill a file input, so the page asks for it by name); else ''."""
+    form = field.form
+    if not form.is_bound or not form.errors:
+        return ""
+    upload = form.files.get(field.html_name)
+    return getattr(upload, "name", "") or ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,9 +24,11 @@ def _host_or_404(host_id: int) -> Host:
 class HostListView(APIView):
     permission_classes = [IsAdminUser]
 
+    @extend_schema(operation_id="v1_hosts_list", responses=OpenApiTypes.OBJECT)
     def get(self, request):
         return Response(HostSerializer(Host.objects.order_by("name"), many=True).data)
 
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         data = HostCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -35,9 +39,11 @@ class HostListView(APIView):
 class HostDetailView(APIView):
     permission_classes = [IsAdminUser]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, host_id: int):
         return Response(HostSerializer(_host_or_404(host_id)).data)
 
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     def patch(self, request, host_id: int):
         host = _host_or_404(host_id)
         data = HostUpdateSerializer(data=request.data, partial=True)
@@ -45,6 +51,7 @@ class HostDetailView(APIView):
         host = hosts.host_update(host=host, **data.validated_data)
         return Response(HostSerializer(host).data)
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def delete(self, request, host_id: int):
         hosts.host_delete(host=_host_or_404(host_id))
         return Response(status=204)

@@ -95,6 +95,12 @@ class StartDeferred(PlacementError):
     A PlacementError, so code that waits on capacity waits on this too."""
 
 
+class BundleStartFailed(Exception):
+    """start() cannot launch the replica because of the bundle itself (its requirements do
+    not install): the controller fails the replica for the bundle's reason, which makes the
+    generation UPDATE_FAILED with this message, instead of retrying it every tick."""
+
+
 class Runtime(abc.ABC):
     name: str
 

@@ -1,5 +1,14 @@
 """The local runtime: each replica is a subprocess of this machine in its own process group
-(the embedded default). No GPUs: asking for one is refused at placement.
+(the embedded default).
+
+GPUs: this machine's, as nvidia-smi lists them (workers.runtimes.local_gpus). Placement books
+device ids the way it does for docker hosts (workers.placement.place_local_replica: never
+two live replicas on one device), and the replica starts with CUDA_VISIBLE_DEVICES set to
+its own ids; a replica without GPUs gets it empty, so it cannot take a device another holds.
+
+Requirements: a bundle's requirements are installed into a cached virtualenv per
+requirements hash by a control-queue job (workers.runtimes.local_venvs); the replica runs
+from it.
 
 Memory and CPU limits are enforced by the kernel, by the first mechanism this process can use
 (`memory_limit_mechanism()`, logged when the first replica starts):
@@ -51,7 +60,10 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from workers.placement import place_local_replica
+from workers.runtimes import local_venvs
 from workers.runtimes.base import ExitInfo, Placement, PlacementError, ReplicaSpec, Runtime
+from workers.runtimes.local_gpus import LocalGpus, local_gpus
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +84,6 @@ class LocalRuntime(Runtime):
     name = "local"
 
     def place(self, spec: ReplicaSpec) -> Placement:
-        if spec.gpus:
-            raise PlacementError(
-                f"this server runs replicas as local processes and has no GPUs; {spec.gpus} "
-                f"{spec.gpu_type or 'GPU'} asked for (register a GPU host and use LAUNCH_RUNTIME=docker)"
-            )
         if spec.runnable_image:
             # The endpoint services refuse these at create; this holds for a server whose
             # runtime setting changed under an existing endpoint.
@@ -84,9 +91,13 @@ class LocalRuntime(Runtime):
                 f"image {spec.runnable_image['image']} is a runnable image: it needs the docker runtime "
                 "(LAUNCH_RUNTIME=docker), not local processes"
             )
-        return Placement()
+        return place_local_replica(spec, local_gpus() if spec.gpus else LocalGpus("", ()))
 
     def start(self, spec: ReplicaSpec, placement: Placement) -> str:
+        python = sys.executable
+        if spec.requirements:
+            # Raises StartDeferred (being installed) or RequirementsInstallFailed.
+            python = str(local_venvs.venv_ready(tuple(spec.requirements)))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -95,10 +106,12 @@ class LocalRuntime(Runtime):
             # So the serve loop can name the limit when an allocation fails (rlimit).
             "LAUNCH_MEMORY_LIMIT_BYTES": str(spec.memory_bytes),
             **spec.env,
+            # Its own devices only; none at all ("") for a replica that asked for none.
+            "CUDA_VISIBLE_DEVICES": ",".join(placement.gpu_device_ids),
         }
         pid = launch_replica_process(
             spec.replica_id,
-            [sys.executable, "-m", "workers.serve"],
+            [python, "-m", "workers.serve"],
             env=env,
             memory_bytes=spec.memory_bytes,
             cpus=spec.cpus,
