@@ -25,7 +25,11 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, **env):
+    def __init__(self, root: Path = ROOT, args: tuple[str, ...] = (), **env):
+        """`root`: the checkout whose `launch up` runs (another one to compare a change);
+        `args`: more arguments of `launch up` (e.g. --web-workers 1)."""
+        self.root = Path(root)
+        self.args = list(args)
         self.home = Path(tempfile.mkdtemp(prefix="launch-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,8 +44,8 @@ class Stack:
         self.log_path = self.home / "stack.log"
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "launch", "up"],
-                cwd=ROOT,
+                [sys.executable, str(self.root / "manage.py"), "launch", "up", *self.args],
+                cwd=self.root,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -10,7 +10,8 @@ from bundles import store
 from bundles.models import File, ModelBundle, StoredObject
 from launch_site.errors import NotFoundError
 
-ORDERINGS = {"newest": ("-created_at",), "oldest": ("created_at",)}
+# The id breaks ties, so that pages (launch_site.pagination) neither repeat nor skip.
+ORDERINGS = {"newest": ("-created_at", "-id"), "oldest": ("created_at", "id")}
 
 
 def bundle_list(*, team: Team, model_name: str | None = None, order_by: str | None = None) -> QuerySet[ModelBundle]:
@@ -52,7 +53,7 @@ def stored_object_for_token(token: str, *, salt: str) -> StoredObject:
 
 
 def file_list(*, team: Team) -> QuerySet[File]:
-    return File.objects.filter(team=team).select_related("stored").order_by("-created_at")
+    return File.objects.filter(team=team).select_related("stored").order_by("-created_at", "-id")
 
 
 def file_get(*, team: Team, file_id: str) -> File:

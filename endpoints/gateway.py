@@ -3,7 +3,9 @@
 Submit is one Redis round trip (task hash + queue push in one pipeline); a sync wait is
 one more (BLPOP on the task's done list, which the replica fills with the final record).
 A streaming task goes through the same queue; the gateway then pops its items one by one
-(workers.protocol.read_stream) until the final record.
+(workers.protocol.stream_answer) until the final record. The API views run the Redis
+side in the event loop (redis.asyncio; the waits hold no thread) and the database side
+(prepare_*) in a thread.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from django.conf import settings
 
@@ -20,7 +23,7 @@ from accounts.models import Team
 from endpoints import callbacks
 from endpoints.models import ModelEndpoint
 from launch_site.errors import ApplicationError, ConflictError, FieldError, NotFoundError, UnavailableError
-from launch_site.redis_client import get_redis, get_waiting_redis
+from launch_site.redis_client import get_redis
 from workers import protocol
 from workers.models import Replica
 from workers.runtimes.base import WAITING_FOR_CAPACITY
@@ -72,34 +75,121 @@ def payload_json(payload: dict, body: dict, body_text: str | None) -> str:
 
 def task_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, dict | None] | None = None,
                 payload_text: str | None = None, rate_key: str | None = None) -> str:
-    """Queue a task; returns its id. With `callback` (url, auth: endpoints.callbacks), its
-    outcome is posted there when it ends. `payload_text`: the payload's JSON when the caller
-    has it (payload_json). With `rate_key` (the API key's prefix), the key's inference rate
-    limit applies (429, accounts.throttling)."""
+    """Queue a task and return its id, from sync code (the dashboard); the API's views await
+    submit_async. With `callback` (url, auth: endpoints.callbacks), its outcome is posted
+    there when it ends. `payload_text`: the payload's JSON when the caller has it
+    (payload_json). With `rate_key` (the API key's prefix), the key's inference rate limit
+    applies (429, accounts.throttling)."""
+    submission = prepare_submit(endpoint=endpoint, payload=payload, callback=callback, payload_text=payload_text,
+                                rate_key=rate_key)
+    with get_redis().pipeline(transaction=False) as pipe:
+        _queue(pipe, submission)
+        _count(submission, pipe.execute())
+    return submission.task_id
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A task ready to be queued: everything the Redis side needs, decided (with any database
+    reads and 4xx) before it, so that the views can do this part in a thread and the Redis
+    part, waits included, in the event loop."""
+
+    endpoint_id: str
+    endpoint_name: str
+    task_id: str
+    payload: str
+    kind: str
+    ttl_seconds: int
+    wake: bool
+    wait_seconds: float | None = None
+    callback: tuple[str, dict | None] | None = None
+    rate_key: str | None = None
+
+    @property
+    def keys(self) -> protocol.Keys:
+        return protocol.Keys(protocol.endpoint_prefix(self.endpoint_id))
+
+
+def _submission(endpoint: ModelEndpoint, payload: str, *, kind: str, wait_seconds: float | None = None,
+                callback: tuple[str, dict | None] | None = None, rate_key: str | None = None) -> Submission:
+    return Submission(
+        endpoint_id=endpoint.id, endpoint_name=endpoint.name, task_id=protocol.task_id_for(endpoint.id, uuid.uuid4().hex),
+        payload=payload, kind=kind, ttl_seconds=_ttl(endpoint), wake=endpoint.desired_workers == 0,
+        wait_seconds=wait_seconds, callback=callback, rate_key=rate_key,
+    )
+
+
+def prepare_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, dict | None] | None = None,
+                   payload_text: str | None = None, rate_key: str | None = None) -> Submission:
+    """An async task (submit_async queues it)."""
     throttling.check_key_rate(rate_key)
-    task_id, _ = _submit(endpoint, payload_text or json.dumps(payload), kind="async", wait_seconds=None,
-                         callback=callback, rate_key=rate_key)
-    return task_id
+    return _submission(endpoint, payload_text or json.dumps(payload), kind="async", callback=callback,
+                       rate_key=rate_key)
 
 
-def task_stream(*, endpoint: ModelEndpoint, payload: dict, rate_key: str | None = None) -> Iterator[dict | None]:
-    """Queue a streaming task, then yield what it produces: each item as a SUCCESS record, and
-    at the end a FAILURE record when it failed (its traceback). Yields None when nothing came
-    for STREAM_KEEPALIVE_SECONDS (the caller sends a keep-alive, which notices a gone client).
-    When the caller stops early (its client went away, GeneratorExit) or the stream ran past
-    STREAM_TIMEOUT_SECONDS, the replica is told to stop the predict."""
+def prepare_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None,
+                 payload_text: str | None = None, rate_key: str | None = None) -> Submission:
+    """A sync task (run_sync_async queues it and waits): up to SYNC_TASK_TIMEOUT_SECONDS, or
+    less when the request asks. An endpoint that cannot serve answers at once (503)."""
+    throttling.check_key_rate(rate_key)
+    _check_can_serve(endpoint)
+    limit = settings.SYNC_TASK_TIMEOUT_SECONDS
+    return _submission(endpoint, payload_text or json.dumps(payload), kind="sync",
+                       wait_seconds=min(timeout_seconds or limit, limit), rate_key=rate_key)
+
+
+def prepare_stream(*, endpoint: ModelEndpoint, payload: dict, rate_key: str | None = None) -> Submission:
+    """A streaming task (stream_records queues it and reads what it yields)."""
     throttling.check_key_rate(rate_key)
     _check_can_serve(endpoint)
     if payload.get("return_pickled"):
         raise FieldError("return_pickled", "a stream sends JSON items; return_pickled is not offered")
-    keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
-    task_id, _ = _submit(endpoint, json.dumps({**payload, "stream": True}), kind="stream", wait_seconds=None,
-                         rate_key=rate_key)
-    return _stream_records(keys, task_id)
+    return _submission(endpoint, json.dumps({**payload, "stream": True}), kind="stream", rate_key=rate_key)
 
 
-def _stream_records(keys: protocol.Keys, task_id: str) -> Iterator[dict | None]:
-    client = get_waiting_redis()
+async def submit_async(client, submission: Submission) -> str:
+    """Queue the task in one round trip (client: redis.asyncio); returns its id."""
+    async with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, submission)
+        _count(submission, await pipe.execute())
+    return submission.task_id
+
+
+async def run_sync_async(client, waiting_client, submission: Submission) -> tuple[str, dict]:
+    """Queue the task and wait for its final record in one round trip (on `waiting_client`,
+    whose socket timeout outlasts the wait; `client` for the rest). The record is
+    protocol.parse_final_record's: the result comes as a JSON string literal (bytes). Past the
+    wait: 504 naming the task, which stays readable for its TTL."""
+    async with waiting_client.pipeline(transaction=False) as pipe:
+        _queue(pipe, submission)
+        # Redis runs a pipeline's commands in order: the BLPOP at its end blocks until the
+        # replica pushes the final record (or the timeout).
+        protocol.wait_final(pipe, submission.keys, submission.task_id, timeout_seconds=submission.wait_seconds)
+        replies = await pipe.execute()
+    _count(submission, replies)
+    task_id, answer = submission.task_id, replies[-1]
+    if answer is None:
+        # Answered later, the task must stay readable for its TTL (the error says where); if
+        # it finished in the meantime, its record is the answer after all.
+        async with client.pipeline(transaction=True) as pipe:
+            protocol.keep_task(pipe, submission.keys, task_id, ttl_seconds=submission.ttl_seconds)
+            late = (await pipe.execute())[-1]
+        if late is not None:
+            return task_id, protocol.parse_final_record(late)
+        raise SyncTimeoutError(
+            f"endpoint {submission.endpoint_name!r} did not answer within {submission.wait_seconds:g} s; the task "
+            f"{task_id} stays queued and can be read with GET /v1/async-tasks/{task_id}"
+        )
+    return task_id, protocol.parse_final_record(answer[1])
+
+
+async def stream_records(client, waiting_client, submission: Submission) -> AsyncIterator[dict | None]:
+    """Yield what a queued streaming task (submit_async) produces: each item as a SUCCESS record, and
+    at the end a FAILURE record when it failed (its traceback). Yields None when nothing came
+    for STREAM_KEEPALIVE_SECONDS (the caller sends a keep-alive, which notices a gone client).
+    When the caller stops early (its client went away) or the stream ran past
+    STREAM_TIMEOUT_SECONDS, the replica is told to stop the predict."""
+    keys, task_id = submission.keys, submission.task_id
     deadline = time.monotonic() + settings.STREAM_TIMEOUT_SECONDS
     next_index = 0
     finished = False
@@ -109,9 +199,9 @@ def _stream_records(keys: protocol.Keys, task_id: str) -> Iterator[dict | None]:
             if left <= 0:
                 yield _failure(f"the stream ran past STREAM_TIMEOUT_SECONDS ({settings.STREAM_TIMEOUT_SECONDS:g} s)")
                 return
-            answer = protocol.read_stream(
-                client, keys, task_id, timeout_seconds=max(1, int(min(settings.STREAM_KEEPALIVE_SECONDS, left)))
-            )
+            timeout = max(1, int(min(settings.STREAM_KEEPALIVE_SECONDS, left)))
+            answer = protocol.stream_answer(keys, task_id, await waiting_client.blpop(
+                protocol.stream_keys(keys, task_id), timeout=timeout))
             if answer is None:
                 yield None
                 continue
@@ -130,35 +220,13 @@ def _stream_records(keys: protocol.Keys, task_id: str) -> Iterator[dict | None]:
             return
     finally:
         if not finished:
-            protocol.cancel_stream(get_redis(), keys, task_id, ttl_seconds=protocol.DONE_LIST_TTL_SECONDS)
+            async with client.pipeline(transaction=False) as pipe:
+                protocol.cancel_stream(pipe, keys, task_id, ttl_seconds=protocol.DONE_LIST_TTL_SECONDS)
+                await pipe.execute()
 
 
 def _failure(traceback: str) -> dict:
     return {"status": protocol.FAILURE, "result": None, "traceback": traceback, "status_code": 500}
-
-
-def task_run_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None,
-                  payload_text: str | None = None, rate_key: str | None = None) -> tuple[str, dict]:
-    """Queue a task and wait for its final record: up to SYNC_TASK_TIMEOUT_SECONDS, or less
-    when the request asks. An endpoint that cannot serve answers at once (503). The record is
-    protocol.parse_final_record's: the result comes as a JSON string literal (bytes)."""
-    throttling.check_key_rate(rate_key)
-    _check_can_serve(endpoint)
-    limit = settings.SYNC_TASK_TIMEOUT_SECONDS
-    timeout = min(timeout_seconds or limit, limit)
-    task_id, answer = _submit(endpoint, payload_text or json.dumps(payload), kind="sync", wait_seconds=timeout,
-                              rate_key=rate_key)
-    if answer is None:
-        # Answered later, the task must stay readable for its TTL (the error says where); if
-        # it finished in the meantime, its record is the answer after all.
-        late = protocol.keep_task(get_redis(), _keys(endpoint), task_id, ttl_seconds=_ttl(endpoint))
-        if late is not None:
-            return task_id, protocol.parse_final_record(late)
-        raise SyncTimeoutError(
-            f"endpoint {endpoint.name!r} did not answer within {timeout:g} s; the task {task_id} stays queued "
-            f"and can be read with GET /v1/async-tasks/{task_id}"
-        )
-    return task_id, protocol.parse_final_record(answer[1])
 
 
 def _check_can_serve(endpoint: ModelEndpoint) -> None:
@@ -193,41 +261,32 @@ def _ttl(endpoint: ModelEndpoint) -> int:
     return endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
 
 
-def _submit(endpoint: ModelEndpoint, payload: str, *, kind: str, wait_seconds: float | None,
-            callback: tuple[str, dict | None] | None = None, rate_key: str | None = None) -> tuple[str, list | None]:
-    """Write the task, queue it and, with `wait_seconds`, wait for its final record, all in
-    one round trip: Redis runs a pipeline's commands in order, so the BLPOP at its end
-    blocks until the replica pushes the record (or the timeout). A waiting pipeline goes
-    through the pool whose socket timeout outlasts the wait."""
-    keys = _keys(endpoint)
-    task_id = protocol.task_id_for(endpoint.id, uuid.uuid4().hex)
-    ttl = _ttl(endpoint)
-    client = get_redis() if wait_seconds is None else get_waiting_redis()
-    extra = {"kind": kind}
-    if wait_seconds is not None:
+def _queue(pipe, submission: Submission) -> None:
+    """Put the task's writes on a pipeline (sync or redis.asyncio: both buffer commands the
+    same way). The rate count goes first, so that its reply is replies[0] (_count)."""
+    throttling.count_key_request(pipe, submission.rate_key)
+    keys, task_id, ttl = submission.keys, submission.task_id, submission.ttl_seconds
+    extra = {"kind": submission.kind}
+    if submission.wait_seconds is not None:
         extra["sync"] = "1"  # answered, its record shrinks (protocol.SYNC_ANSWERED_TTL_SECONDS)
-    if callback is not None:
+    if submission.callback is not None:
         extra["callback"] = "1"
-    with client.pipeline(transaction=False) as pipe:
-        # First, so its reply is replies[0]: the rate count rides in this round trip.
-        counted = throttling.count_key_request(pipe, rate_key)
-        if callback is not None:
-            callbacks.add_task_callback(
-                pipe, endpoint_id=endpoint.id, task_id=task_id, url=callback[0], auth=callback[1], ttl_seconds=ttl
-            )
-        protocol.add_task(
-            pipe, keys, task_id, payload, ttl_seconds=ttl, now=time.time(), extra=extra,
-            history_length=settings.REQUEST_HISTORY_LENGTH,
+        callbacks.add_task_callback(
+            pipe, endpoint_id=submission.endpoint_id, task_id=task_id, url=submission.callback[0],
+            auth=submission.callback[1], ttl_seconds=ttl,
         )
-        if endpoint.desired_workers == 0:
-            # Scale from zero without waiting for the next tick.
-            pipe.lpush(protocol.WAKE_KEY, "1")
-        if wait_seconds is not None:
-            protocol.wait_final(pipe, keys, task_id, timeout_seconds=wait_seconds)
-        replies = pipe.execute()
-    if counted:
-        throttling.record_key_count(rate_key, replies[0])
-    return task_id, replies[-1] if wait_seconds is not None else None
+    protocol.add_task(
+        pipe, keys, task_id, submission.payload, ttl_seconds=ttl, now=time.time(), extra=extra,
+        history_length=settings.REQUEST_HISTORY_LENGTH,
+    )
+    if submission.wake:
+        # Scale from zero without waiting for the next tick.
+        pipe.lpush(protocol.WAKE_KEY, "1")
+
+
+def _count(submission: Submission, replies: list) -> None:
+    if submission.rate_key is not None and settings.INFERENCE_RATE_LIMIT:
+        throttling.record_key_count(submission.rate_key, replies[0])
 
 
 def _task_keys(team: Team, task_id: str) -> protocol.Keys:

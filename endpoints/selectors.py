@@ -45,11 +45,29 @@ def endpoint_get_by_name(*, team: Team, name: str) -> ModelEndpoint:
     return endpoint
 
 
+def endpoint_page_source(*, team: Team, name: str | None = None, order_by: str | None = None):
+    """endpoint_list for the API's list route: of the bundle and the user, only what the answer
+    shows (their names) is loaded; the bundle's JSON fields and the user's row cost more than
+    the endpoint itself."""
+    from django.contrib.auth import get_user_model
+
+    from bundles.models import ModelBundle
+
+    skipped = [
+        f"{relation}__{field.name}"
+        for relation, model, shown in (("bundle", ModelBundle, "name"), ("created_by", get_user_model(), "username"))
+        for field in model._meta.concrete_fields
+        if field.name != shown and not field.primary_key
+    ]
+    return endpoint_list(team=team, name=name, order_by=order_by).defer(*skipped)
+
+
 def endpoint_list(*, team: Team, name: str | None = None, order_by: str | None = None):
     endpoints = ModelEndpoint.objects.select_related("bundle", "created_by").filter(team=team)
     if name is not None:
         endpoints = endpoints.filter(name=name)
-    return endpoints.order_by("created_at" if order_by == "oldest" else "-created_at")
+    # The id breaks ties, so that pages (launch_site.pagination) neither repeat nor skip.
+    return endpoints.order_by(*(("created_at", "id") if order_by == "oldest" else ("-created_at", "-id")))
 
 
 def replica_counts(endpoints) -> dict[str, dict[str, int]]:

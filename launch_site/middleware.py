@@ -1,12 +1,14 @@
 """Middleware that keeps the API's error shape where Django would answer with its own page:
 Redis unreachable (a 503 instead of a 500) and a body over the size limit (a JSON 413 with
-the limit instead of an HTML 400)."""
+the limit instead of an HTML 400). All are MiddlewareMixin hooks that do no I/O, so that the
+ASGI entry point (launch_site/asgi.py) can run them in the event loop on the inference routes."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, JsonResponse
+from django.utils.deprecation import MiddlewareMixin
 
 from launch_site.errors import REDIS_UNAVAILABLE_ERRORS, redis_unavailable_body, request_too_large_body
 
@@ -22,18 +24,12 @@ def streams_body(view):
     return view
 
 
-class RequestSizeMiddleware:
+class RequestSizeMiddleware(MiddlewareMixin):
     """Refuse a body over MAX_REQUEST_BYTES (DATA_UPLOAD_MAX_MEMORY_SIZE) before anything
     reads it: JSON and form bodies are read whole into memory (CSRF reads a form's). Listed
     before CsrfViewMiddleware so that its process_view runs first. Multipart bodies stream
     their files to disk; Django bounds their other fields and raises RequestDataTooBig, which
     process_exception (dashboard) and the API's exception handler turn into the same 413."""
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest):
-        return self.get_response(request)
 
     def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> JsonResponse | None:
         view_class = getattr(view_func, "cls", None) or getattr(view_func, "view_class", None)
@@ -61,13 +57,7 @@ class RequestSizeMiddleware:
         return None
 
 
-class RedisUnavailableMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest):
-        return self.get_response(request)
-
+class RedisUnavailableMiddleware(MiddlewareMixin):
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
         if not isinstance(exception, REDIS_UNAVAILABLE_ERRORS):
             return None
@@ -87,12 +77,8 @@ CONTENT_SECURITY_POLICY = (
 CSP_EXEMPT_PREFIXES = ("/api/docs/",)
 
 
-class ContentSecurityPolicyMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest):
-        response = self.get_response(request)
+class ContentSecurityPolicyMiddleware(MiddlewareMixin):
+    def process_response(self, request: HttpRequest, response):
         if not request.path.startswith(CSP_EXEMPT_PREFIXES):
             response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response

@@ -108,7 +108,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "launch_site.urls"
-WSGI_APPLICATION = "launch_site.wsgi.application"
+WSGI_APPLICATION = "launch_site.wsgi.application"  # tests (live server), a WSGI server if you run one
+ASGI_APPLICATION = "launch_site.asgi.application"  # what `launch up` and the web image serve
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",

@@ -98,4 +98,4 @@ def redis_client():
 
 
 from tests.docker_harness import docker_engines, docker_hosts  # noqa: E402,F401 - shared fixtures
-from tests.stack import live_stack  # noqa: E402,F401 - shared fixture
+from tests.stack import asgi_server, live_stack  # noqa: E402,F401 - shared fixtures

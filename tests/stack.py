@@ -3,9 +3,14 @@ controller's tick loop in a thread, and real replica processes; plus small clien
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import cloudpickle
 import pytest
@@ -144,3 +149,53 @@ def live_stack(transactional_db, live_server, settings):
 
 def api_for(base: str, persona) -> Api:
     return Api(base=base, key=persona.key)
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def asgi_server(live_stack):
+    """The web server as `launch up` runs it (granian, ASGI, one worker) on the test's database
+    and Redis; the live stack's controller and replicas serve its tasks."""
+    from django.conf import settings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(
+        os.environ, DATABASE_URL=_database_url(), REDIS_URL=settings.REDIS_URL, SECRET_KEY=settings.SECRET_KEY,
+        ALLOWED_HOSTS="*",
+    )
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--backpressure", "1024", "--log-level", "error",
+         "launch_site.asgi:application"],
+        cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(url + "/healthz", timeout=2)
+            break
+        except requests.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"granian did not start: {process.communicate()[0]}") from None
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:  # requests still in flight: nothing may outlive the test
+            process.kill()
+            process.wait()

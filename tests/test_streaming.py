@@ -187,3 +187,27 @@ def test_streaming_route_refuses_other_endpoints_and_pickled_results(live_stack,
     refused = api.post(f"/v1/streaming-tasks?model_endpoint_id={endpoint_id}", json={"args": {"mode": "x"}})
     assert refused.status_code == 422
     assert refused.json()["detail"][0]["loc"][-1] == "model_endpoint_id"
+
+
+def test_under_the_asgi_server_items_arrive_as_produced_and_a_gone_client_stops_the_predict(
+    streaming, asgi_server, owner, shared_dir
+):
+    """What `launch up` serves (granian, ASGI): the stream is an async iterator there."""
+    _, endpoint_id = streaming
+    api = api_for(asgi_server, owner)
+    gate = shared_dir / "gate"
+    events = EndpointResponseStream(open_stream(api, endpoint_id, {"mode": "gated", "gate": str(gate)}))
+    assert next(events)["result"] == json.dumps("first")
+    gate.touch()
+    assert [e["result"] for e in events] == [json.dumps("second")]
+
+    marker = shared_dir / "closed"
+    response = open_stream(api, endpoint_id, {"mode": "endless", "marker": str(marker)})
+    events = EndpointResponseStream(response)
+    assert [next(events)["result"] for _ in range(3)] == ["0", "1", "2"]
+    response.close()
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the replica kept running the predict after the client left"
+        time.sleep(0.05)
+    assert marker.read_text() == "closed"

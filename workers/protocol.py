@@ -281,36 +281,36 @@ def stream_item(index: int, result_json: str) -> str:
     return json.dumps({"i": index, "result": result_json})
 
 
-def read_stream(client, keys: Keys, task_id: str, *, timeout_seconds: float) -> tuple[str, dict] | None:
-    """The next thing a streaming task produced: ("item", {"i", "result"}) or ("final", final
-    record), or None when nothing came within the timeout. BLPOP takes its keys in order, so
-    the final record is read only once every item before it has been."""
-    answer = client.blpop([keys.stream(task_id), keys.done(task_id)], timeout=blocking_timeout(timeout_seconds))
-    if answer is None:
+def stream_keys(keys: Keys, task_id: str) -> list[str]:
+    """What a stream's reader BLPOPs: its items, then its final record. BLPOP takes its keys
+    in order, so the final record is read only once every item before it has been."""
+    return [keys.stream(task_id), keys.done(task_id)]
+
+
+def stream_answer(keys: Keys, task_id: str, popped: tuple[bytes, bytes] | None) -> tuple[str, dict] | None:
+    """What the BLPOP on stream_keys gave: ("item", {"i", "result"}) or ("final", final
+    record), or None when nothing came within its timeout."""
+    if popped is None:
         return None
-    key, value = answer
+    key, value = popped
     kind = "item" if key.decode() == keys.stream(task_id) else "final"
     return kind, json.loads(value) if kind == "item" else final_record_with_text(value)
 
 
-def cancel_stream(client, keys: Keys, task_id: str, *, ttl_seconds: int) -> None:
-    """Ask the replica running a streaming task to stop it (its client went away)."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.set(keys.cancel(task_id), "1", ex=max(1, ttl_seconds))
-        pipe.delete(keys.stream(task_id))
-        pipe.execute()
+def cancel_stream(pipe, keys: Keys, task_id: str, *, ttl_seconds: int) -> None:
+    """On a pipeline: ask the replica running a streaming task to stop it (its client went away)."""
+    pipe.set(keys.cancel(task_id), "1", ex=max(1, ttl_seconds))
+    pipe.delete(keys.stream(task_id))
 
 
-def keep_task(client, keys: Keys, task_id: str, *, ttl_seconds: int) -> bytes | None:
-    """A sync task whose waiter gave up becomes an ordinary task (readable with GET
-    /v1/async-tasks for its TTL). In one transaction with taking its final record, if it has
-    one: when it finished in between, its result went to the done list only, and the caller
-    answers with it instead."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.task(task_id), "sync")
-        pipe.expire(keys.task(task_id), ttl_seconds)
-        pipe.lpop(keys.done(task_id))
-        return pipe.execute()[-1]
+def keep_task(pipe, keys: Keys, task_id: str, *, ttl_seconds: int) -> None:
+    """On a transaction pipeline: a sync task whose waiter gave up becomes an ordinary task
+    (readable with GET /v1/async-tasks for its TTL), in one transaction with taking its final
+    record, if it has one (the last reply): when it finished in between, its result went to
+    the done list only, and the caller answers with it instead."""
+    pipe.hdel(keys.task(task_id), "sync")
+    pipe.expire(keys.task(task_id), ttl_seconds)
+    pipe.lpop(keys.done(task_id))
 
 
 def read_task(client, keys: Keys, task_id: str) -> dict | None:

@@ -341,12 +341,15 @@ def run_chunk(predict: Callable, request: dict) -> str:
 
 class Replica:
     def __init__(self, env: dict[str, str]):
-        self.redis = redis.Redis.from_url(env["LAUNCH_REDIS_URL"], health_check_interval=30, socket_connect_timeout=5)
+        self.concurrency = max(1, int(env.get("LAUNCH_CONCURRENCY") or 1))
+        # Each task thread holds a connection of its own (work_loop) and uses pooled ones, all
+        # counted against the pool's cap (redis-py's default, 100, stops a replica at ~50).
+        self.redis = redis.Redis.from_url(env["LAUNCH_REDIS_URL"], health_check_interval=30, socket_connect_timeout=5,
+                                          max_connections=2 * self.concurrency + 16)
         self.keys = protocol.Keys(env["LAUNCH_PREFIX"])
         self.replica_id = env["LAUNCH_REPLICA_ID"]
         self.bundle_url = env.get("LAUNCH_BUNDLE_URL", "")
         self.config = json.loads(env.get("LAUNCH_BUNDLE_CONFIG") or "{}")
-        self.concurrency = max(1, int(env.get("LAUNCH_CONCURRENCY") or 1))
         self.heartbeat_ttl = float(env.get("LAUNCH_HEARTBEAT_TTL_SECONDS") or 10)
         memory_bytes = int(env.get("LAUNCH_MEMORY_LIMIT_BYTES") or 0)
         self.memory_limit = format_bytes(memory_bytes) if memory_bytes else ""

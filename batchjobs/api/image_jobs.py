@@ -13,6 +13,7 @@ from accounts.selectors import request_team
 from batchjobs import image_jobs
 from batchjobs.models import DockerImageBatchJob, DockerImageBatchJobBundle
 from launch_site.errors import FieldError, query_error
+from launch_site.pagination import PAGE_PARAMETERS, page_of, page_response
 
 OBJECT = {200: OpenApiTypes.OBJECT}
 
@@ -49,8 +50,10 @@ def job_response(job: DockerImageBatchJob) -> dict:
 
 
 class ImageJobBundleListView(APIView):
-    @extend_schema(operation_id="v1_docker_image_batch_job_bundles_list", parameters=[OpenApiParameter("bundle_name", str, required=False),
-                               OpenApiParameter("order_by", str, required=False, enum=["newest", "oldest"])],
+    @extend_schema(operation_id="v1_docker_image_batch_job_bundles_list",
+                   parameters=[OpenApiParameter("bundle_name", str, required=False),
+                               OpenApiParameter("order_by", str, required=False, enum=["newest", "oldest"]),
+                               *PAGE_PARAMETERS],
                    responses=OBJECT)
     def get(self, request):
         bundles = DockerImageBatchJobBundle.objects.filter(team=request_team(request))
@@ -60,8 +63,9 @@ class ImageJobBundleListView(APIView):
         order_by = request.query_params.get("order_by", "newest")
         if order_by not in ("newest", "oldest"):
             raise query_error("order_by", "must be newest or oldest")
-        bundles = bundles.order_by("-created_at" if order_by == "newest" else "created_at")
-        return Response({"docker_image_batch_job_bundles": [bundle_response(b) for b in bundles]})
+        bundles, more = page_of(request, bundles.order_by(
+            *(("-created_at", "-id") if order_by == "newest" else ("created_at", "id"))))
+        return page_response(request, "docker_image_batch_job_bundles", [bundle_response(b) for b in bundles], more)
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OBJECT)
     def post(self, request):
@@ -94,12 +98,14 @@ class ImageJobBundleDetailView(APIView):
 
 
 class ImageJobListView(APIView):
-    @extend_schema(operation_id="v1_docker_image_batch_jobs_list", parameters=[OpenApiParameter("trigger_id", str, required=False)], responses=OBJECT)
+    @extend_schema(operation_id="v1_docker_image_batch_jobs_list",
+                   parameters=[OpenApiParameter("trigger_id", str, required=False), *PAGE_PARAMETERS], responses=OBJECT)
     def get(self, request):
         jobs = DockerImageBatchJob.objects.filter(team=request_team(request)).select_related("created_by", "team")
         if request.query_params.get("trigger_id"):
             jobs = jobs.filter(trigger_id=request.query_params["trigger_id"])
-        return Response({"jobs": [job_response(job) for job in jobs]})
+        jobs, more = page_of(request, jobs.order_by("-created_at", "-id"))
+        return page_response(request, "jobs", [job_response(job) for job in jobs], more)
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OBJECT)
     def post(self, request):
@@ -160,12 +166,13 @@ def trigger_response(trigger) -> dict:
 
 
 class TriggerListView(APIView):
-    @extend_schema(operation_id="v1_triggers_list", responses=OBJECT)
+    @extend_schema(operation_id="v1_triggers_list", parameters=PAGE_PARAMETERS, responses=OBJECT)
     def get(self, request):
         from batchjobs.models import Trigger
 
         triggers = Trigger.objects.filter(team=request_team(request)).select_related("team", "created_by")
-        return Response({"triggers": [trigger_response(t) for t in triggers]})
+        triggers, more = page_of(request, triggers.order_by("-created_at", "-id"))
+        return page_response(request, "triggers", [trigger_response(t) for t in triggers], more)
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OBJECT)
     def post(self, request):

@@ -14,6 +14,7 @@ from bundles import selectors, services, store
 from bundles.api.views import FORM_OVERHEAD_BYTES, OBJECT
 from bundles.models import File
 from launch_site.errors import PayloadTooLargeError
+from launch_site.pagination import PAGE_PARAMETERS, page_of, page_response
 
 
 class FileUploadSerializer(serializers.Serializer):
@@ -28,9 +29,10 @@ def file_v1(file: File) -> dict:
 class FileListView(APIView):
     parser_classes = [MultiPartParser]
 
-    @extend_schema(operation_id="v1_files_list", responses=OBJECT)
+    @extend_schema(operation_id="v1_files_list", parameters=PAGE_PARAMETERS, responses=OBJECT)
     def get(self, request):
-        return Response({"files": [file_v1(f) for f in selectors.file_list(team=request_team(request))]})
+        files, more = page_of(request, selectors.file_list(team=request_team(request)))
+        return page_response(request, "files", [file_v1(f) for f in files], more)
 
     @extend_schema(request={"multipart/form-data": FileUploadSerializer}, responses=OBJECT)
     def post(self, request):

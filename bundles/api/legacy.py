@@ -13,15 +13,16 @@ from accounts.selectors import request_team
 from bundles import selectors, services
 from bundles.api.serializers import LegacyBundleCreateSerializer, LegacyCloneSerializer, bundle_legacy
 from launch_site.errors import FieldError
+from launch_site.pagination import PAGE_PARAMETERS, page_of, page_response
 
 OBJECT = {200: OpenApiTypes.OBJECT}
 
 
 class LegacyBundleListView(APIView):
-    @extend_schema(operation_id="v1_hosted_inference_model_bundle_list", responses=OBJECT)
+    @extend_schema(operation_id="v1_hosted_inference_model_bundle_list", parameters=PAGE_PARAMETERS, responses=OBJECT)
     def get(self, request):
-        bundles = selectors.bundle_list(team=request_team(request))
-        return Response({"bundles": [bundle_legacy(b) for b in bundles]})
+        bundles, more = page_of(request, selectors.bundle_list(team=request_team(request)))
+        return page_response(request, "bundles", [bundle_legacy(b) for b in bundles], more)
 
     @extend_schema(request=LegacyBundleCreateSerializer, responses=OBJECT)
     def post(self, request):

@@ -26,6 +26,7 @@ from bundles.api.serializers import (
 from bundles.models import StoredObject
 from launch_site.errors import ApplicationError, NotFoundError, PayloadTooLargeError, query_error
 from launch_site.middleware import streams_body
+from launch_site.pagination import PAGE_PARAMETERS, page_of, page_response
 
 # Multipart overhead (boundaries, the small fields) allowed on top of MAX_UPLOAD_BYTES before
 # we refuse a request by its Content-Length alone; the file itself is capped exactly.
@@ -33,6 +34,7 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 LIST_PARAMETERS = [
     OpenApiParameter("model_name", str, required=False),
     OpenApiParameter("order_by", str, required=False, enum=["newest", "oldest"]),
+    *PAGE_PARAMETERS,
 ]
 OBJECT = {200: OpenApiTypes.OBJECT}
 
@@ -54,8 +56,8 @@ def required_query(request, name: str) -> str:
 class BundleV1ListView(APIView):
     @extend_schema(operation_id="v1_model_bundles_list", parameters=LIST_PARAMETERS, responses=OBJECT)
     def get(self, request):
-        bundles = selectors.bundle_list(team=request_team(request), **list_query(request))
-        return Response({"model_bundles": [bundle_v1(b) for b in bundles]})
+        bundles, more = page_of(request, selectors.bundle_list(team=request_team(request), **list_query(request)))
+        return page_response(request, "model_bundles", [bundle_v1(b) for b in bundles], more)
 
     @extend_schema(request=BundleV1CreateSerializer, responses=OBJECT)
     def post(self, request):
@@ -80,8 +82,8 @@ class BundleV1ListView(APIView):
 class BundleV2ListView(APIView):
     @extend_schema(operation_id="v2_model_bundles_list", parameters=LIST_PARAMETERS, responses=OBJECT)
     def get(self, request):
-        bundles = selectors.bundle_list(team=request_team(request), **list_query(request))
-        return Response({"model_bundles": [bundle_v2(b) for b in bundles]})
+        bundles, more = page_of(request, selectors.bundle_list(team=request_team(request), **list_query(request)))
+        return page_response(request, "model_bundles", [bundle_v2(b) for b in bundles], more)
 
     @extend_schema(request=BundleV2CreateSerializer, responses=OBJECT)
     def post(self, request):

@@ -15,15 +15,16 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import ApiKey, Team
+from accounts.models import Team
 from accounts.selectors import request_team
 from bundles import selectors as bundle_selectors
 from bundles.models import ModelBundle
 from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import NAME_HELP, QuantityField
-from endpoints.api.views import SYNC_TIMEOUT_RESPONSE, endpoints_representation, task_result_shape
+from endpoints.api.views import SYNC_TIMEOUT_RESPONSE, InferenceView, endpoints_representation, task_result_shape
 from endpoints.models import GPU_TYPES
 from launch_site.errors import FieldError, NotFoundError
+from launch_site.pagination import page_of, page_response
 from workers import protocol
 
 # The client only knows these three; STARTED is still "not finished" to it, and it raises on
@@ -128,8 +129,9 @@ class LegacyEndpointUpdateSerializer(serializers.Serializer):
 class LegacyEndpointListView(APIView):
     @extend_schema(operation_id="v1_hosted_inference_endpoints_list", responses=OpenApiTypes.OBJECT)
     def get(self, request):
-        endpoints = list(selectors.endpoint_list(team=request_team(request)))
-        return Response({"endpoints": [legacy_endpoint(e) for e in endpoints_representation(endpoints)]})
+        endpoints, more = page_of(request, selectors.endpoint_page_source(team=request_team(request)))
+        return page_response(request, "endpoints", [legacy_endpoint(e) for e in endpoints_representation(endpoints)],
+                             more)
 
     @extend_schema(request=LegacyEndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
@@ -200,30 +202,41 @@ def legacy_task_answer(request, task_id: str, record: dict) -> dict:
     }
 
 
-def rate_key_of(request) -> str | None:
-    return request.auth.prefix if isinstance(request.auth, ApiKey) else None
+class LegacyInferenceView(InferenceView):
+    """The old dialect's task routes: the endpoint by its name in the path, with an API key
+    (async views, as InferenceView)."""
+
+    def endpoint_finder(self, request, *, endpoint_name: str):
+        return lambda team: selectors.endpoint_for_tasks(team=team, name=endpoint_name)
 
 
-class LegacySyncTaskView(APIView):
+class LegacySyncTaskView(LegacyInferenceView):
     @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, 504: SYNC_TIMEOUT_RESPONSE})
-    def post(self, request, endpoint_name: str):
-        endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
-        payload = legacy_task_payload(request.data)
-        callbacks.task_callback(endpoint, request.data, async_task=False)
-        task_id, record = gateway.task_run_sync(
-            endpoint=endpoint, payload=payload, timeout_seconds=None, rate_key=rate_key_of(request)
-        )
-        return Response(legacy_task_answer(request, task_id, record))
+    async def post(self, request, *args, **kwargs):
+        return await super().post(request, *args, **kwargs)
+
+    def submission(self, request, endpoint, body, text, rate_key):
+        payload = legacy_task_payload(body)
+        callbacks.task_callback(endpoint, body, async_task=False)
+        return gateway.prepare_sync(endpoint=endpoint, payload=payload, timeout_seconds=None, rate_key=rate_key)
+
+    async def answer(self, request, submission, client, waiting_client):
+        task_id, record = await gateway.run_sync_async(client, waiting_client, submission)
+        return legacy_task_answer(request, task_id, record)
 
 
-class LegacyAsyncTaskCreateView(APIView):
+class LegacyAsyncTaskCreateView(LegacyInferenceView):
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
-    def post(self, request, endpoint_name: str):
-        endpoint = selectors.endpoint_for_tasks(team=request_team(request), name=endpoint_name)
-        payload = legacy_task_payload(request.data)
-        callback = callbacks.task_callback(endpoint, request.data, async_task=True)
-        task_id = gateway.task_submit(endpoint=endpoint, payload=payload, callback=callback, rate_key=rate_key_of(request))
-        return Response({"task_id": task_id})
+    async def post(self, request, *args, **kwargs):
+        return await super().post(request, *args, **kwargs)
+
+    def submission(self, request, endpoint, body, text, rate_key):
+        payload = legacy_task_payload(body)
+        callback = callbacks.task_callback(endpoint, body, async_task=True)
+        return gateway.prepare_submit(endpoint=endpoint, payload=payload, callback=callback, rate_key=rate_key)
+
+    async def answer(self, request, submission, client, waiting_client):
+        return {"task_id": await gateway.submit_async(client, submission)}
 
 
 class LegacyAsyncTaskDetailView(APIView):

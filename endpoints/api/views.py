@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
@@ -20,9 +23,11 @@ from endpoints.api.serializers import EndpointCreateSerializer, EndpointUpdateSe
 from endpoints.models import ModelEndpoint
 from endpoints.openapi import endpoints_openapi
 from launch_site import limits
+from launch_site.db import in_db_thread
 from launch_site.errors import FieldError, error_json_response, query_error
+from launch_site.pagination import page_of, page_response
 from launch_site.public_url import absolute_url
-from launch_site.redis_client import get_redis
+from launch_site.redis_client import async_redis, get_redis
 from workers import protocol
 from workers.models import Replica
 from workers.runtimes import get_runtime
@@ -95,10 +100,10 @@ class ModelEndpointListView(APIView):
         order_by = request.query_params.get("order_by")
         if order_by not in (None, "newest", "oldest"):
             raise query_error("order_by", "must be newest or oldest")
-        endpoints = list(selectors.endpoint_list(
+        endpoints, more = page_of(request, selectors.endpoint_page_source(
             team=request_team(request), name=request.query_params.get("name"), order_by=order_by
         ))
-        return Response({"model_endpoints": endpoints_representation(endpoints)})
+        return page_response(request, "model_endpoints", endpoints_representation(endpoints), more)
 
     @extend_schema(request=EndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
@@ -185,39 +190,57 @@ def sync_success_response(literal: bytes) -> HttpResponse:
 
 
 class InferenceView(APIView):
-    """Task creation, the inference hot path. Requests are served without DRF's request
-    wrapping, content negotiation and rendering (a fifth of a sync request's time, see
-    BENCHMARKS.md): an API key, a JSON body and a JsonResponse, with the same errors as the
-    rest of the API. It stays an APIView so that the schema documents the route."""
+    """Task creation, the inference hot path, as an async view: its database work (the API
+    key, the endpoint) runs in a thread (`prepare`), its Redis work in the event loop
+    (`answer`), so that a sync request waiting for its replica holds no thread (ASGI,
+    launch_site/asgi.py). Requests are served without DRF's request wrapping, content
+    negotiation and rendering (a fifth of a sync request's time, see BENCHMARKS.md): an API
+    key, a JSON body and a JsonResponse, with the same errors as the rest of the API. It stays
+    an APIView with a `post` so that the schema documents the route."""
 
     http_method_names = ["post", "options"]
     authentication_classes = [ApiKeyAuthentication]  # what post checks itself; the schema says it
+    # Under ASGI (launch_site/asgi.py): whether a client that goes away cancels the view.
+    watches_disconnect = False
 
-    def dispatch(self, request, *args, **kwargs):
-        if request.method != "POST":
-            return error_json_response(MethodNotAllowed(request.method))
-        return self.post(request)
-
-    def post(self, request, *args, **kwargs):
-        # Called by dispatch with Django's own request (no DRF wrapping).
+    async def dispatch(self, request, *args, **kwargs):
         try:
-            api_key = api_key_from_request(request)
-            if api_key is None:
-                raise NotAuthenticated("Send an API key: HTTP Basic with the key as username, or Bearer.")
-            endpoint_id = request.GET.get("model_endpoint_id")
-            if not endpoint_id:
-                raise query_error("model_endpoint_id", "is required")
-            body, text = _json_body(request)
-            endpoint = selectors.endpoint_for_tasks(team=api_key.team, endpoint_id=endpoint_id)
-            answer = self.serve(request, endpoint, body, text, api_key.prefix)
-            return answer if isinstance(answer, HttpResponseBase) else JsonResponse(answer)
+            if request.method != "POST":
+                raise MethodNotAllowed(request.method)
+            return await self.post(request, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - rendered like every API error, or re-raised
             response = error_json_response(exc)
             if response is None:
                 raise
             return response
 
-    def serve(self, request, endpoint: ModelEndpoint, body, text: str, rate_key: str) -> dict | HttpResponseBase:
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    async def post(self, request, *args, **kwargs):
+        submission = await in_db_thread(request, self.prepare, request, **kwargs)
+        async with async_redis(shared=isinstance(request, ASGIRequest)) as (client, waiting_client):
+            answer = await self.answer(request, submission, client, waiting_client)
+        return answer if isinstance(answer, HttpResponseBase) else JsonResponse(answer)
+
+    def prepare(self, request, **kwargs) -> gateway.Submission:
+        api_key = api_key_from_request(request)
+        if api_key is None:
+            raise NotAuthenticated("Send an API key: HTTP Basic with the key as username, or Bearer.")
+        find = self.endpoint_finder(request, **kwargs)
+        body, text = _json_body(request)
+        return self.submission(request, find(api_key.team), body, text, api_key.prefix)
+
+    def endpoint_finder(self, request, **kwargs):
+        """The endpoint lookup (team -> endpoint); a missing route parameter is refused
+        before the body is read."""
+        endpoint_id = request.GET.get("model_endpoint_id")
+        if not endpoint_id:
+            raise query_error("model_endpoint_id", "is required")
+        return lambda team: selectors.endpoint_for_tasks(team=team, endpoint_id=endpoint_id)
+
+    def submission(self, request, endpoint: ModelEndpoint, body, text: str, rate_key: str) -> gateway.Submission:
+        raise NotImplementedError
+
+    async def answer(self, request, submission: gateway.Submission, client, waiting_client) -> dict | HttpResponseBase:
         raise NotImplementedError
 
 
@@ -229,6 +252,14 @@ def _json_body(request) -> tuple[object, str]:
         return json.loads(text), text
     except (ValueError, UnicodeDecodeError) as exc:
         raise ParseError(f"JSON parse error - {exc}") from None
+
+
+def sync_timeout(body: dict) -> float | None:
+    timeout = body.get("timeout_seconds")
+    if timeout is not None:
+        # Clamped to SYNC_TASK_TIMEOUT_SECONDS by the gateway; bounded here so nan/inf never reach it.
+        timeout = limits.check_seconds(timeout, field="timeout_seconds", maximum=limits.MAX_TASK_EXPIRES_SECONDS)
+    return timeout
 
 
 # The task routes' bodies and answers (the contract's SyncEndpointPredictV1Request and
@@ -278,17 +309,16 @@ _ENDPOINT_PARAMETER = OpenApiParameter(
     responses={200: _SYNC_TASK_ANSWER, 504: SYNC_TIMEOUT_RESPONSE},
 )
 class SyncTaskView(InferenceView):
-    def serve(self, request, endpoint, body, text, rate_key) -> dict | HttpResponse:
+    def submission(self, request, endpoint, body, text, rate_key):
         payload = gateway.task_payload(body)
         callbacks.task_callback(endpoint, body, async_task=False)
-        timeout = body.get("timeout_seconds")
-        if timeout is not None:
-            # Clamped to SYNC_TASK_TIMEOUT_SECONDS by the gateway; bounded here so nan/inf never reach it.
-            timeout = limits.check_seconds(timeout, field="timeout_seconds", maximum=limits.MAX_TASK_EXPIRES_SECONDS)
-        task_id, record = gateway.task_run_sync(
-            endpoint=endpoint, payload=payload, timeout_seconds=timeout,
+        return gateway.prepare_sync(
+            endpoint=endpoint, payload=payload, timeout_seconds=sync_timeout(body),
             payload_text=gateway.payload_json(payload, body, text), rate_key=rate_key,
         )
+
+    async def answer(self, request, submission, client, waiting_client):
+        task_id, record = await gateway.run_sync_async(client, waiting_client, submission)
         if record["status"] == protocol.SUCCESS and record["result_literal"] is not None:
             return sync_success_response(record["result_literal"])
         return {
@@ -305,13 +335,16 @@ class SyncTaskView(InferenceView):
     responses={200: {"type": "object", "required": ["task_id"], "properties": {"task_id": {"type": "string"}}}},
 )
 class AsyncTaskCreateView(InferenceView):
-    def serve(self, request, endpoint, body, text, rate_key) -> dict:
+    def submission(self, request, endpoint, body, text, rate_key):
         payload = gateway.task_payload(body)
         callback = callbacks.task_callback(endpoint, body, async_task=True)
-        return {"task_id": gateway.task_submit(
+        return gateway.prepare_submit(
             endpoint=endpoint, payload=payload, callback=callback, payload_text=gateway.payload_json(payload, body, text),
             rate_key=rate_key,
-        )}
+        )
+
+    async def answer(self, request, submission, client, waiting_client):
+        return {"task_id": await gateway.submit_async(client, submission)}
 
 
 @extend_schema(
@@ -328,7 +361,9 @@ class StreamingTaskView(InferenceView):
     and a FAILURE event with the traceback when it fails. Errors before the stream starts are
     ordinary JSON error answers."""
 
-    def serve(self, request, endpoint, body, text, rate_key):
+    watches_disconnect = True  # the replica stops the predict when its client is gone
+
+    def submission(self, request, endpoint, body, text, rate_key):
         payload = gateway.task_payload(body)
         callbacks.task_callback(endpoint, body, async_task=False)
         if body.get("timeout_seconds") is not None:
@@ -337,21 +372,45 @@ class StreamingTaskView(InferenceView):
         if endpoint.endpoint_type != ModelEndpoint.EndpointType.STREAMING:
             raise FieldError("model_endpoint_id", f"endpoint {endpoint.name!r} is {endpoint.endpoint_type}, "
                                                   "not streaming; use /v1/sync-tasks or /v1/async-tasks")
-        records = gateway.task_stream(endpoint=endpoint, payload=payload, rate_key=rate_key)
-        response = StreamingHttpResponse(_server_sent_events(records), content_type="text/event-stream")
+        return gateway.prepare_stream(endpoint=endpoint, payload=payload, rate_key=rate_key)
+
+    async def answer(self, request, submission, client, waiting_client):
+        await gateway.submit_async(client, submission)  # before the 200: Redis down is still a 503
+        shared = isinstance(request, ASGIRequest)
+        events = _server_sent_events(submission, shared=shared)
+        # Under WSGI (tests) Django would read an async iterator whole before sending it.
+        response = StreamingHttpResponse(events if shared else _in_own_loop(events), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # a proxy must pass each event on at once
         return response
 
 
-def _server_sent_events(records):
-    try:
-        for record in records:
+async def _server_sent_events(submission: gateway.Submission, *, shared: bool):
+    # The view's Redis pair may be gone when this runs (WSGI): the stream takes its own.
+    async with async_redis(shared=shared) as (client, waiting_client), contextlib.aclosing(
+        gateway.stream_records(client, waiting_client, submission)
+    ) as records:
+        async for record in records:
             # A comment line keeps the connection alive while the predict is quiet; writing it
-            # is also how the server notices a client that went away.
+            # is also how the server notices a client that went away (which closes this
+            # generator: the gateway then tells the replica to stop).
             yield b": keep-alive\n\n" if record is None else f"data: {json.dumps(record)}\n\n".encode()
+
+
+def _in_own_loop(events):
+    """An async iterator as a sync one, on an event loop of its own; closing it (the client went
+    away) closes the async one."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(anext(events))
+            except StopAsyncIteration:
+                return
     finally:
-        records.close()  # the client went away: the gateway tells the replica to stop
+        loop.run_until_complete(events.aclose())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 class AsyncTaskDetailView(APIView):

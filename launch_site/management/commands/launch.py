@@ -29,7 +29,6 @@ from typing import IO
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.services import api_key_create, team_get_or_create_for_user
@@ -45,6 +44,10 @@ BACKOFF_INITIAL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 10.0
 STABLE_SECONDS = 30.0
 POLL_SECONDS = 0.2
+# Requests one web worker serves at once (granian --backpressure). A waiting sync request
+# costs a coroutine and a Redis connection, not a thread; past this, requests queue in the
+# listen backlog.
+WEB_BACKPRESSURE = 1024
 
 
 @dataclass
@@ -63,10 +66,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["up"])
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        # 2: on a 2-core machine 1.45x the requests/s of 1 for about 90 MB more (BENCHMARKS.md,
+        # "Memory of the stack and web workers"); no thread count: waits hold no thread (ASGI).
         parser.add_argument("--web-workers", type=int, default=2)
-        parser.add_argument("--web-threads", type=int, default=32)
 
-    def handle(self, *args, host: str, web_workers: int, web_threads: int, **options):
+    def handle(self, *args, host: str, web_workers: int, **options):
         # Before anything else: a refused second start must not touch the first one's Redis
         # socket, database, credentials or replicas (so no try/finally shutdown around it).
         self.lock_file = _lock_launch_home(settings.LAUNCH_HOME)
@@ -75,7 +79,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
-            self._up(host, web_workers, web_threads)
+            self._up(host, web_workers)
         finally:
             self._shutdown()
             self.lock_file.close()
@@ -83,7 +87,7 @@ class Command(BaseCommand):
     def _on_signal(self, signum, frame):
         self.stopping = True
 
-    def _up(self, host: str, web_workers: int, web_threads: int) -> None:
+    def _up(self, host: str, web_workers: int) -> None:
         env = dict(os.environ, LAUNCH_HOME=str(settings.LAUNCH_HOME), PORT=str(settings.PORT))
         if not os.environ.get("REDIS_URL"):
             redis = Child("redis", self._start_redis)
@@ -94,19 +98,25 @@ class Command(BaseCommand):
             self.children.append(redis)
             # No REDIS_URL in the children's environment: settings read the password from
             # LAUNCH_HOME, so it is in no process's environ.
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("collectstatic", interactive=False, verbosity=0)
+        python, manage = sys.executable, str(settings.BASE_DIR / "manage.py")
+        # In children: what migrate loads (every migration module, 13 MB) would otherwise stay
+        # in this process, which then only supervises (BENCHMARKS.md, "Memory of the stack").
+        for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+            done = subprocess.run([python, manage, *command, "--verbosity", "0"], env=env, check=False)
+            if done.returncode != 0:
+                raise CommandError(f"`manage.py {command[0]}` failed (exit status {done.returncode}); see above")
         login, password, raw_key = self._first_start_credentials()
 
-        python = sys.executable
-        manage = str(settings.BASE_DIR / "manage.py")
-        # Granian (a Rust HTTP server running the WSGI app on a pool of blocking threads):
-        # measured against gunicorn gthread it took 0.4 ms off a 2 ms sync request
-        # (BENCHMARKS.md). Each sync request holds a thread while it waits for its replica.
+        # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference
+        # routes are async views, so a sync request waiting for its replica holds no thread;
+        # the other routes run in Django's threads. Worker count: BENCHMARKS.md ("Web workers").
         web = [
-            str(Path(python).parent / "granian"), "--interface", "wsgi",
+            str(Path(python).parent / "granian"), "--interface", "asgi",
             "--host", host, "--port", str(settings.PORT),
-            "--workers", str(web_workers), "--blocking-threads", str(web_threads),
+            "--workers", str(web_workers),
+            # Concurrent requests per worker (default backlog/workers): waits are cheap, let
+            # replicas be the bound.
+            "--backpressure", str(WEB_BACKPRESSURE), "--backlog", str(WEB_BACKPRESSURE * web_workers),
             "--workers-kill-timeout", "20",
             "--working-dir", str(settings.BASE_DIR),
         ]
@@ -115,10 +125,8 @@ class Command(BaseCommand):
             web += ["--log-level", "info", "--access-log",
                     "--access-log-fmt", '%(addr)s "%(method)s %(path)s" %(status)d %(dt_ms).1fms']
         else:
-            # error, not warning: granian warns at every start that 32 threads exceed the cores;
-            # they are meant to (each sync request holds one while it waits for its replica).
             web += ["--log-level", "error"]
-        web.append("launch_site.wsgi:application")
+        web.append("launch_site.asgi:application")
         for name, argv in (("web", web), ("controller", [python, manage, "controller"])):
             child = Child(name, lambda argv=argv: _spawn(argv, env))
             self._start(child)

@@ -1,0 +1,175 @@
+"""The ASGI entry point that `launch up` and the web image serve (granian --interface asgi).
+
+The inference routes (endpoints.api.views.InferenceView: sync, async and streaming task
+creation, and the old dialect's) are async views: a sync request waiting for its replica
+holds no thread, so the number of concurrent waits is bounded by replicas, not by web
+threads (BENCHMARKS.md, "Many slow sync requests at once"). Every other route is a sync view
+that Django runs in a thread, as under WSGI.
+
+Django runs a sync middleware hook of an async request in a thread, one hop per hook (about
+16 on our MIDDLEWARE list): more than the whole Redis relay of a sync request. On the
+inference routes those hooks do no I/O (the body is read before the chain runs; the views
+touch no session, user or message), so InferenceHandler runs the same MIDDLEWARE list with
+each hook called in the event loop. The other routes go through Django's handler unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launch_site.settings")
+django_application = get_asgi_application()  # sets Django up: imports below need it
+
+from asgiref.sync import iscoroutinefunction  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core import signals  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured, RequestAborted  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
+from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+from django.urls import Resolver404, resolve, set_script_prefix  # noqa: E402
+from django.utils.deprecation import MiddlewareMixin  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
+
+from endpoints.api.views import InferenceView  # noqa: E402
+
+
+async def _hooks_in_loop(middleware: MiddlewareMixin, request):
+    """MiddlewareMixin.__acall__ without its thread hops."""
+    response = None
+    if hasattr(middleware, "process_request"):
+        response = middleware.process_request(request)
+    response = response or await middleware.get_response(request)
+    if hasattr(middleware, "process_response"):
+        response = middleware.process_response(request, response)
+    return response
+
+
+def _in_loop(method):
+    async def run(*args):
+        return method(*args)
+
+    return run
+
+
+class InferenceHandler(ASGIHandler):
+    """Django's ASGI handler with settings.MIDDLEWARE's hooks run in the event loop (only for
+    routes whose middleware hooks do no I/O: see the module's docstring), and without a
+    thread per request: Django gives each request a thread of its own for its thread-sensitive
+    sync code (the request signals, closing the response), about a millisecond of CPU per
+    request on our machine; here nothing needs one (the views' database work runs on
+    launch_site.db's threads), so that code runs in the loop."""
+
+    async def __call__(self, scope, receive, send):
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope, receive, send):
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        # Its receivers (close_old_connections, reset_queries) act on this thread's database
+        # connections: the loop thread has none.
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            await self.send_response(error_response, send)
+            error_response.close()
+            body_file.close()
+            return
+        if not view_class_of(scope["path"]).watches_disconnect:
+            # A sync or async task: a gone client costs its wait at most (as under WSGI); not
+            # watching saves two tasks per request.
+            try:
+                response = await self._respond(request, send)
+            except OSError:
+                signals.request_finished.send(sender=self.__class__)  # the client went away
+            else:
+                response.close()  # sends request_finished, whose receivers are as above
+            body_file.close()
+            return
+        # A stream, as Django does: a client that goes away cancels the view (the stream's
+        # generator is closed, which tells the replica to stop the predict).
+        responding = asyncio.create_task(self._respond(request, send))
+        disconnected = asyncio.create_task(self.listen_for_disconnect(receive))
+        await asyncio.wait([disconnected, responding], return_when=asyncio.FIRST_COMPLETED)
+        for task in (disconnected, responding):
+            if not task.done():
+                task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, RequestAborted, OSError):
+                pass
+        if responding.cancelled() or responding.exception() is not None:
+            signals.request_finished.send(sender=self.__class__)
+        else:
+            responding.result().close()  # sends request_finished, whose receivers are as above
+        body_file.close()
+
+    async def _respond(self, request, send):
+        response = await self.run_get_response(request)
+        await self.send_response(response, send)
+        return response
+
+    def load_middleware(self, is_async=False):
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        handler = convert_exception_to_response(self._get_response_async)
+        for path in reversed(settings.MIDDLEWARE):
+            middleware = import_string(path)(handler)
+            if isinstance(middleware, MiddlewareMixin):
+                middleware.__acall__ = functools.partial(_hooks_in_loop, middleware)
+            elif not iscoroutinefunction(middleware):
+                raise ImproperlyConfigured(f"{path}: neither a MiddlewareMixin nor async-capable")
+            if hasattr(middleware, "process_view"):
+                self._view_middleware.insert(0, _in_loop(middleware.process_view))
+            if hasattr(middleware, "process_template_response"):
+                self._template_response_middleware.append(_in_loop(middleware.process_template_response))
+            if hasattr(middleware, "process_exception"):
+                # Django calls the exception stack synchronously (in a thread).
+                self._exception_middleware.append(middleware.process_exception)
+            handler = convert_exception_to_response(middleware)
+        self._middleware_chain = handler
+
+
+inference_application = InferenceHandler()
+
+
+@functools.lru_cache(maxsize=4096)
+def view_class_of(path: str) -> type | None:
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    view_class = getattr(match.func, "view_class", None)
+    return view_class if isinstance(view_class, type) else None
+
+
+def is_inference_route(path: str) -> bool:
+    view_class = view_class_of(path)
+    return view_class is not None and issubclass(view_class, InferenceView)
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+    elif scope["type"] == "http" and scope["method"] == "POST" and is_inference_route(scope["path"]):
+        await inference_application(scope, receive, send)
+    else:
+        await django_application(scope, receive, send)
+
+
+async def _lifespan(receive, send) -> None:
+    """Nothing to start or stop (the Redis pools open on first use)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
