@@ -168,6 +168,9 @@ def docker_hosts(docker_engines, db, settings):
     """d1 and d2 registered and probed as hosts; replicas run the test image."""
     from workers import hosts
 
+    # What an earlier test's controller started while it was being torn down would otherwise
+    # live on (a runnable image's server holding port 5005 on the host's network, say).
+    docker_engines.remove_all_containers()
     settings.DOCKER_WORKER_IMAGE = TEST_IMAGE
     settings.DOCKER_WORKER_IMAGE_GPU = TEST_IMAGE
     settings.DOCKER_PYTHON = PYTHON

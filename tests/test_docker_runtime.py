@@ -63,11 +63,12 @@ def make_spec(
     memory_mib: int = 256,
     gpus: int = 0,
     requirements=(),
+    redis_url: str | None = None,
 ):
     """Like the controller: the replica row (STARTING) exists before placement."""
     replica = Replica.objects.create(owner_kind="endpoint", owner_id=owner_id, runtime="docker")
     env = {
-        "LAUNCH_REDIS_URL": settings.REDIS_URL,
+        "LAUNCH_REDIS_URL": redis_url or settings.REDIS_URL,
         "LAUNCH_PREFIX": protocol.endpoint_prefix(owner_id),
         "LAUNCH_REPLICA_ID": replica.id,
         "LAUNCH_BUNDLE_URL": bundle_url,
@@ -98,6 +99,15 @@ def make_spec(
     return replica, spec
 
 
+def socket_redis_url() -> str:
+    """A Redis address a bridge network can reach (a unix socket, its directory mounted
+    read-only, as the embedded Redis's is), whatever Redis this run uses: for tests that look
+    at the container, not at tasks it runs."""
+    directory = Path(settings.BUNDLE_STORE_DIR) / "fake-redis-run"
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"unix://{directory}/redis.sock?db=0"
+
+
 def start(runtime: DockerRuntime, bundle_url: str, **kwargs) -> Replica:
     replica, spec = make_spec(bundle_url, **kwargs)
     placement = runtime.place(spec)
@@ -124,7 +134,7 @@ def wait_for(predicate, seconds: float = 30.0) -> bool:
 def test_replica_container_has_limits_labels_its_owners_network_a_read_only_root_and_no_privileges(
     docker_hosts, docker_engines, runtime, bundle_url
 ):
-    replica = start(runtime, bundle_url, cpus=0.5, memory_mib=300)
+    replica = start(runtime, bundle_url, cpus=0.5, memory_mib=300, redis_url=socket_redis_url())
     attrs = container_of(docker_engines, replica).attrs
     host_config, config = attrs["HostConfig"], attrs["Config"]
     assert host_config["NanoCpus"] == 500_000_000
@@ -387,11 +397,20 @@ def host_loopback_listener():
 
 @needs_serve_loop
 def test_a_hostile_bundle_cannot_write_the_root_nor_reach_the_hosts_loopback(
-    docker_hosts, runtime, redis_client, host_loopback_listener
+    docker_hosts, docker_engines, runtime, redis_client, host_loopback_listener
 ):
     replica = start(runtime, _probe_bundle_url(host_loopback_listener), owner_id="end_probe")
     tried = _run_task(runtime, replica, "end_probe", redis_client)
-    assert tried == {"root": "OSError", "tmp": "written", "home": "written", "host_loopback": "ConnectionRefusedError"}
+    labels = container_of(docker_engines, replica).attrs["Config"]["Labels"]
+    if settings.REDIS_URL.startswith("unix"):  # the embedded Redis: a bridge network is in force
+        assert "launch.network_fallback" not in labels
+        assert tried == {"root": "OSError", "tmp": "written", "home": "written",
+                         "host_loopback": "ConnectionRefusedError"}
+    else:
+        # Redis on the host's loopback over TCP (CI): the replica needs host networking, and
+        # the container says so rather than claiming an isolation it does not have.
+        assert "LAUNCH_REDIS_URL at 127.0.0.1" in labels["launch.network_fallback"]
+        assert tried == {"root": "OSError", "tmp": "written", "home": "written", "host_loopback": "connected"}
 
 
 @needs_serve_loop
@@ -422,7 +441,7 @@ def test_a_replica_that_must_reach_the_hosts_loopback_falls_back_to_host_network
 def test_owner_networks_are_removed_once_their_owner_has_no_live_replica(
     docker_hosts, docker_engines, runtime, bundle_url
 ):
-    replica = start(runtime, bundle_url, owner_id="end_gone")
+    replica = start(runtime, bundle_url, owner_id="end_gone", redis_url=socket_redis_url())
     client = docker_engines.client(replica.host.name)
     runtime.reconcile_orphans({replica.id})
     assert client.networks.list(names=["launch-net-end_gone"])  # its replica lives

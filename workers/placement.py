@@ -137,14 +137,16 @@ def place_local_replica(spec: ReplicaSpec, gpus: LocalGpus) -> Placement:
     if spec.gpu_type and spec.gpu_type != gpus.gpu_type:
         raise PlacementError(f"this machine has {gpus.describe()}, no {spec.gpu_type}")
     with transaction.atomic():
+        # Its own row is locked too, in the same pk order as every other placement's: a
+        # placement that skipped it would update it (the booking) while holding the others,
+        # and two such placements deadlock on each other's rows.
         live = list(
             Replica.objects.select_for_update()
             .filter(runtime="local", host__isnull=True, state__in=LIVE_STATES)
-            .exclude(id=spec.replica_id)
             .order_by("pk")
             .values_list("id", "gpu_device_ids")
         )
-        holders = {str(i): replica_id for replica_id, ids in live for i in ids or ()}
+        holders = {str(i): replica_id for replica_id, ids in live if replica_id != spec.replica_id for i in ids or ()}
         free = _unbooked(gpus.device_ids, set(holders))
         if len(free) < spec.gpus:
             booked = ", ".join(f"{i} by replica {holders[i]}" for i in gpus.device_ids if i in holders)
