@@ -171,7 +171,8 @@ def asgi_server(live_stack):
         port = sock.getsockname()[1]
     env = dict(
         os.environ, DATABASE_URL=_database_url(), REDIS_URL=settings.REDIS_URL, SECRET_KEY=settings.SECRET_KEY,
-        ALLOWED_HOSTS="*",
+        ALLOWED_HOSTS="*", BUNDLE_STORE_DIR=str(settings.BUNDLE_STORE_DIR),
+        LAUNCH_INTERNAL_URL=settings.LAUNCH_INTERNAL_URL,  # a stored bundle's URL: the live stack serves it
     )
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--host", "127.0.0.1",

@@ -57,11 +57,12 @@ def test_the_marked_blocks_are_found():
     assert "model-endpoints" in blocks[0] and "batch-jobs/upload" in blocks[1] and "input_path" in blocks[2]
 
 
-def test_readme_shell_blocks_run_against_a_live_stack(live_stack, owner, tmp_path):
+def test_readme_shell_blocks_run_against_a_live_stack(asgi_server, owner, tmp_path):
+    # Through the web server `make run` starts (granian, ASGI), with the live stack's controller.
     blocks = marked_blocks((ROOT / "README.md").read_text())
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     run = subprocess.run(
-        ["bash", "-c", script_for(blocks, key=owner.key, url=live_stack)],
+        ["bash", "-c", script_for(blocks, key=owner.key, url=asgi_server)],
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
         env={**os.environ, "PATH": os.environ["PATH"]},
     )  # fmt: skip
