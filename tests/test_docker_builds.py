@@ -21,7 +21,7 @@ from rq.registry import FailedJobRegistry
 from tests import test_docker_runtime
 from tests.docker_harness import PIP_RECORD, PYTHON, TEST_IMAGE
 from workers import hosts
-from workers.runtimes.base import PlacementError, StartDeferred
+from workers.runtimes.base import BundleStartFailed, PlacementError, StartDeferred
 from workers.runtimes.docker import (
     DERIVED_REPOSITORY,
     ImageBuildFailed,
@@ -169,6 +169,9 @@ def test_a_failed_build_is_reported_by_start_instead_of_rebuilt_until_it_is_forg
     with pytest.raises(ImageBuildFailed) as caught:
         runtime.start(spec, placement)
     assert time.monotonic() - began < 1.0
+    # The requirements' step failed: the bundle's doing, so the controller fails the
+    # generation (UPDATE_FAILED with pip's message) rather than retrying the start.
+    assert isinstance(caught.value, BundleStartFailed)
     message = str(caught.value)
     assert f"building image {tag} on host d1 for requirements ['{requirement}'] failed" in message
     assert f"Could not find a version that satisfies the requirement {requirement}" in message

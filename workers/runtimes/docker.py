@@ -32,7 +32,7 @@ from launch_site.redis_client import get_redis
 from workers.hosts import docker_client
 from workers.models import LIVE_STATES, Host, Replica, WorkerImage
 from workers.placement import place_replica
-from workers.runtimes.base import ExitInfo, Placement, ReplicaSpec, Runtime, StartDeferred
+from workers.runtimes.base import BundleStartFailed, ExitInfo, Placement, ReplicaSpec, Runtime, StartDeferred
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ DERIVED_REPOSITORY = "launch-worker-derived"
 # What the serve loop needs besides the standard library, for images built on a user's
 # custom base image (our own worker images have them already).
 SERVE_REQUIREMENTS = ("redis==8.1.0", "cloudpickle==3.1.2")
+REQUIREMENTS_FILE = "/tmp/launch-requirements.txt"  # in a derived image's build
 SERVE_FILES = ("workers/__init__.py", "workers/protocol.py", "workers/serve.py", "workers/forwarder.py")
 
 
@@ -102,8 +103,8 @@ def _derived_context(choice: WorkerImageChoice, requirements: tuple[str, ...]) -
     if requirements:
         files["requirements.txt"] = ("\n".join(requirements) + "\n").encode()
         lines += [
-            "COPY requirements.txt /tmp/launch-requirements.txt",
-            f"RUN {json.dumps([*pip, '-r', '/tmp/launch-requirements.txt'])}",
+            f"COPY requirements.txt {REQUIREMENTS_FILE}",
+            f"RUN {json.dumps([*pip, '-r', REQUIREMENTS_FILE])}",
         ]
     files["Dockerfile"] = ("\n".join(lines) + "\n").encode()
     buffer = io.BytesIO()
@@ -146,6 +147,16 @@ def _killed_without_oom_flag(state: dict) -> bool:
 class ImageBuildFailed(RuntimeError):
     """Preparing the replica's image on its host failed recently; the message has the
     build's (or pull's) output."""
+
+
+class RequirementsBuildFailed(ImageBuildFailed, BundleStartFailed):
+    """The build failed at installing the bundle's requirements: the bundle's doing, so its
+    endpoint becomes UPDATE_FAILED with pip's message (as on the local runtime) instead of
+    retrying the start while the failure is remembered."""
+
+
+# How a remembered failure (Redis, per host and image) says it was the requirements' step.
+_REQUIREMENTS_FAILURE_MARK = "requirements\n"
 
 
 def image_for(choice: WorkerImageChoice, requirements: tuple[str, ...]) -> str:
@@ -223,7 +234,10 @@ def image_ready(
     _, failed_key = image_keys(host.pk, tag)
     failure = get_redis().get(failed_key)
     if failure is not None:
-        raise ImageBuildFailed(failure.decode(errors="replace"))
+        message = failure.decode(errors="replace")
+        if message.startswith(_REQUIREMENTS_FAILURE_MARK):
+            raise RequirementsBuildFailed(message.removeprefix(_REQUIREMENTS_FAILURE_MARK))
+        raise ImageBuildFailed(message)
     request_image(host, choice, requirements)
     raise StartDeferred(_describe_preparation(host, choice, requirements, tag))
 
@@ -247,6 +261,8 @@ def prepare_image(*, host: Host, choice: WorkerImageChoice, requirements: tuple[
     except Exception as error:  # the job's timeout included: remember why, let RQ record it
         if isinstance(error, ImageBuildFailed):
             message = str(error)
+            if isinstance(error, RequirementsBuildFailed):
+                message = _REQUIREMENTS_FAILURE_MARK + message[-(4000 - len(_REQUIREMENTS_FAILURE_MARK)):]
         else:
             message = (
                 f"{_describe_preparation(host, choice, requirements, tag)} failed: {type(error).__name__}: {error}"
@@ -275,7 +291,9 @@ def _build(
         )
     except docker.errors.BuildError as error:
         output = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in error.build_log)
-        raise ImageBuildFailed(
+        # The requirements' step is the last RUN, the only one that reads this file.
+        failed = RequirementsBuildFailed if requirements and REQUIREMENTS_FILE in str(error) else ImageBuildFailed
+        raise failed(
             f"building image {tag} on host {host.name} for requirements {list(requirements)} failed:\n{output[-3000:]}"
         ) from None
 
