@@ -13,6 +13,12 @@ GPU_TYPES = (
     "nvidia-hopper-h100",
     "nvidia-hopper-h100-1g20gb",
     "nvidia-hopper-h100-3g40gb",
+    # Beyond the contract's GpuType (same naming): GPUs teams own today. A client that checks
+    # the contract's list cannot send these; the REST API and the dashboard take them.
+    "nvidia-hopper-h200",
+    "nvidia-blackwell-b200",
+    "nvidia-ada-l4",
+    "nvidia-ada-l40s",
 )
 
 

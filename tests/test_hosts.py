@@ -138,6 +138,31 @@ def test_probed_gpu_inventory_is_read_from_nvidia_smi():
     assert gpu_type_from_name("NVIDIA A10") == "nvidia-ampere-a10"
     assert gpu_type_from_name("Tesla T4") == "nvidia-tesla-t4"
     assert gpu_type_from_name("NVIDIA GeForce RTX 4090") == "nvidia-geforce-rtx-4090"
+    assert gpu_type_from_name("NVIDIA A10G") == "nvidia-ampere-a10"
+    assert gpu_type_from_name("NVIDIA H200") == "nvidia-hopper-h200"
+    assert gpu_type_from_name("NVIDIA H100 80GB HBM3") == "nvidia-hopper-h100"
+    assert gpu_type_from_name("NVIDIA L4") == "nvidia-ada-l4"
+    assert gpu_type_from_name("NVIDIA L40S") == "nvidia-ada-l40s"
+    assert gpu_type_from_name("NVIDIA L40") == "nvidia-l40"  # no L4: not a type we take
+    assert gpu_type_from_name("NVIDIA GB200") == "nvidia-gb200"  # no B200
+
+
+def test_an_h200_machine_takes_h200_endpoints(owner, settings):
+    """A GPU type beyond the contract's list that teams own: accepted and read back."""
+    from tests.factories import make_bundle
+
+    settings.LAUNCH_RUNTIME = "docker"  # hosts of any GPU type may register
+    body = {
+        "name": "on-h200", "model_bundle_id": make_bundle(team=owner.team).id, "endpoint_type": "async", "metadata": {}, "cpus": 1,
+        "gpus": 1, "gpu_type": "nvidia-hopper-h200", "memory": "1Gi", "storage": None, "min_workers": 0,
+        "max_workers": 1, "per_worker": 1, "labels": {},
+    }
+    response = owner.client.post("/v1/model-endpoints", body, format="json")
+    assert response.status_code == 200, response.content
+    endpoint_id = response.json()["endpoint_creation_task_id"]
+    assert owner.client.get(f"/v1/model-endpoints/{endpoint_id}").json()["resource_state"]["gpu_type"] == (
+        "nvidia-hopper-h200"
+    )
 
 
 def test_admin_lists_hosts_with_health_and_cordons_them(db, client, django_user_model):

@@ -223,20 +223,28 @@ def replicas_to_move():
 # --- probes ------------------------------------------------------------------------------
 
 _GPU_LINE = re.compile(r"^GPU (\d+): (.+?) \(UUID")
-# nvidia-smi names -> the contract's GpuType values.
+# nvidia-smi names -> our GpuType values (endpoints.models.GPU_TYPES).
 _GPU_TYPES = (
     ("T4", "nvidia-tesla-t4"),
     ("A10", "nvidia-ampere-a10"),
     ("A100", "nvidia-ampere-a100"),
     ("H100", "nvidia-hopper-h100"),
+    ("H200", "nvidia-hopper-h200"),
+    ("B200", "nvidia-blackwell-b200"),
+    ("L4", "nvidia-ada-l4"),
+    ("L40S", "nvidia-ada-l40s"),
 )
+
+
+def _names_model(word: str, model: str) -> bool:
+    """"A10G" is an A10 and "A100-SXM4-80GB" an A100, but "A100" is no A10 nor "L40" an L4."""
+    return word.startswith(model) and not word[len(model):len(model) + 1].isdigit()
 
 
 def gpu_type_from_name(name: str) -> str:
     words = name.upper().replace("-", " ").split()
-    # The longest model name first: "A100" must not be taken for "A10".
     for model, gpu_type in sorted(_GPU_TYPES, key=lambda item: -len(item[0])):
-        if any(word.startswith(model) for word in words):
+        if any(_names_model(word, model) for word in words):
             return gpu_type
     return "nvidia-" + re.sub(r"[^a-z0-9]+", "-", name.lower().removeprefix("nvidia ")).strip("-")
 

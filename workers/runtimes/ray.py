@@ -56,6 +56,10 @@ GPU_RESOURCES = {
     "nvidia-hopper-h100": "accelerator_type:H100",
     "nvidia-hopper-h100-1g20gb": "nvidia-hopper-h100-1g20gb",
     "nvidia-hopper-h100-3g40gb": "nvidia-hopper-h100-3g40gb",
+    "nvidia-hopper-h200": "accelerator_type:H200",
+    "nvidia-blackwell-b200": "accelerator_type:B200",
+    "nvidia-ada-l4": "accelerator_type:L4",
+    "nvidia-ada-l40s": "accelerator_type:L40S",
 }
 # A GPU-type resource is a marker: asking for a sliver of it only picks the node.
 GPU_TYPE_RESOURCE_AMOUNT = 0.001
