@@ -10,10 +10,6 @@ from workers.deployments import Deployment
 from workers.protocol import endpoint_prefix
 from workers.runtimes.base import ReplicaSpec
 
-# The port a runnable image's server listens on, in its own network namespace (the
-# contract's convention, as in the hosted service).
-RUNNABLE_IMAGE_PORT = 5005
-
 
 def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int,
                 batching: tuple[int, int] | None = None) -> dict[str, str]:
@@ -31,7 +27,7 @@ def _bundle_env(bundle, *, prefix: str, replica_id: str, concurrency: int,
     if bundle.is_runnable_image:
         image = bundle.image_config
         forward = {
-            "port": RUNNABLE_IMAGE_PORT,
+            "port": settings.RUNNABLE_IMAGE_PORT,
             "predict_route": image["predict_route"],
             "healthcheck_route": image["healthcheck_route"],
             "readiness_timeout_seconds": image["readiness_initial_delay_seconds"],

@@ -240,6 +240,9 @@ DOCKER_TIMEOUT_SECONDS = env_float("LAUNCH_DOCKER_TIMEOUT_SECONDS", 5.0)
 # the web server by the host's address (not 127.0.0.1); "none" suits an embedded Redis on a
 # unix socket, which only the forwarder gets mounted.
 DOCKER_RUNNABLE_IMAGE_NETWORK = env_str("LAUNCH_DOCKER_RUNNABLE_IMAGE_NETWORK") or "bridge"
+# The port a runnable image's server listens on (model-engine's convention, 5005); another
+# one where containers share the host's network and something else holds 5005.
+RUNNABLE_IMAGE_PORT = env_int("LAUNCH_RUNNABLE_IMAGE_PORT", 5005, minimum=1)
 # The network of a serve-loop replica: "per-owner" (a bridge network of its endpoint or batch
 # job, created on demand: no reach into the host's loopback services, nor into other owners'
 # replicas' networks), "host" (the host's network namespace), or the name of an existing

@@ -6,6 +6,7 @@ namespace, deployed by the controller and reached through the public API."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -27,13 +28,18 @@ def user_image(docker_hosts, docker_engines, settings):
     for name in docker_engines.names:
         docker_engines.client(name).images.get(TEST_IMAGE).tag(*USER_IMAGE)
     settings.DOCKER_RUNNABLE_IMAGE_NETWORK = "none" if django_settings.REDIS_URL.startswith("unix") else "host"
+    if settings.DOCKER_RUNNABLE_IMAGE_NETWORK == "host":
+        # On the host's network a server of the machine may hold 5005: a port free now.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            settings.RUNNABLE_IMAGE_PORT = sock.getsockname()[1]
     return ":".join(USER_IMAGE)
 
 
 def runnable_flavor(**fields) -> dict:
     return {
         "flavor": "runnable_image", "repository": USER_IMAGE[0], "tag": USER_IMAGE[1],
-        "command": [PYTHON, str(REPO / "tests" / "images" / "user_server.py"), "5005"],
+        "command": [PYTHON, str(REPO / "tests" / "images" / "user_server.py"), str(django_settings.RUNNABLE_IMAGE_PORT)],
         "env": {"GREETING": "hello from the image"}, "protocol": "http", "predict_route": "/predict",
         "healthcheck_route": "/readyz", "readiness_initial_delay_seconds": 60, **fields,
     }
