@@ -262,7 +262,7 @@ def image_jobs_tick() -> None:
     for job in DockerImageBatchJob.objects.filter(status__in=ACTIVE_STATUSES).select_related("bundle", "team"):
         try:
             if job.status == Status.PENDING:
-                _start(job)
+                _start_once(job)
             else:
                 _follow(job)
         except Exception:  # noqa: BLE001 - one bad job must not stop the others
@@ -280,6 +280,31 @@ def _job_files(job: DockerImageBatchJob) -> bytes | None:
         info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
         tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+# Long enough for a start that pulls its image; a controller killed mid-start holds the job
+# up for at most this long.
+START_LOCK_SECONDS = 120
+
+
+def _start_once(job: DockerImageBatchJob) -> None:
+    """_start under a lock of the job: a second controller (or a tick loop that outlived its
+    stop) would otherwise take the first one's starting replica for a stale one and remove its
+    container while the job goes RUNNING."""
+    from launch_site.redis_client import get_redis
+
+    lock = get_redis().lock(f"launch:lock:image_job:{job.id}", timeout=START_LOCK_SECONDS)
+    if not lock.acquire(blocking=False):
+        return
+    try:
+        job.refresh_from_db(fields=["status", "replica_id"])
+        if job.status == Status.PENDING:
+            _start(job)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # noqa: BLE001 - expired lock: nothing to release
+            pass
 
 
 def _start(job: DockerImageBatchJob) -> None:

@@ -120,7 +120,10 @@ class ControllerThread:
 
         self.stop_event.set()
         wake_controller()
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=60)
+        # A tick loop that outlives its test would act on the next test's objects as a second
+        # controller: say so where it happens.
+        assert not self.thread.is_alive(), "the controller thread did not stop within 60 s"
 
 
 def kill_all_replicas():

@@ -93,3 +93,46 @@ def test_a_job_runs_over_its_config_file_to_success_with_logs_and_cancel_stops_o
     assert api.put(f"/v1/docker-image-batch-jobs/{running_id}", json={"cancel": True}).status_code == 409
     listed = api.get("/v1/docker-image-batch-jobs").json()["jobs"]
     assert {j["id"]: j["status"] for j in listed} == {job_id: "SUCCESS", failing: "FAILURE", running_id: "CANCELLED"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_controllers_starting_one_job_at_once_start_one_container(job_image, docker_engines, owner):
+    import threading
+
+    from django.db import connection
+
+    from batchjobs import image_jobs
+    from batchjobs.models import DockerImageBatchJob
+
+    bundle = owner.client.post("/v1/docker-image-batch-job-bundles", {
+        "name": "sleeper", "image_repository": "acme/job", "image_tag": "1",
+        "command": [PYTHON, "-c", "import time; time.sleep(300)"],
+        "resource_requests": {"cpus": 0.25, "memory": "128Mi"},
+    }, format="json").json()["docker_image_batch_job_bundle_id"]
+    job_id = owner.client.post("/v1/docker-image-batch-jobs", {
+        "docker_image_batch_job_bundle_id": bundle, "labels": {},
+    }, format="json").json()["job_id"]
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def controller():
+        try:
+            job = DockerImageBatchJob.objects.select_related("bundle", "team").get(pk=job_id)
+            barrier.wait()
+            image_jobs._start_once(job)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=controller) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    job = DockerImageBatchJob.objects.get(pk=job_id)
+    assert job.status == "RUNNING"
+    assert [c.status for c in job_containers(docker_engines, job_id)] == ["running"]
+    image_jobs.image_job_cancel(job=job)
+    assert not job_containers(docker_engines, job_id)
