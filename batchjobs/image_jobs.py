@@ -361,7 +361,11 @@ def _follow(job: DockerImageBatchJob) -> None:
         _move(job, Status.FAILURE, reason="its container is gone")
         return
     runtime = get_runtime("docker")
-    if runtime.is_alive(replica):
+    # A host that does not answer now (a few failed probes: a busy or restarting daemon) says
+    # nothing of the container: the job waits for it rather than failing and removing a
+    # container that may still be running; its max runtime still bounds it.
+    host_unreachable = replica.host is not None and not replica.host.healthy
+    if host_unreachable or runtime.is_alive(replica):
         limit = job.override_job_max_runtime_s
         if limit and job.started_at and (timezone.now() - job.started_at).total_seconds() > limit:
             if _move(job, Status.TIMEOUT, reason=f"ran past override_job_max_runtime_s ({limit} s)"):

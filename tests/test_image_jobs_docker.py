@@ -136,3 +136,38 @@ def test_two_controllers_starting_one_job_at_once_start_one_container(job_image,
     assert [c.status for c in job_containers(docker_engines, job_id)] == ["running"]
     image_jobs.image_job_cancel(job=job)
     assert not job_containers(docker_engines, job_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_job_whose_host_stops_answering_waits_instead_of_failing(job_image, docker_engines, owner):
+    from batchjobs import image_jobs
+    from batchjobs.models import DockerImageBatchJob
+    from workers.models import Host
+
+    bundle = owner.client.post("/v1/docker-image-batch-job-bundles", {
+        "name": "sleeper", "image_repository": "acme/job", "image_tag": "1",
+        "command": [PYTHON, "-c", "import time; time.sleep(300)"],
+        "resource_requests": {"cpus": 0.25, "memory": "128Mi"},
+    }, format="json").json()["docker_image_batch_job_bundle_id"]
+    job_id = owner.client.post("/v1/docker-image-batch-jobs", {
+        "docker_image_batch_job_bundle_id": bundle, "labels": {},
+    }, format="json").json()["job_id"]
+    image_jobs._start_once(DockerImageBatchJob.objects.select_related("bundle", "team").get(pk=job_id))
+    job = DockerImageBatchJob.objects.get(pk=job_id)
+    assert job.status == "RUNNING"
+    host = image_jobs.job_replica(job).host
+    Host.objects.filter(pk=host.pk).update(healthy=False)  # as after three failed probes
+
+    image_jobs._follow(DockerImageBatchJob.objects.get(pk=job_id))
+    assert DockerImageBatchJob.objects.get(pk=job_id).status == "RUNNING"
+    assert [c.status for c in job_containers(docker_engines, job_id)] == ["running"]
+
+    # Back: the running container is followed as before (once, it was taken for half a
+    # runnable-image replica and removed).
+    Host.objects.filter(pk=host.pk).update(healthy=True)
+    image_jobs._follow(DockerImageBatchJob.objects.get(pk=job_id))
+    job = DockerImageBatchJob.objects.get(pk=job_id)
+    assert job.status == "RUNNING", (job.status_reason, job.logs)
+    assert [c.status for c in job_containers(docker_engines, job_id)] == ["running"]
+    image_jobs.image_job_cancel(job=DockerImageBatchJob.objects.get(pk=job_id))
+    assert not job_containers(docker_engines, job_id)

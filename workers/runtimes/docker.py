@@ -41,6 +41,9 @@ REPLICA_LABEL = "launch.replica"
 # our forwarder ("forwarder"), which joins the user's network namespace.
 ROLE_LABEL = "launch.role"
 ROLE_USER, ROLE_FORWARDER = "user", "forwarder"
+# A docker-image batch job's one container: the user's too, but with no forwarder beside it
+# (as ROLE_USER, is_alive took it for half a runnable-image replica and removed it).
+ROLE_JOB = "job"
 DERIVED_REPOSITORY = "launch-worker-derived"
 # What the serve loop needs besides the standard library, for images built on a user's
 # custom base image (our own worker images have them already).
@@ -569,7 +572,7 @@ class DockerRuntime(Runtime):
         try:
             container = client.containers.create(
                 user_image, command, name=container_name(spec.replica_id), detach=True, init=True,
-                environment=environment, labels={**self._labels(spec), ROLE_LABEL: ROLE_USER},
+                environment=environment, labels={**self._labels(spec), ROLE_LABEL: ROLE_JOB},
                 network_mode=settings.DOCKER_RUNNABLE_IMAGE_NETWORK, device_requests=device_requests,
                 volumes=volumes, **self._locked_down(), **limits,
             )
