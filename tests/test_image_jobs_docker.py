@@ -95,6 +95,18 @@ def test_a_job_runs_over_its_config_file_to_success_with_logs_and_cancel_stops_o
     assert {j["id"]: j["status"] for j in listed} == {job_id: "SUCCESS", failing: "FAILURE", running_id: "CANCELLED"}
 
 
+def pending_sleeper_job(owner) -> str:
+    """A PENDING job whose container sleeps 5 minutes (no controller runs here to start it)."""
+    bundle = owner.client.post("/v1/docker-image-batch-job-bundles", {
+        "name": "sleeper", "image_repository": "acme/job", "image_tag": "1",
+        "command": [PYTHON, "-c", "import time; time.sleep(300)"],
+        "resource_requests": {"cpus": 0.25, "memory": "128Mi"},
+    }, format="json").json()["docker_image_batch_job_bundle_id"]
+    return owner.client.post("/v1/docker-image-batch-jobs", {
+        "docker_image_batch_job_bundle_id": bundle, "labels": {},
+    }, format="json").json()["job_id"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_controllers_starting_one_job_at_once_start_one_container(job_image, docker_engines, owner):
     import threading
@@ -104,14 +116,7 @@ def test_two_controllers_starting_one_job_at_once_start_one_container(job_image,
     from batchjobs import image_jobs
     from batchjobs.models import DockerImageBatchJob
 
-    bundle = owner.client.post("/v1/docker-image-batch-job-bundles", {
-        "name": "sleeper", "image_repository": "acme/job", "image_tag": "1",
-        "command": [PYTHON, "-c", "import time; time.sleep(300)"],
-        "resource_requests": {"cpus": 0.25, "memory": "128Mi"},
-    }, format="json").json()["docker_image_batch_job_bundle_id"]
-    job_id = owner.client.post("/v1/docker-image-batch-jobs", {
-        "docker_image_batch_job_bundle_id": bundle, "labels": {},
-    }, format="json").json()["job_id"]
+    job_id = pending_sleeper_job(owner)
     barrier = threading.Barrier(2)
     errors = []
 
@@ -144,14 +149,7 @@ def test_a_running_job_whose_host_stops_answering_waits_instead_of_failing(job_i
     from batchjobs.models import DockerImageBatchJob
     from workers.models import Host
 
-    bundle = owner.client.post("/v1/docker-image-batch-job-bundles", {
-        "name": "sleeper", "image_repository": "acme/job", "image_tag": "1",
-        "command": [PYTHON, "-c", "import time; time.sleep(300)"],
-        "resource_requests": {"cpus": 0.25, "memory": "128Mi"},
-    }, format="json").json()["docker_image_batch_job_bundle_id"]
-    job_id = owner.client.post("/v1/docker-image-batch-jobs", {
-        "docker_image_batch_job_bundle_id": bundle, "labels": {},
-    }, format="json").json()["job_id"]
+    job_id = pending_sleeper_job(owner)
     image_jobs._start_once(DockerImageBatchJob.objects.select_related("bundle", "team").get(pk=job_id))
     job = DockerImageBatchJob.objects.get(pk=job_id)
     assert job.status == "RUNNING"
