@@ -8,6 +8,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from launch_site.route_generation import RouteChangingQuerySet
+
 KEY_PREFIX_LENGTH = 8
 # last_used_at is written at most this often, so authentication stays a read on the hot path.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -44,6 +46,11 @@ def hash_key(raw_key: str) -> str:
 
 
 class ApiKey(models.Model):
+    # What authentication reads (accounts.authentication._KEY_SQL) besides last_used_at, which
+    # it only refreshes: a write to one of them moves the routing generation.
+    ROUTE_FIELDS = ("id", "prefix", "hashed_key", "team", "team_id", "user", "user_id", "revoked_at")
+    objects = RouteChangingQuerySet.as_manager()
+
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True)

@@ -163,7 +163,9 @@ def task_callback(endpoint, body: dict, *, async_task: bool) -> tuple[str, dict 
         if not endpoint.default_callback_url:
             raise FieldError("callback_auth", "needs a callback_url (the endpoint has no default_callback_url)")
         return endpoint.default_callback_url, auth
-    if HOOK in (endpoint.post_inference_hooks or []) and endpoint.default_callback_url and async_task:
+    # In this order: a sync task, or an endpoint without a default URL, never loads the hooks
+    # (a deferred field on the inference path: one more query per request).
+    if async_task and endpoint.default_callback_url and HOOK in (endpoint.post_inference_hooks or []):
         return endpoint.default_callback_url, endpoint.default_callback_auth
     return None
 

@@ -85,7 +85,7 @@ def task_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, 
     with get_redis().pipeline(transaction=False) as pipe:
         _queue(pipe, submission)
         _count(submission, pipe.execute())
-    return submission.task_id
+    return submission.task_id  # no route_generation: always added
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,9 @@ class Submission:
     wait_seconds: float | None = None
     callback: tuple[str, dict | None] | None = None
     rate_key: str | None = None
+    # Set when the endpoint and key came from the web's route cache: the routing generation
+    # they were read under (protocol.ADD_TASK_SCRIPT writes nothing if it moved: StaleRoute).
+    route_generation: bytes | None = None
 
     @property
     def keys(self) -> protocol.Keys:
@@ -123,6 +126,7 @@ def prepare_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[st
                    payload_text: str | None = None, rate_key: str | None = None) -> Submission:
     """An async task (submit_async queues it)."""
     throttling.check_key_rate(rate_key)
+    _check_not_deleting(endpoint)
     return _submission(endpoint, payload_text or json.dumps(payload), kind="async", callback=callback,
                        rate_key=rate_key)
 
@@ -147,11 +151,18 @@ def prepare_stream(*, endpoint: ModelEndpoint, payload: dict, rate_key: str | No
     return _submission(endpoint, json.dumps({**payload, "stream": True}), kind="stream", rate_key=rate_key)
 
 
+class StaleRoute(Exception):
+    """A submission made from cached lookups whose routing generation has moved: nothing was
+    queued; look the key and endpoint up again and submit anew."""
+
+
 async def submit_async(client, submission: Submission) -> str:
     """Queue the task in one round trip (client: redis.asyncio); returns its id."""
     async with client.pipeline(transaction=False) as pipe:
-        _queue(pipe, submission)
-        _count(submission, await pipe.execute())
+        added = _queue(pipe, submission)
+        replies = await pipe.execute()
+    _check_added(replies[added])
+    _count(submission, replies)
     return submission.task_id
 
 
@@ -161,11 +172,12 @@ async def run_sync_async(client, waiting_client, submission: Submission) -> tupl
     protocol.parse_final_record's: the result comes as a JSON string literal (bytes). Past the
     wait: 504 naming the task, which stays readable for its TTL."""
     async with waiting_client.pipeline(transaction=False) as pipe:
-        _queue(pipe, submission)
+        added = _queue(pipe, submission)
         # Redis runs a pipeline's commands in order: the BLPOP at its end blocks until the
-        # replica pushes the final record (or the timeout).
+        # replica pushes the final record (or the timeout; at once when nothing was added).
         protocol.wait_final(pipe, submission.keys, submission.task_id, timeout_seconds=submission.wait_seconds)
         replies = await pipe.execute()
+    _check_added(replies[added])
     _count(submission, replies)
     task_id, answer = submission.task_id, replies[-1]
     if answer is None:
@@ -236,10 +248,7 @@ def _check_can_serve(endpoint: ModelEndpoint) -> None:
     Status = ModelEndpoint.Status
     if endpoint.status == Status.READY:
         return
-    if endpoint.status == Status.DELETE_IN_PROGRESS:
-        # The client's own doing, and final: 409 as edits and restarts answer, not a 503 that
-        # clients retry.
-        raise ConflictError(f"endpoint {endpoint.name!r} is being deleted")
+    _check_not_deleting(endpoint)
     states = set(
         Replica.objects.filter(owner_kind=Replica.Owner.ENDPOINT, owner_id=endpoint.id, state__in=SERVING_STATES)
         .values_list("state", flat=True)
@@ -253,6 +262,14 @@ def _check_can_serve(endpoint: ModelEndpoint) -> None:
         raise UnavailableError(f"endpoint {endpoint.name!r} has no replica: {endpoint.status_reason}")
 
 
+def _check_not_deleting(endpoint: ModelEndpoint) -> None:
+    """A task for an endpoint being deleted would never run: refused, whatever its kind. The
+    client's own doing, and final: 409 as edits and restarts answer, not a 503 that clients
+    retry."""
+    if endpoint.status == ModelEndpoint.Status.DELETE_IN_PROGRESS:
+        raise ConflictError(f"endpoint {endpoint.name!r} is being deleted")
+
+
 def _keys(endpoint: ModelEndpoint) -> protocol.Keys:
     return protocol.Keys(protocol.endpoint_prefix(endpoint.id))
 
@@ -261,10 +278,11 @@ def _ttl(endpoint: ModelEndpoint) -> int:
     return endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
 
 
-def _queue(pipe, submission: Submission) -> None:
+def _queue(pipe, submission: Submission) -> int:
     """Put the task's writes on a pipeline (sync or redis.asyncio: both buffer commands the
-    same way). The rate count goes first, so that its reply is replies[0] (_count)."""
-    throttling.count_key_request(pipe, submission.rate_key)
+    same way); returns the index of protocol.add_task's reply. The rate count goes first, so
+    that its reply is replies[0] (_count)."""
+    counted = throttling.count_key_request(pipe, submission.rate_key)
     keys, task_id, ttl = submission.keys, submission.task_id, submission.ttl_seconds
     extra = {"kind": submission.kind}
     if submission.wait_seconds is not None:
@@ -277,11 +295,19 @@ def _queue(pipe, submission: Submission) -> None:
         )
     protocol.add_task(
         pipe, keys, task_id, submission.payload, ttl_seconds=ttl, now=time.time(), extra=extra,
-        history_length=settings.REQUEST_HISTORY_LENGTH,
+        history_length=settings.REQUEST_HISTORY_LENGTH, route_generation=submission.route_generation,
+        waiter=submission.wait_seconds is not None,
     )
     if submission.wake:
         # Scale from zero without waiting for the next tick.
         pipe.lpush(protocol.WAKE_KEY, "1")
+    # INCR and EXPIRE of the rate count, HSET and EXPIRE of the callback's config.
+    return 2 * counted + 2 * (submission.callback is not None)
+
+
+def _check_added(reply) -> None:
+    if not reply:
+        raise StaleRoute()
 
 
 def _count(submission: Submission, replies: list) -> None:

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models
 
 from launch_site.ids import new_id
+from launch_site.route_generation import RouteChangingQuerySet
 
 GPU_TYPES = (
     "nvidia-tesla-t4",
@@ -28,6 +29,14 @@ def new_endpoint_id() -> str:
 
 class ModelEndpoint(models.Model):
     """Desired state of a deployment; replicas (workers.Replica) are the observed state."""
+
+    # What a task submit reads of its endpoint (endpoints.selectors.endpoint_for_tasks); a write
+    # to one of them moves the routing generation (launch_site.route_generation).
+    ROUTE_FIELDS = (
+        "id", "name", "team_id", "status", "status_reason", "desired_workers", "task_expires_seconds", "endpoint_type",
+        "default_callback_url", "default_callback_auth", "post_inference_hooks",
+    )
+    objects = RouteChangingQuerySet.as_manager()
 
     class EndpointType(models.TextChoices):
         SYNC = "sync"

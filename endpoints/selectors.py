@@ -18,7 +18,7 @@ def endpoint_get(*, team: Team, endpoint_id: str) -> ModelEndpoint:
 
 # The columns the task routes read, fetched with one cursor query and no ORM compilation
 # (the inference hot path); none of them needs a type converter.
-_TASK_ROUTE_COLUMNS = ("id", "name", "team_id", "status", "status_reason", "desired_workers", "task_expires_seconds")
+_TASK_ROUTE_COLUMNS = ModelEndpoint.ROUTE_FIELDS
 _TASK_ROUTE_SQL = "SELECT {columns} FROM {table} WHERE team_id = %s AND {column} = %s"
 
 

@@ -30,7 +30,7 @@ from django.core import signals  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured, RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
-from django.urls import Resolver404, resolve, set_script_prefix  # noqa: E402
+from django.urls import Resolver404, ResolverMatch, resolve, set_script_prefix  # noqa: E402
 from django.utils.deprecation import MiddlewareMixin  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 
@@ -115,6 +115,14 @@ class InferenceHandler(ASGIHandler):
         await self.send_response(response, send)
         return response
 
+    def resolve_request(self, request):
+        # The path was resolved already, to route the request here: its match is cached.
+        match = resolved(request.path_info)
+        if match is None:
+            return super().resolve_request(request)  # raises Resolver404 (a 404) as Django does
+        request.resolver_match = match
+        return match
+
     def load_middleware(self, is_async=False):
         self._view_middleware = []
         self._template_response_middleware = []
@@ -141,12 +149,17 @@ inference_application = InferenceHandler()
 
 
 @functools.lru_cache(maxsize=4096)
-def view_class_of(path: str) -> type | None:
+def resolved(path: str) -> ResolverMatch | None:
+    """The URLconf's match of a path (None: no route). Django treats a match as read-only."""
     try:
-        match = resolve(path)
+        return resolve(path)
     except Resolver404:
         return None
-    view_class = getattr(match.func, "view_class", None)
+
+
+def view_class_of(path: str) -> type | None:
+    match = resolved(path)
+    view_class = getattr(match.func, "view_class", None) if match is not None else None
     return view_class if isinstance(view_class, type) else None
 
 

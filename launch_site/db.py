@@ -16,8 +16,13 @@ def instance_from_row(model, columns: Sequence[str], row: Sequence):
     """An instance with `columns` loaded from `row` and every other field deferred (loaded on
     access). Model.from_db takes values in the model's field order, not the query's."""
     values = dict(zip(columns, row, strict=True))
-    names = [field.attname for field in model._meta.concrete_fields if field.attname in values]
-    return model.from_db(connection.alias, names, [values[name] for name in names])
+    fields = [field for field in model._meta.concrete_fields if field.attname in values]
+    return model.from_db(connection.alias, [field.attname for field in fields], [
+        # What the ORM's compiler would apply, e.g. a JSON field's text decoded.
+        field.from_db_value(values[field.attname], None, connection) if hasattr(field, "from_db_value")
+        else values[field.attname]
+        for field in fields
+    ])
 
 
 # Long-lived threads for the database work of async views under ASGI: each keeps its own

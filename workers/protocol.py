@@ -104,6 +104,8 @@ TERMINAL = (SUCCESS, FAILURE)
 
 # Asks the controller's tick loop to run now (a task arrived for an endpoint at zero replicas).
 WAKE_KEY = "launch:controller:wake"
+# Moves whenever what the web's route cache holds is written (launch_site.route_generation).
+ROUTE_GENERATION_KEY = "launch:route-generation"
 
 # A replica's exit status after a task raised MemoryError under a resource limit (rlimit): the
 # task is already FAILURE "out of memory"; the controller replaces the replica.
@@ -238,26 +240,57 @@ def final_record_with_text(raw: bytes) -> dict:
 
 # --- writing a task (gateway, batch runner) --------------------------------------------------
 
+# A task's writes as one script: on the inference hot path, one command to send and one reply
+# to read instead of five. A submit made from the web's route cache (endpoints.route_cache)
+# also passes the routing generation its lookups were read under: when it is no longer the
+# current one, nothing is written and the script answers 0 (and, for a sync waiter, pushes
+# STALE_ROUTE onto the task's done list, so that its BLPOP in the same round trip returns at
+# once); the caller looks the route up again and submits anew.
+# KEYS: task, queue, history, generation, done. ARGV: expected generation ('' for none),
+# ttl_seconds, queue entry, task_id, history_length, signal the waiter ('1' or ''), then the
+# hash's fields and values.
+ADD_TASK_SCRIPT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then
+  if ARGV[6] == '1' then
+    redis.call('RPUSH', KEYS[5], 'stale-route')
+    redis.call('EXPIRE', KEYS[5], 60)
+  end
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('LPUSH', KEYS[2], ARGV[3])
+local history_length = tonumber(ARGV[5])
+if history_length > 0 then
+  redis.call('LPUSH', KEYS[3], ARGV[4])
+  redis.call('LTRIM', KEYS[3], 0, history_length - 1)
+end
+return 1
+"""
+STALE_ROUTE = b"stale-route"
+
+
 def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: int, now: float,
-             inline: bool = True, extra: dict | None = None, history_length: int = 0) -> None:
-    """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry. `inline`
-    puts the payload in the entry instead of the hash, so it is stored once and a replica runs
-    the task without reading the hash (a requeue moves the entry, payload and all); the hash
-    keeps only its first PAYLOAD_PREVIEW_CHARS for the dashboard. `history_length` > 0 also
-    records the id in the owner's capped list of recent tasks."""
-    task_key = keys.task(task_id)
+             inline: bool = True, extra: dict | None = None, history_length: int = 0,
+             route_generation: bytes | None = None, waiter: bool = False) -> None:
+    """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry; its reply is
+    1, or 0 when `route_generation` is given and no longer current (nothing written; with
+    `waiter`, STALE_ROUTE is pushed for the sync waiter, see ADD_TASK_SCRIPT). `inline` puts
+    the payload in the entry instead of the hash, so it is stored once and a replica runs the
+    task without reading the hash (a requeue moves the entry, payload and all); the hash keeps
+    only its first PAYLOAD_PREVIEW_CHARS for the dashboard. `history_length` > 0 also records
+    the id in the owner's capped list of recent tasks."""
     fields = {"status": PENDING, "attempts": 0, "created_at": now, **(extra or {})}
     if inline:
         fields["payload_preview"] = payload_json[: PAYLOAD_PREVIEW_CHARS + 1]  # +1: says it was cut
     else:
         fields["payload"] = payload_json
-    pipe.hset(task_key, mapping=fields)
-    pipe.expire(task_key, ttl_seconds)
     entry = queue_entry(task_id, expires_at=now + ttl_seconds, payload=payload_json) if inline else task_id
-    pipe.lpush(keys.queue, entry)
-    if history_length > 0:
-        pipe.lpush(keys.history, task_id)
-        pipe.ltrim(keys.history, 0, history_length - 1)
+    pipe.eval(
+        ADD_TASK_SCRIPT, 5, keys.task(task_id), keys.queue, keys.history, ROUTE_GENERATION_KEY, keys.done(task_id),
+        route_generation or "", ttl_seconds, entry, task_id, history_length, "1" if waiter else "",
+        *[part for pair in fields.items() for part in pair],
+    )
 
 
 # Redis turns a blocking timeout into whole milliseconds, truncating, and 0 blocks forever:

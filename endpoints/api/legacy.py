@@ -206,8 +206,8 @@ class LegacyInferenceView(InferenceView):
     """The old dialect's task routes: the endpoint by its name in the path, with an API key
     (async views, as InferenceView)."""
 
-    def endpoint_finder(self, request, *, endpoint_name: str):
-        return lambda team: selectors.endpoint_for_tasks(team=team, name=endpoint_name)
+    def endpoint_ref(self, request, *, endpoint_name: str) -> tuple[str, str]:
+        return "name", endpoint_name
 
 
 class LegacySyncTaskView(LegacyInferenceView):

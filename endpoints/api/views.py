@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 
 from django.core.handlers.asgi import ASGIRequest
@@ -12,13 +13,14 @@ from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated, ParseError
+from rest_framework.exceptions import APIException, MethodNotAllowed, NotAuthenticated, ParseError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import ApiKeyAuthentication, api_key_from_request
+from accounts import throttling
+from accounts.authentication import ApiKeyAuthentication, api_key_from_request, key_from_header
 from accounts.selectors import request_team
-from endpoints import callbacks, gateway, selectors, services
+from endpoints import callbacks, gateway, route_cache, selectors, services
 from endpoints.api.serializers import EndpointCreateSerializer, EndpointUpdateSerializer
 from endpoints.models import ModelEndpoint
 from endpoints.openapi import endpoints_openapi
@@ -190,15 +192,18 @@ def sync_success_response(literal: bytes) -> HttpResponse:
 
 
 class InferenceView(APIView):
-    """Task creation, the inference hot path, as an async view: its database work (the API
-    key, the endpoint) runs in a thread (`prepare`), its Redis work in the event loop
-    (`answer`), so that a sync request waiting for its replica holds no thread (ASGI,
-    launch_site/asgi.py). Requests are served without DRF's request wrapping, content
-    negotiation and rendering (a fifth of a sync request's time, see BENCHMARKS.md): an API
-    key, a JSON body and a JsonResponse, with the same errors as the rest of the API. It stays
-    an APIView with a `post` so that the schema documents the route. Subclasses annotate the
-    schema on an `async def post` of their own: @extend_schema on the class would wrap `post`
-    in a sync method, and Django would then get an unawaited coroutine."""
+    """Task creation, the inference hot path, as an async view: its Redis work runs in the event
+    loop, so that a sync request waiting for its replica holds no thread (ASGI,
+    launch_site/asgi.py). Its database work (the API key, the endpoint) is read from the
+    per-process route cache when it holds both under the current routing generation and the
+    endpoint is READY (endpoints.route_cache: no query, no thread); otherwise it runs in a
+    database thread (`prepare`), which also fills the cache. Requests are served without
+    DRF's request wrapping, content negotiation and rendering (a fifth of a sync request's
+    time, see BENCHMARKS.md): an API key, a JSON body and a JsonResponse, with the same
+    errors as the rest of the API. It stays an APIView with a `post` so that the schema
+    documents the route. Subclasses annotate the schema on an `async def post` of their own:
+    @extend_schema on the class would wrap `post` in a sync method, and Django would then get
+    an unawaited coroutine."""
 
     http_method_names = ["post", "options"]
     authentication_classes = [ApiKeyAuthentication]  # what post checks itself; the schema says it
@@ -218,26 +223,67 @@ class InferenceView(APIView):
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     async def post(self, request, *args, **kwargs):
-        submission = await in_db_thread(request, self.prepare, request, **kwargs)
         async with async_redis(shared=isinstance(request, ASGIRequest)) as (client, waiting_client):
-            answer = await self.answer(request, submission, client, waiting_client)
+            route = self.cached_route(request, kwargs)
+            if route is not None:
+                submission = await self.submission_from_cache(request, route)
+                try:
+                    answer = await self.answer(request, submission, client, waiting_client)
+                except gateway.StaleRoute:  # a key, user or endpoint changed since: nothing was queued
+                    route_cache.forget(route)
+                    route = None
+            if route is None:
+                generation = await route_cache.current_generation(client)
+                submission = await in_db_thread(request, self.prepare, request, generation, **kwargs)
+                answer = await self.answer(request, submission, client, waiting_client)
         return answer if isinstance(answer, HttpResponseBase) else JsonResponse(answer)
 
-    def prepare(self, request, **kwargs) -> gateway.Submission:
+    def cached_route(self, request, kwargs: dict) -> route_cache.Route | None:
+        """The cached lookups of a request that will pass them; None sends it through `prepare`,
+        which answers everything else (no key, a malformed one, no endpoint...) in its order."""
+        header = request.META.get("HTTP_AUTHORIZATION")
+        if not header:
+            return None
+        try:
+            raw_key = key_from_header(header)
+            endpoint_ref = self.endpoint_ref(request, **kwargs)
+        except APIException:
+            return None
+        route = route_cache.cached(raw_key, endpoint_ref) if raw_key else None
+        # Only a READY endpoint: the others may need a query to decide (gateway._check_can_serve).
+        return route if route is not None and route.endpoint.status == ModelEndpoint.Status.READY else None
+
+    async def submission_from_cache(self, request, route: route_cache.Route) -> gateway.Submission:
+        throttling.check_address(throttling.client_address(request))  # as api_key_from_request does
+        body, text = _json_body(request)
+        if isinstance(body, dict) and (body.get("callback_url") is not None or body.get("callback_auth") is not None):
+            # Checking a callback resolves its host or loads a certificate: not in the event loop.
+            submission = await in_db_thread(
+                request, self.submission, request, route.endpoint, body, text, route.api_key.prefix
+            )
+        else:
+            submission = self.submission(request, route.endpoint, body, text, route.api_key.prefix)
+        # Queued only if the lookups are still current (protocol.ADD_TASK_SCRIPT).
+        return dataclasses.replace(submission, route_generation=route.generation)
+
+    def prepare(self, request, generation: bytes, **kwargs) -> gateway.Submission:
         api_key = api_key_from_request(request)
         if api_key is None:
             raise NotAuthenticated("Send an API key: HTTP Basic with the key as username, or Bearer.")
-        find = self.endpoint_finder(request, **kwargs)
+        endpoint_ref = self.endpoint_ref(request, **kwargs)
         body, text = _json_body(request)
-        return self.submission(request, find(api_key.team), body, text, api_key.prefix)
+        endpoint = selectors.endpoint_for_tasks(team=api_key.team, **dict([endpoint_ref]))
+        route_cache.remember(generation, key_from_header(request.META["HTTP_AUTHORIZATION"]), endpoint_ref, api_key,
+                             endpoint)
+        return self.submission(request, endpoint, body, text, api_key.prefix)
 
-    def endpoint_finder(self, request, **kwargs):
-        """The endpoint lookup (team -> endpoint); a missing route parameter is refused
-        before the body is read."""
+    def endpoint_ref(self, request, **kwargs) -> tuple[str, str]:
+        """How the request names its endpoint: (endpoint_for_tasks's argument, value); a missing
+        route parameter is refused before the body is read."""
         endpoint_id = request.GET.get("model_endpoint_id")
         if not endpoint_id:
             raise query_error("model_endpoint_id", "is required")
-        return lambda team: selectors.endpoint_for_tasks(team=team, endpoint_id=endpoint_id)
+        return "endpoint_id", endpoint_id
 
     def submission(self, request, endpoint: ModelEndpoint, body, text: str, rate_key: str) -> gateway.Submission:
         raise NotImplementedError
