@@ -82,7 +82,9 @@ class Supervisor:
         self.python = sys.executable
         self.manage = str(BASE_DIR / "manage.py")
         self.env = dict(os.environ, LAUNCH_HOME=str(home), PORT=str(port))
-        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+        # Where this machine reaches the web server (a wildcard bind answers on loopback).
+        self.local_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        self.url = f"http://{self.local_host}:{port}/"
         self.children: list[Child] = []
         self.stopping = False
 
@@ -207,7 +209,7 @@ class Supervisor:
 
     def _wait_for_web(self) -> None:
         deadline = time.monotonic() + WEB_START_SECONDS
-        while time.monotonic() < deadline and not self.stopping and not _answers_healthz(self.url):
+        while time.monotonic() < deadline and not self.stopping and not _answers_healthz(self.local_host, self.port):
             time.sleep(0.1)
 
     def _shutdown(self) -> None:
@@ -235,12 +237,11 @@ class Supervisor:
         print("Launch stopped.", flush=True)
 
 
-def _answers_healthz(url: str) -> bool:
-    """Whether GET {url}healthz answers 200 (a raw HTTP/1.0 request: http.client or urllib
-    would add 6 MB to this process for one request at start-up)."""
-    host, port = url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+def _answers_healthz(host: str, port: int) -> bool:
+    """Whether GET /healthz answers 200 (a raw HTTP/1.0 request: http.client or urllib would
+    add 6 MB to this process for one request at start-up)."""
     try:
-        with socket.create_connection((host, int(port)), timeout=1) as connection:
+        with socket.create_connection((host, port), timeout=1) as connection:
             connection.sendall(f"GET /healthz HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
             status_line = connection.makefile("rb").readline()
     except OSError:
