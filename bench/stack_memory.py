@@ -27,6 +27,7 @@ ROLES = ("supervisor", "web (granian main)", "web workers", "controller", "redis
 
 
 def role_of(pid: int, root: int, cmd: str, granian_main: int | None) -> str | None:
+    # The pid started as `manage.py launch up` (it exec()s `python -m launch_site.supervisor`).
     if pid == root:
         return "supervisor"
     if "granian" in cmd:

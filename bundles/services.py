@@ -49,7 +49,7 @@ def new_object_key(team: Team, kind: str) -> str:
 
 
 def _object_url(base_url: str, token: str) -> str:
-    return base_url.rstrip("/") + reverse("store-object", args=[token])
+    return base_url.rstrip("/") + store.object_url_path(token)
 
 
 @transaction.atomic

@@ -134,6 +134,17 @@ def delete_object(key: str) -> None:
 # the time of signing, so the expiry is checked against the lifetime given at issue time.
 
 
+# The route that hands out an object's bytes for a token (bundles/urls.py, which the root
+# URLconf mounts at "/"). Written out here, not reverse()d, for the URLs on
+# LAUNCH_INTERNAL_URL that the controller gives each replica it starts: reverse() loads the
+# whole URLconf (every view, DRF, the admin), 21 MB the controller would keep for nothing.
+OBJECT_ROUTE = "v1/store/objects/"
+
+
+def object_url_path(token: str) -> str:
+    return f"/{OBJECT_ROUTE}{token}"
+
+
 def make_token(key: str, *, salt: str, ttl_seconds: int, replica_id: str | None = None) -> str:
     """With `replica_id`, the token works only while that replica lives (bundles.selectors)."""
     payload = {"k": key, "ttl": int(ttl_seconds)}

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from bundles import store
 from bundles.api import files, legacy, views
 from bundles.models import StoredObject
 
@@ -16,7 +17,7 @@ urlpatterns = [
     path("v1/files", files.FileListView.as_view()),
     path("v1/files/<str:file_id>", files.FileDetailView.as_view()),
     path("v1/files/<str:file_id>/content", files.FileContentView.as_view()),
-    path("v1/store/objects/<str:token>", views.store_object, name="store-object"),
+    path(f"{store.OBJECT_ROUTE}<str:token>", views.store_object, name="store-object"),
     path("v1/hosted_inference/model_bundle_upload", views.UploadUrlView.as_view()),
     path(
         "v1/hosted_inference/batch_task_input_upload",

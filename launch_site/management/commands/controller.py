@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 class Command(BaseCommand):
     help = "Run the controller: RQ worker on the control queues and the tick (autoscale, heal, expire)."
+    # No system checks here: they load the URLconf (every view, DRF, the admin's URLs), 21 MB
+    # that stays in this process and serves no request. They run where the stack starts
+    # (`launch up`; `migrate` in the web image) and in the tests.
+    requires_system_checks = []
 
     def handle(self, *args, **options):
         from workers.redis_acl import default_user_is_open

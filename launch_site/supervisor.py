@@ -1,0 +1,323 @@
+"""The embedded stack's supervisor: what `manage.py launch up` becomes.
+
+Starts the embedded Redis (unless REDIS_URL is set), prepares the database and the first
+credentials, starts the web server and the controller, prints where to go, and then heals: a
+child that dies (crash, OOM kill, SIGKILL) is logged and started again after a backoff, while
+the others keep running. Only Ctrl-C or SIGTERM stops the stack: web and controller first,
+then the local runtime's replicas, Redis last.
+
+One stack per LAUNCH_HOME: the supervisor holds an exclusive flock on LAUNCH_HOME/launch.lock
+for its whole life, and a second `launch up` on the same home refuses before it touches
+anything. The kernel drops the lock when the process ends, however it ends, so a crashed
+supervisor leaves no stale lock.
+
+Not a Django process: `manage.py launch up` reads the settings and exec()s this module in its
+place (same pid), which imports the standard library and launch_site.embedded_redis only.
+What needs Django runs in short-lived children: `manage.py launch prepare` (migrate,
+collectstatic, first-start credentials, the text to print) and `manage.py launch
+stop-replicas` at shutdown. Django with our apps would keep 70 MB in a process that only
+watches its children (BENCHMARKS.md, "Memory of the stack and web workers").
+
+Usage (from launch_site/management/commands/launch.py, not by hand):
+    python -m launch_site.supervisor --home DIR --port N --host H --web-workers N [--access-log]
+        [--log-level LEVEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from launch_site.embedded_redis import start_embedded_redis, stop_process
+
+logger = logging.getLogger("launch.supervisor")
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LOCK_FILE_NAME = "launch.lock"
+# Restart backoff per child: 0.5 s doubling to 10 s; a child that stayed up STABLE_SECONDS
+# starts again from 0.5 s, so a crash loop costs little and a rare crash heals at once.
+BACKOFF_INITIAL_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
+STABLE_SECONDS = 30.0
+POLL_SECONDS = 0.2
+# Requests one web worker serves at once (granian --backpressure). A waiting sync request
+# costs a coroutine and a Redis connection, not a thread; past this, requests queue in the
+# listen backlog.
+WEB_BACKPRESSURE = 1024
+WEB_START_SECONDS = 30
+
+
+class StartFailed(Exception):
+    """The stack cannot start; the message says why (printed, exit status 1)."""
+
+
+class Child:
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen]):
+        self.name = name
+        self.start = start
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.backoff = BACKOFF_INITIAL_SECONDS
+        self.restart_at: float | None = None
+
+
+class Supervisor:
+    def __init__(self, *, home: Path, port: int, host: str, web_workers: int, access_log: bool):
+        self.home = home
+        self.port = port
+        self.host = host
+        self.web_workers = web_workers
+        self.access_log = access_log
+        self.python = sys.executable
+        self.manage = str(BASE_DIR / "manage.py")
+        self.env = dict(os.environ, LAUNCH_HOME=str(home), PORT=str(port))
+        # Where this machine reaches the web server (a wildcard bind answers on loopback).
+        self.local_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        self.url = f"http://{self.local_host}:{port}/"
+        self.children: list[Child] = []
+        self.stopping = False
+
+    def run(self) -> int:
+        # Before anything else: a refused second start must not touch the first one's Redis
+        # socket, database, credentials or replicas (so no try/finally shutdown around it).
+        lock_file = _lock_launch_home(self.home)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self._up()
+            return 0
+        except StartFailed as error:
+            print(f"launch up: {error}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            self._shutdown()
+            lock_file.close()
+
+    def _on_signal(self, signum, frame):
+        self.stopping = True
+
+    def _up(self) -> None:
+        if not os.environ.get("REDIS_URL"):
+            redis = Child("redis", self._start_redis)
+            try:
+                self._start(redis)
+            except RuntimeError as error:
+                raise StartFailed(f"the embedded Redis did not start: {error}") from None
+            self.children.append(redis)
+            # No REDIS_URL in the children's environment: settings read the password from
+            # LAUNCH_HOME, so it is in no process's environ.
+        # Its output (the login, and the password and key on the first start) comes through a
+        # pipe and is printed once the web server answers.
+        prepared = subprocess.run(
+            [self.python, self.manage, "launch", "prepare", "--url", self.url],
+            env=self.env, cwd=BASE_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+            preexec_fn=_die_with_parent, check=False,
+        )
+        if self.stopping:
+            return
+        if prepared.returncode != 0:
+            raise StartFailed(f"`manage.py launch prepare` failed (exit status {prepared.returncode}); see above")
+
+        for name, argv in (("web", self._web_argv()), ("controller", [self.python, self.manage, "controller"])):
+            child = Child(name, lambda argv=argv: self._spawn(argv))
+            self._start(child)
+            self.children.append(child)
+        self._wait_for_web()
+        sys.stdout.write(f"{prepared.stdout}Press Ctrl-C to stop.\n\n")
+        sys.stdout.flush()
+
+        while not self.stopping:
+            for child in self.children:
+                self._heal(child)
+            time.sleep(POLL_SECONDS)
+
+    def _web_argv(self) -> list[str]:
+        # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference
+        # routes are async views, so a sync request waiting for its replica holds no thread;
+        # the other routes run in Django's threads. Worker count: BENCHMARKS.md ("Web workers").
+        argv = [
+            str(Path(self.python).parent / "granian"), "--interface", "asgi",
+            "--host", self.host, "--port", str(self.port),
+            "--workers", str(self.web_workers),
+            # Concurrent requests per worker (default backlog/workers): waits are cheap, let
+            # replicas be the bound.
+            "--backpressure", str(WEB_BACKPRESSURE), "--backlog", str(WEB_BACKPRESSURE * self.web_workers),
+            "--workers-kill-timeout", "20",
+            "--working-dir", str(BASE_DIR),
+        ]
+        if self.access_log:
+            # Off by default (it costs a tenth of a sync request). Never the Authorization header.
+            argv += ["--log-level", "info", "--access-log",
+                     "--access-log-fmt", '%(addr)s "%(method)s %(path)s" %(status)d %(dt_ms).1fms']
+        else:
+            argv += ["--log-level", "error"]
+        return [*argv, "launch_site.asgi:application"]
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen:
+        # Own session: Ctrl-C reaches only this supervisor, which then stops children in order.
+        return subprocess.Popen(
+            argv, env=self.env, cwd=BASE_DIR, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    def _start_redis(self) -> subprocess.Popen:
+        # Same directory, so the same socket path and append-only file: clients reconnect
+        # to the path they know and find every write Redis acknowledged before it died.
+        process, _ = start_embedded_redis(self.home, preexec_fn=_die_with_parent)
+        return process
+
+    def _start(self, child: Child) -> None:
+        child.process = child.start()
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def _heal(self, child: Child) -> None:
+        """Notice a dead child and start it again once its backoff has passed."""
+        now = time.monotonic()
+        if child.process is not None and child.process.poll() is not None:
+            process, child.process = child.process, None
+            _kill_leftovers(process)
+            uptime = now - child.started_at
+            if uptime >= STABLE_SECONDS:
+                child.backoff = BACKOFF_INITIAL_SECONDS
+            child.restart_at = now + child.backoff
+            logger.warning(
+                "%s (pid %d) %s after %.1f s up; restarting it in %.1f s",
+                child.name, process.pid, _how_it_ended(process.returncode), uptime, child.backoff,
+            )
+            child.backoff = min(child.backoff * 2, BACKOFF_MAX_SECONDS)
+        if child.process is None and child.restart_at is not None and now >= child.restart_at and not self.stopping:
+            try:
+                self._start(child)
+            except Exception as error:  # noqa: BLE001 - a failed start is retried, never fatal
+                child.restart_at = time.monotonic() + child.backoff
+                logger.error("starting %s failed (%s); trying again in %.1f s", child.name, error, child.backoff)
+                child.backoff = min(child.backoff * 2, BACKOFF_MAX_SECONDS)
+                return
+            logger.warning("%s restarted (pid %d)", child.name, child.process.pid)
+
+    def _wait_for_web(self) -> None:
+        deadline = time.monotonic() + WEB_START_SECONDS
+        while time.monotonic() < deadline and not self.stopping and not _answers_healthz(self.local_host, self.port):
+            time.sleep(0.1)
+
+    def _shutdown(self) -> None:
+        # Web and controller first, Redis last (they talk to it while stopping).
+        others = [c.process for c in reversed(self.children) if c.name != "redis" and c.process is not None]
+        for process in others:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in others:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            _kill_leftovers(process)
+        # A session of its own: a second Ctrl-C must not cut it short.
+        stopped = subprocess.run([self.python, self.manage, "launch", "stop-replicas"], env=self.env, cwd=BASE_DIR,
+                                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+                                 check=False)
+        if stopped.returncode != 0:  # e.g. Redis down at the very end: still stop Redis
+            logger.error("stopping local replicas failed (exit status %d); see above", stopped.returncode)
+        for child in self.children:
+            if child.name == "redis" and child.process is not None:
+                stop_process(child.process)
+        print("Launch stopped.", flush=True)
+
+
+def _answers_healthz(host: str, port: int) -> bool:
+    """Whether GET /healthz answers 200 (a raw HTTP/1.0 request: http.client or urllib would
+    add 6 MB to this process for one request at start-up)."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as connection:
+            connection.sendall(f"GET /healthz HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+            status_line = connection.makefile("rb").readline()
+    except OSError:
+        return False
+    return status_line.split(b" ")[1:2] == [b"200"]
+
+
+def _lock_launch_home(home: Path) -> IO[str]:
+    """Hold LAUNCH_HOME for this process, or refuse (SystemExit with the reason) if another
+    `launch up` does. The file descriptor is close-on-exec, so only this process holds the lock:
+    children outliving a crashed supervisor are told to stop by _die_with_parent instead."""
+    lock_file = open(home / LOCK_FILE_NAME, "a+")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise SystemExit(
+            f"launch up: another `launch up` (pid {holder}) is using LAUNCH_HOME {home}; stop it first, "
+            "or set LAUNCH_HOME to another directory"
+        ) from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    return lock_file
+
+
+_PR_SET_PDEATHSIG = 1
+# Looked up here, not in the forked child (no dynamic loading between fork and exec).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the supervisor dies, even by SIGKILL,
+    so that no orphan keeps the port, the Redis socket or the append-only file after the
+    lock is gone. Elsewhere a no-op."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _kill_leftovers(process: subprocess.Popen) -> None:
+    """A child leads a process group of its own (start_new_session): kill what is left of the
+    group, e.g. granian's workers, which outlive a SIGKILLed granian and keep the port.
+    Replicas are in sessions of their own, so a dead controller's replicas keep running (a
+    new controller adopts them by their rows)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launch_site.supervisor")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--web-workers", type=int, required=True)
+    parser.add_argument("--access-log", action="store_true")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    # The format of settings.LOGGING, so that the stack's log reads as one.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=args.log_level)
+    return Supervisor(home=args.home, port=args.port, host=args.host, web_workers=args.web_workers,
+                      access_log=args.access_log).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
