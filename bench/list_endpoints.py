@@ -8,6 +8,11 @@ same run, is the same GET at 10 endpoints (the list whole); a page of the same 1
 1,000 endpoints shows what the total costs a page.
 
 Usage: .venv/bin/python bench/list_endpoints.py [--endpoints 1000] [--reps 3] [--requests 100]
+       [--compare-root PATH]
+
+--compare-root: also start the stack of another checkout (e.g. the commit before a change),
+give it the same endpoints, and alternate the two within each rep (the order flips every
+rep), so both see the same machine load; the table then has a column for each and their ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import Stack, identity_bundle, machine  # noqa: E402
+from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
 
 BASELINE_ENDPOINTS = 10
 
@@ -60,31 +65,66 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--compare-root", type=Path)
     args = parser.parse_args()
-    with Stack() as stack:
-        bundle_id = stack.bundle(identity_bundle(), "identity")
-        create_endpoints(stack, bundle_id, 0, BASELINE_ENDPOINTS)
-        small = [get_ms(stack, "/v1/model-endpoints", args.requests)[0] for _ in range(args.reps)]
-        create_endpoints(stack, bundle_id, BASELINE_ENDPOINTS, args.endpoints)
-        page, same, whole = [], [], []
-        for _ in range(args.reps):
-            ms, count = get_ms(stack, "/v1/model-endpoints", args.requests)
-            page.append(ms)
-            same.append(get_ms(stack, f"/v1/model-endpoints?limit={BASELINE_ENDPOINTS}", args.requests)[0])
-            whole_ms, whole_count = get_ms(stack, "/v1/model-endpoints?limit=1000", max(10, args.requests // 10))
-            whole.append(whole_ms)
-    base = statistics.median(small)
+    roots = [ROOT] + ([args.compare_root.resolve()] if args.compare_root else [])
+    stacks = [Stack(root=root) for root in roots]
+    figures = ("baseline", "same", "page", "whole")
+    ms: dict[str, dict[Path, list[float]]] = {figure: {root: [] for root in roots} for figure in figures}
+    page_count = whole_count = 0
+
+    def in_turn(rep: int):
+        """The (root, stack) pairs, the order flipped every rep."""
+        pairs = list(zip(roots, stacks, strict=True))
+        return pairs if rep % 2 == 0 else list(reversed(pairs))
+
+    try:
+        bundles = {}
+        for root, stack in zip(roots, stacks, strict=True):
+            stack.__enter__()
+            bundles[root] = stack.bundle(identity_bundle(), "identity")
+            create_endpoints(stack, bundles[root], 0, BASELINE_ENDPOINTS)
+        for rep in range(args.reps):
+            for root, stack in in_turn(rep):
+                ms["baseline"][root].append(get_ms(stack, "/v1/model-endpoints", args.requests)[0])
+        for root, stack in zip(roots, stacks, strict=True):
+            create_endpoints(stack, bundles[root], BASELINE_ENDPOINTS, args.endpoints)
+        for rep in range(args.reps):
+            for root, stack in in_turn(rep):
+                taken, page_count = get_ms(stack, "/v1/model-endpoints", args.requests)
+                ms["page"][root].append(taken)
+                ms["same"][root].append(
+                    get_ms(stack, f"/v1/model-endpoints?limit={BASELINE_ENDPOINTS}", args.requests)[0]
+                )
+                taken, whole_count = get_ms(stack, "/v1/model-endpoints?limit=1000", max(10, args.requests // 10))
+                ms["whole"][root].append(taken)
+                print(f"rep {rep + 1}, {root}: " + ", ".join(f"{f} {ms[f][root][-1]:.2f} ms" for f in figures),
+                      file=sys.stderr)
+    finally:
+        for stack in stacks:
+            if stack.process is not None:
+                stack.__exit__()
+    labels = {
+        "baseline": f"{BASELINE_ENDPOINTS} endpoints, whole list (baseline)",
+        "same": f"{args.endpoints} endpoints, a page of {BASELINE_ENDPOINTS} (`limit={BASELINE_ENDPOINTS}`)",
+        "page": f"{args.endpoints} endpoints, default page ({page_count} items)",
+        "whole": f"{args.endpoints} endpoints, `limit=1000` ({whole_count} items)",
+    }
+    base = statistics.median(ms["baseline"][ROOT])
     print(f"machine: {machine()}")
-    print(f"| GET /v1/model-endpoints | median of {args.reps} reps (each the median of {args.requests} GETs) "
-          "| ratio to the baseline |")
-    print("| --- | --- | --- |")
-    print(f"| {BASELINE_ENDPOINTS} endpoints, whole list (baseline) | {base:.2f} ms | 1.00 |")
-    print(f"| {args.endpoints} endpoints, a page of {BASELINE_ENDPOINTS} (`limit={BASELINE_ENDPOINTS}`) | "
-          f"{statistics.median(same):.2f} ms | {statistics.median(same) / base:.2f} |")
-    print(f"| {args.endpoints} endpoints, default page ({count} items) | {statistics.median(page):.2f} ms | "
-          f"{statistics.median(page) / base:.2f} |")
-    print(f"| {args.endpoints} endpoints, `limit=1000` ({whole_count} items) | {statistics.median(whole):.2f} ms | "
-          f"{statistics.median(whole) / base:.2f} |")
+    header = f"| GET /v1/model-endpoints | median of {args.reps} reps (each the median of {args.requests} GETs) "
+    header += "| ratio to the baseline |"
+    if args.compare_root:
+        header += f" compared checkout ({args.compare_root}) | this / compared |"
+    print(header)
+    print("| --- | --- | --- |" + (" --- | --- |" if args.compare_root else ""))
+    for figure in figures:
+        ours = statistics.median(ms[figure][ROOT])
+        row = f"| {labels[figure]} | {ours:.2f} ms | {ours / base:.2f} |"
+        if args.compare_root:
+            other = statistics.median(ms[figure][roots[1]])
+            row += f" {other:.2f} ms | {ours / other:.2f} |"
+        print(row)
 
 
 if __name__ == "__main__":
