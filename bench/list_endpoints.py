@@ -11,8 +11,8 @@ Usage: .venv/bin/python bench/list_endpoints.py [--endpoints 1000] [--reps 3] [-
        [--compare-root PATH]
 
 --compare-root: also start the stack of another checkout (e.g. the commit before a change),
-give it the same endpoints, and alternate the two within each rep (the order flips every
-rep), so both see the same machine load; the table then has a column for each and their ratio.
+give it the same endpoints, and have the two take turns GET by GET, so both see the same
+machine load; the table then has a column for each and their ratio.
 """
 
 from __future__ import annotations
@@ -33,22 +33,28 @@ from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
 BASELINE_ENDPOINTS = 10
 
 
-def get_ms(stack: Stack, path: str, requests: int) -> tuple[float, int]:
-    """Median milliseconds of `requests` GETs of `path`, and how many endpoints one answer held."""
-    connection = http.client.HTTPConnection("127.0.0.1", stack.port)
-    headers = {"Authorization": "Basic " + base64.b64encode(f"{stack.key}:".encode()).decode()}
-    timings, count = [], 0
+def get_ms(stacks: list[Stack], path: str, requests: int) -> tuple[list[float], int]:
+    """Median milliseconds of `requests` GETs of `path` on each stack (one keep-alive connection
+    each, the stacks taking turns GET by GET so that both see the same machine load), and how
+    many endpoints one answer held."""
+    connections = [http.client.HTTPConnection("127.0.0.1", stack.port) for stack in stacks]
+    headers = [{"Authorization": "Basic " + base64.b64encode(f"{stack.key}:".encode()).decode()} for stack in stacks]
+    timings: list[list[float]] = [[] for _ in stacks]
+    count = 0
     for i in range(requests + 5):
-        started = time.perf_counter()
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        body = response.read()
-        if i >= 5:  # after a few to warm up
-            timings.append((time.perf_counter() - started) * 1000)
-        assert response.status == 200, body
-        count = len(json.loads(body)["model_endpoints"])
-    connection.close()
-    return statistics.median(timings), count
+        turn = list(range(len(stacks)))
+        for n in turn if i % 2 == 0 else reversed(turn):
+            started = time.perf_counter()
+            connections[n].request("GET", path, headers=headers[n])
+            response = connections[n].getresponse()
+            body = response.read()
+            if i >= 5:  # after a few to warm up
+                timings[n].append((time.perf_counter() - started) * 1000)
+            assert response.status == 200, body
+            count = len(json.loads(body)["model_endpoints"])
+    for connection in connections:
+        connection.close()
+    return [statistics.median(t) for t in timings], count
 
 
 def create_endpoints(stack: Stack, bundle_id: str, first: int, last: int) -> None:
@@ -71,35 +77,31 @@ def main() -> None:
     stacks = [Stack(root=root) for root in roots]
     figures = ("baseline", "same", "page", "whole")
     ms: dict[str, dict[Path, list[float]]] = {figure: {root: [] for root in roots} for figure in figures}
-    page_count = whole_count = 0
-
-    def in_turn(rep: int):
-        """The (root, stack) pairs, the order flipped every rep."""
-        pairs = list(zip(roots, stacks, strict=True))
-        return pairs if rep % 2 == 0 else list(reversed(pairs))
-
+    items: dict[str, int] = {}  # figure -> endpoints one answer held
     try:
         bundles = {}
         for root, stack in zip(roots, stacks, strict=True):
             stack.__enter__()
             bundles[root] = stack.bundle(identity_bundle(), "identity")
             create_endpoints(stack, bundles[root], 0, BASELINE_ENDPOINTS)
-        for rep in range(args.reps):
-            for root, stack in in_turn(rep):
-                ms["baseline"][root].append(get_ms(stack, "/v1/model-endpoints", args.requests)[0])
+        for _ in range(args.reps):
+            for root, taken in zip(roots, get_ms(stacks, "/v1/model-endpoints", args.requests)[0], strict=True):
+                ms["baseline"][root].append(taken)
         for root, stack in zip(roots, stacks, strict=True):
             create_endpoints(stack, bundles[root], BASELINE_ENDPOINTS, args.endpoints)
         for rep in range(args.reps):
-            for root, stack in in_turn(rep):
-                taken, page_count = get_ms(stack, "/v1/model-endpoints", args.requests)
-                ms["page"][root].append(taken)
-                ms["same"][root].append(
-                    get_ms(stack, f"/v1/model-endpoints?limit={BASELINE_ENDPOINTS}", args.requests)[0]
-                )
-                taken, whole_count = get_ms(stack, "/v1/model-endpoints?limit=1000", max(10, args.requests // 10))
-                ms["whole"][root].append(taken)
-                print(f"rep {rep + 1}, {root}: " + ", ".join(f"{f} {ms[f][root][-1]:.2f} ms" for f in figures),
-                      file=sys.stderr)
+            paths = {
+                "page": ("/v1/model-endpoints", args.requests),
+                "same": (f"/v1/model-endpoints?limit={BASELINE_ENDPOINTS}", args.requests),
+                "whole": ("/v1/model-endpoints?limit=1000", max(10, args.requests // 10)),
+            }
+            for figure, (path, requests) in paths.items():
+                taken, items[figure] = get_ms(stacks, path, requests)
+                for root, each in zip(roots, taken, strict=True):
+                    ms[figure][root].append(each)
+            print(f"rep {rep + 1}: " + "; ".join(
+                f"{root}: " + ", ".join(f"{f} {ms[f][root][-1]:.2f} ms" for f in figures) for root in roots
+            ), file=sys.stderr)
     finally:
         for stack in stacks:
             if stack.process is not None:
@@ -107,8 +109,8 @@ def main() -> None:
     labels = {
         "baseline": f"{BASELINE_ENDPOINTS} endpoints, whole list (baseline)",
         "same": f"{args.endpoints} endpoints, a page of {BASELINE_ENDPOINTS} (`limit={BASELINE_ENDPOINTS}`)",
-        "page": f"{args.endpoints} endpoints, default page ({page_count} items)",
-        "whole": f"{args.endpoints} endpoints, `limit=1000` ({whole_count} items)",
+        "page": f"{args.endpoints} endpoints, default page ({items['page']} items)",
+        "whole": f"{args.endpoints} endpoints, `limit=1000` ({items['whole']} items)",
     }
     base = statistics.median(ms["baseline"][ROOT])
     print(f"machine: {machine()}")
