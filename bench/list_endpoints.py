@@ -5,7 +5,8 @@ The endpoints are async, `min_workers: 0` (no replica), created through the API.
 figure is the median of REQUESTS sequential GETs on one keep-alive connection; each rep
 measures each figure again, and the table gives the median over reps. The baseline, in the
 same run, is the same GET at 10 endpoints (the list whole); a page of the same 10 items at
-1,000 endpoints shows what the total costs a page.
+1,000 endpoints shows what the total costs a page, and `/healthz` and a 404 of the retrieve
+route show the fixed cost of any request.
 
 Usage: .venv/bin/python bench/list_endpoints.py [--endpoints 1000] [--reps 3] [--requests 100]
        [--compare-root PATH]
@@ -33,7 +34,7 @@ from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
 BASELINE_ENDPOINTS = 10
 
 
-def get_ms(stacks: list[Stack], path: str, requests: int) -> tuple[list[float], int]:
+def get_ms(stacks: list[Stack], path: str, requests: int, status: int = 200) -> tuple[list[float], int]:
     """Median milliseconds of `requests` GETs of `path` on each stack (one keep-alive connection
     each, the stacks taking turns GET by GET so that both see the same machine load), and how
     many endpoints one answer held."""
@@ -50,8 +51,8 @@ def get_ms(stacks: list[Stack], path: str, requests: int) -> tuple[list[float], 
             body = response.read()
             if i >= 5:  # after a few to warm up
                 timings[n].append((time.perf_counter() - started) * 1000)
-            assert response.status == 200, body
-            count = len(json.loads(body)["model_endpoints"])
+            assert response.status == status, body
+            count = len(json.loads(body).get("model_endpoints", []))
     for connection in connections:
         connection.close()
     return [statistics.median(t) for t in timings], count
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     roots = [ROOT] + ([args.compare_root.resolve()] if args.compare_root else [])
     stacks = [Stack(root=root) for root in roots]
-    figures = ("baseline", "same", "page", "whole")
+    figures = ("baseline", "healthz", "missing", "same", "page", "whole")
     ms: dict[str, dict[Path, list[float]]] = {figure: {root: [] for root in roots} for figure in figures}
     items: dict[str, int] = {}  # figure -> endpoints one answer held
     try:
@@ -91,12 +92,14 @@ def main() -> None:
             create_endpoints(stack, bundles[root], BASELINE_ENDPOINTS, args.endpoints)
         for rep in range(args.reps):
             paths = {
+                "healthz": ("/healthz", args.requests),
+                "missing": ("/v1/model-endpoints/end_missing", args.requests),
                 "page": ("/v1/model-endpoints", args.requests),
                 "same": (f"/v1/model-endpoints?limit={BASELINE_ENDPOINTS}", args.requests),
                 "whole": ("/v1/model-endpoints?limit=1000", max(10, args.requests // 10)),
             }
             for figure, (path, requests) in paths.items():
-                taken, items[figure] = get_ms(stacks, path, requests)
+                taken, items[figure] = get_ms(stacks, path, requests, status=404 if figure == "missing" else 200)
                 for root, each in zip(roots, taken, strict=True):
                     ms[figure][root].append(each)
             print(f"rep {rep + 1}: " + "; ".join(
@@ -108,13 +111,16 @@ def main() -> None:
                 stack.__exit__()
     labels = {
         "baseline": f"{BASELINE_ENDPOINTS} endpoints, whole list (baseline)",
+        # The fixed cost of a request: the serving path alone, then with the key and one query.
+        "healthz": f"{args.endpoints} endpoints, `/healthz` (no key, no query)",
+        "missing": f"{args.endpoints} endpoints, `/v1/model-endpoints/end_missing` (the key, one query: 404)",
         "same": f"{args.endpoints} endpoints, a page of {BASELINE_ENDPOINTS} (`limit={BASELINE_ENDPOINTS}`)",
         "page": f"{args.endpoints} endpoints, default page ({items['page']} items)",
         "whole": f"{args.endpoints} endpoints, `limit=1000` ({items['whole']} items)",
     }
     base = statistics.median(ms["baseline"][ROOT])
     print(f"machine: {machine()}")
-    header = f"| GET /v1/model-endpoints | median of {args.reps} reps (each the median of {args.requests} GETs) "
+    header = f"| GET | median of {args.reps} reps (each the median of {args.requests} GETs) "
     header += "| ratio to the baseline |"
     if args.compare_root:
         header += f" compared checkout ({args.compare_root}) | this / compared |"
