@@ -15,8 +15,8 @@ ORDERINGS = {"newest": ("-created_at", "-id"), "oldest": ("created_at", "id")}
 
 
 def bundle_list(*, team: Team, model_name: str | None = None, order_by: str | None = None) -> QuerySet[ModelBundle]:
-    # No artifact join: the API's bundle objects show the bundle's own location, and joining
-    # the artifact cost a third of a page of 100 (BENCHMARKS.md, "A page of endpoints").
+    # No artifact join: the API's bundle objects show the bundle's own location, and the join
+    # cost a third of a page's query and answer (BENCHMARKS.md, "A page of endpoints").
     bundles = ModelBundle.objects.filter(team=team)
     if model_name:
         bundles = bundles.filter(name=model_name)

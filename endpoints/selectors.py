@@ -46,8 +46,8 @@ def endpoint_get_by_name(*, team: Team, name: str) -> ModelEndpoint:
 
 
 # What the API's endpoint answer shows (endpoints.api.views.endpoint_representation reads
-# these keys), read as values() rows: building model instances (three per endpoint, with the
-# bundle and the user) cost more than the query and the answer together at a page of 100.
+# these keys), read as values() rows: model instances (three per endpoint, with the bundle and
+# the user) took about a quarter of a page's time (BENCHMARKS.md, "A page of endpoints").
 ANSWER_COLUMNS = (
     "id", "name", "endpoint_type", "metadata", "bundle_id", "bundle__name", "status", "status_reason",
     "post_inference_hooks", "default_callback_url", "default_callback_auth", "labels", "created_by__username",
