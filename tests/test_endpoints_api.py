@@ -183,7 +183,7 @@ def _varied_endpoints(persona) -> list[ModelEndpoint]:
 def test_list_items_read_exactly_as_each_endpoint_alone(owner, redis_client):
     """The list routes and the retrieve routes answer the same object for an endpoint, in both
     dialects, whatever its fields hold."""
-    plain, rich, orphan = _varied_endpoints(owner)
+    _, rich, _ = _varied_endpoints(owner)
     redis_client.rpush(protocol.Keys(protocol.endpoint_prefix(rich.id)).queue, "task-1", "task-2")
     listed = owner.client.get("/v1/model-endpoints").json()["model_endpoints"]
     assert len(listed) == 5
