@@ -5,9 +5,15 @@ The endpoints are async, `min_workers: 0` (no replica), created through the API.
 figure is the median of REQUESTS sequential GETs on one keep-alive connection; each rep
 measures each figure again, and the table gives the median over reps. The baseline, in the
 same run, is the same GET at 10 endpoints (the list whole); a page of the same 10 items at
-1,000 endpoints shows what the total costs a page.
+1,000 endpoints shows what the total costs a page, and `/healthz` and a 404 of the retrieve
+route show the fixed cost of any request.
 
 Usage: .venv/bin/python bench/list_endpoints.py [--endpoints 1000] [--reps 3] [--requests 100]
+       [--compare-root PATH]
+
+--compare-root: also start the stack of another checkout (e.g. the commit before a change),
+give it the same endpoints, and have the two take turns GET by GET, so both see the same
+machine load; the table then has a column for each and their ratio.
 """
 
 from __future__ import annotations
@@ -23,27 +29,33 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import Stack, identity_bundle, machine  # noqa: E402
+from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
 
 BASELINE_ENDPOINTS = 10
 
 
-def get_ms(stack: Stack, path: str, requests: int) -> tuple[float, int]:
-    """Median milliseconds of `requests` GETs of `path`, and how many endpoints one answer held."""
-    connection = http.client.HTTPConnection("127.0.0.1", stack.port)
-    headers = {"Authorization": "Basic " + base64.b64encode(f"{stack.key}:".encode()).decode()}
-    timings, count = [], 0
+def get_ms(stacks: list[Stack], path: str, requests: int, status: int = 200) -> tuple[list[float], int]:
+    """Median milliseconds of `requests` GETs of `path` on each stack (one keep-alive connection
+    each, the stacks taking turns GET by GET so that both see the same machine load), and how
+    many endpoints one answer held."""
+    connections = [http.client.HTTPConnection("127.0.0.1", stack.port) for stack in stacks]
+    headers = [{"Authorization": "Basic " + base64.b64encode(f"{stack.key}:".encode()).decode()} for stack in stacks]
+    timings: list[list[float]] = [[] for _ in stacks]
+    count = 0
     for i in range(requests + 5):
-        started = time.perf_counter()
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        body = response.read()
-        if i >= 5:  # after a few to warm up
-            timings.append((time.perf_counter() - started) * 1000)
-        assert response.status == 200, body
-        count = len(json.loads(body)["model_endpoints"])
-    connection.close()
-    return statistics.median(timings), count
+        turn = list(range(len(stacks)))
+        for n in turn if i % 2 == 0 else reversed(turn):
+            started = time.perf_counter()
+            connections[n].request("GET", path, headers=headers[n])
+            response = connections[n].getresponse()
+            body = response.read()
+            if i >= 5:  # after a few to warm up
+                timings[n].append((time.perf_counter() - started) * 1000)
+            assert response.status == status, body
+            count = len(json.loads(body).get("model_endpoints", []))
+    for connection in connections:
+        connection.close()
+    return [statistics.median(t) for t in timings], count
 
 
 def create_endpoints(stack: Stack, bundle_id: str, first: int, last: int) -> None:
@@ -60,31 +72,67 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--compare-root", type=Path)
     args = parser.parse_args()
-    with Stack() as stack:
-        bundle_id = stack.bundle(identity_bundle(), "identity")
-        create_endpoints(stack, bundle_id, 0, BASELINE_ENDPOINTS)
-        small = [get_ms(stack, "/v1/model-endpoints", args.requests)[0] for _ in range(args.reps)]
-        create_endpoints(stack, bundle_id, BASELINE_ENDPOINTS, args.endpoints)
-        page, same, whole = [], [], []
+    roots = [ROOT] + ([args.compare_root.resolve()] if args.compare_root else [])
+    stacks = [Stack(root=root) for root in roots]
+    figures = ("baseline", "healthz", "missing", "same", "page", "whole")
+    ms: dict[str, dict[Path, list[float]]] = {figure: {root: [] for root in roots} for figure in figures}
+    items: dict[str, int] = {}  # figure -> endpoints one answer held
+    try:
+        bundles = {}
+        for root, stack in zip(roots, stacks, strict=True):
+            stack.__enter__()
+            bundles[root] = stack.bundle(identity_bundle(), "identity")
+            create_endpoints(stack, bundles[root], 0, BASELINE_ENDPOINTS)
         for _ in range(args.reps):
-            ms, count = get_ms(stack, "/v1/model-endpoints", args.requests)
-            page.append(ms)
-            same.append(get_ms(stack, f"/v1/model-endpoints?limit={BASELINE_ENDPOINTS}", args.requests)[0])
-            whole_ms, whole_count = get_ms(stack, "/v1/model-endpoints?limit=1000", max(10, args.requests // 10))
-            whole.append(whole_ms)
-    base = statistics.median(small)
+            for root, taken in zip(roots, get_ms(stacks, "/v1/model-endpoints", args.requests)[0], strict=True):
+                ms["baseline"][root].append(taken)
+        for root, stack in zip(roots, stacks, strict=True):
+            create_endpoints(stack, bundles[root], BASELINE_ENDPOINTS, args.endpoints)
+        for rep in range(args.reps):
+            paths = {
+                "healthz": ("/healthz", args.requests),
+                "missing": ("/v1/model-endpoints/end_missing", args.requests),
+                "page": ("/v1/model-endpoints", args.requests),
+                "same": (f"/v1/model-endpoints?limit={BASELINE_ENDPOINTS}", args.requests),
+                "whole": ("/v1/model-endpoints?limit=1000", max(10, args.requests // 10)),
+            }
+            for figure, (path, requests) in paths.items():
+                taken, items[figure] = get_ms(stacks, path, requests, status=404 if figure == "missing" else 200)
+                for root, each in zip(roots, taken, strict=True):
+                    ms[figure][root].append(each)
+            print(f"rep {rep + 1}: " + "; ".join(
+                f"{root}: " + ", ".join(f"{f} {ms[f][root][-1]:.2f} ms" for f in figures) for root in roots
+            ), file=sys.stderr)
+    finally:
+        for stack in stacks:
+            if stack.process is not None:
+                stack.__exit__()
+    labels = {
+        "baseline": f"{BASELINE_ENDPOINTS} endpoints, whole list (baseline)",
+        # The fixed cost of a request: the serving path alone, then with the key and one query.
+        "healthz": f"{args.endpoints} endpoints, `/healthz` (no key, no query)",
+        "missing": f"{args.endpoints} endpoints, `/v1/model-endpoints/end_missing` (the key, one query: 404)",
+        "same": f"{args.endpoints} endpoints, a page of {BASELINE_ENDPOINTS} (`limit={BASELINE_ENDPOINTS}`)",
+        "page": f"{args.endpoints} endpoints, default page ({items['page']} items)",
+        "whole": f"{args.endpoints} endpoints, `limit=1000` ({items['whole']} items)",
+    }
+    base = statistics.median(ms["baseline"][ROOT])
     print(f"machine: {machine()}")
-    print(f"| GET /v1/model-endpoints | median of {args.reps} reps (each the median of {args.requests} GETs) "
-          "| ratio to the baseline |")
-    print("| --- | --- | --- |")
-    print(f"| {BASELINE_ENDPOINTS} endpoints, whole list (baseline) | {base:.2f} ms | 1.00 |")
-    print(f"| {args.endpoints} endpoints, a page of {BASELINE_ENDPOINTS} (`limit={BASELINE_ENDPOINTS}`) | "
-          f"{statistics.median(same):.2f} ms | {statistics.median(same) / base:.2f} |")
-    print(f"| {args.endpoints} endpoints, default page ({count} items) | {statistics.median(page):.2f} ms | "
-          f"{statistics.median(page) / base:.2f} |")
-    print(f"| {args.endpoints} endpoints, `limit=1000` ({whole_count} items) | {statistics.median(whole):.2f} ms | "
-          f"{statistics.median(whole) / base:.2f} |")
+    header = f"| GET | median of {args.reps} reps (each the median of {args.requests} GETs) "
+    header += "| ratio to the baseline |"
+    if args.compare_root:
+        header += f" compared checkout ({args.compare_root}) | this / compared |"
+    print(header)
+    print("| --- | --- | --- |" + (" --- | --- |" if args.compare_root else ""))
+    for figure in figures:
+        ours = statistics.median(ms[figure][ROOT])
+        row = f"| {labels[figure]} | {ours:.2f} ms | {ours / base:.2f} |"
+        if args.compare_root:
+            other = statistics.median(ms[figure][roots[1]])
+            row += f" {other:.2f} ms | {ours / other:.2f} |"
+        print(row)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ ORDERINGS = {"newest": ("-created_at", "-id"), "oldest": ("created_at", "id")}
 
 
 def bundle_list(*, team: Team, model_name: str | None = None, order_by: str | None = None) -> QuerySet[ModelBundle]:
-    bundles = ModelBundle.objects.filter(team=team).select_related("artifact")
+    # No artifact join: the API's bundle objects show the bundle's own location, and the join
+    # cost a third of a page's query and answer (BENCHMARKS.md, "A page of endpoints").
+    bundles = ModelBundle.objects.filter(team=team)
     if model_name:
         bundles = bundles.filter(name=model_name)
     return bundles.order_by(*ORDERINGS[order_by or "newest"])

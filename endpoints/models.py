@@ -119,5 +119,9 @@ class ModelEndpoint(models.Model):
 
     @property
     def concurrency(self) -> int:
-        """Tasks one replica runs at once."""
-        return self.concurrent_requests_per_worker or self.per_worker
+        return self.tasks_per_replica(self.concurrent_requests_per_worker, self.per_worker)
+
+    @staticmethod
+    def tasks_per_replica(concurrent_requests_per_worker: int | None, per_worker: int) -> int:
+        """Tasks one replica runs at once (also for a values() row, endpoints.selectors)."""
+        return concurrent_requests_per_worker or per_worker

@@ -45,21 +45,34 @@ def endpoint_get_by_name(*, team: Team, name: str) -> ModelEndpoint:
     return endpoint
 
 
-def endpoint_page_source(*, team: Team, name: str | None = None, order_by: str | None = None):
-    """endpoint_list for the API's list route: of the bundle and the user, only what the answer
-    shows (their names) is loaded; the bundle's JSON fields and the user's row cost more than
-    the endpoint itself."""
-    from django.contrib.auth import get_user_model
+# What the API's endpoint answer shows (endpoints.api.views.endpoint_representation reads
+# these keys), read as values() rows: model instances (three per endpoint, with the bundle and
+# the user) took about a quarter of a page's time (BENCHMARKS.md, "A page of endpoints").
+ANSWER_COLUMNS = (
+    "id", "name", "endpoint_type", "metadata", "bundle_id", "bundle__name", "status", "status_reason",
+    "post_inference_hooks", "default_callback_url", "default_callback_auth", "labels", "created_by__username",
+    "created_at", "last_updated_at", "min_workers", "max_workers", "per_worker", "concurrent_requests_per_worker",
+    "cpus", "gpus", "memory", "gpu_type", "storage", "optimize_costs", "high_priority", "billing_tags", "prewarm",
+    "task_expires_seconds", "queue_message_timeout_seconds", "max_batch_size", "max_batch_wait_ms",
+)
 
-    from bundles.models import ModelBundle
 
-    skipped = [
-        f"{relation}__{field.name}"
-        for relation, model, shown in (("bundle", ModelBundle, "name"), ("created_by", get_user_model(), "username"))
-        for field in model._meta.concrete_fields
-        if field.name != shown and not field.primary_key
-    ]
-    return endpoint_list(team=team, name=name, order_by=order_by).defer(*skipped)
+def endpoint_answer_rows(*, team: Team, name: str | None = None, order_by: str | None = None):
+    """endpoint_list as ANSWER_COLUMNS rows (dicts), for the API's list routes."""
+    return endpoint_list(team=team, name=name, order_by=order_by).values(*ANSWER_COLUMNS)
+
+
+def endpoint_answer_row(*, team: Team, endpoint_id: str | None = None, name: str | None = None) -> dict:
+    """One endpoint's ANSWER_COLUMNS row, by id or by name, for the API's retrieve routes (the
+    same rows as the lists', so that an endpoint reads the same in both)."""
+    rows = ModelEndpoint.objects.filter(team=team)
+    row = (rows.filter(pk=endpoint_id) if endpoint_id is not None else rows.filter(name=name)).values(
+        *ANSWER_COLUMNS
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no model endpoint named {name!r}" if endpoint_id is None else
+                            f"no model endpoint {endpoint_id!r}")
+    return row
 
 
 def endpoint_list(*, team: Team, name: str | None = None, order_by: str | None = None):
@@ -70,9 +83,9 @@ def endpoint_list(*, team: Team, name: str | None = None, order_by: str | None =
     return endpoints.order_by(*(("created_at", "id") if order_by == "oldest" else ("-created_at", "-id")))
 
 
-def replica_counts(endpoints) -> dict[str, dict[str, int]]:
+def replica_counts(endpoint_ids: list[str]) -> dict[str, dict[str, int]]:
     """{endpoint id: {"available": ready replicas, "unavailable": starting or draining}}."""
-    counts: dict[str, dict[str, int]] = {e.id: {"available": 0, "unavailable": 0} for e in endpoints}
+    counts: dict[str, dict[str, int]] = {endpoint_id: {"available": 0, "unavailable": 0} for endpoint_id in endpoint_ids}
     rows = Replica.objects.filter(
         owner_kind=Replica.Owner.ENDPOINT,
         owner_id__in=list(counts),

@@ -6,6 +6,8 @@ import pytest
 
 from endpoints.models import ModelEndpoint
 from tests.factories import endpoint_body, make_bundle
+from workers import protocol
+from workers.models import Replica
 
 pytestmark = pytest.mark.django_db
 
@@ -146,3 +148,69 @@ def test_quota_limits_endpoints_and_workers(owner):
     assert _create(owner, name="b").status_code == 409
     Quota.objects.filter(team=owner.team).update(max_endpoints=5)
     assert "quota" in _error_for(_create(owner, name="c", max_workers=2), "max_workers")
+
+
+def _varied_endpoints(persona) -> list[ModelEndpoint]:
+    """Endpoints covering each kind of value the answer shows: GPUs, labels, hooks, callback
+    auth, billing tags, batching, each status, a deleted creator, live replicas and a queue."""
+    bundle = make_bundle(persona.team, name="varied-model")
+    common = dict(team=persona.team, bundle=bundle, min_workers=0, max_workers=2, per_worker=3, cpus="500m",
+                  cpus_millis=500, memory="2Gi", memory_bytes=2 * 2**30)
+    plain = ModelEndpoint.objects.create(name="plain", endpoint_type="sync", created_by=persona.user, **common)
+    rich = ModelEndpoint.objects.create(
+        name="rich", endpoint_type="async", created_by=persona.user, gpus=2, gpu_type="nvidia-ampere-a10",
+        storage="4Gi", storage_bytes=4 * 2**30, labels={"owner": "ml", "tier": "gold"},
+        metadata={"nested": {"list": [1, 2.5, None, "é"]}}, post_inference_hooks=["callback"],
+        default_callback_url="http://127.0.0.1:9/hook",
+        default_callback_auth={"kind": "basic", "username": "hook", "password": "s3cret"},
+        billing_tags={"cost_center": "42", "project": {"id": 7}}, high_priority=True, prewarm=True,
+        optimize_costs=False, concurrent_requests_per_worker=5, task_expires_seconds=3600,
+        queue_message_timeout_seconds=120, max_batch_size=8, max_batch_wait_ms=20,
+        status=ModelEndpoint.Status.READY, **common,
+    )
+    orphan = ModelEndpoint.objects.create(
+        name="orphan", endpoint_type="streaming", created_by=None, status=ModelEndpoint.Status.UPDATE_FAILED,
+        status_reason="the bundle failed to load", **common,
+    )
+    for state in (Replica.State.READY, Replica.State.READY, Replica.State.STARTING, Replica.State.STOPPED):
+        Replica.objects.create(owner_kind=Replica.Owner.ENDPOINT, owner_id=rich.id, runtime="local", state=state)
+    for status in (ModelEndpoint.Status.UPDATE_IN_PROGRESS, ModelEndpoint.Status.DELETE_IN_PROGRESS):
+        ModelEndpoint.objects.create(name=status.lower().replace("_", "-"), endpoint_type="sync", status=status,
+                                     created_by=persona.user, **common)
+    return [plain, rich, orphan]
+
+
+def test_list_items_read_exactly_as_each_endpoint_alone(owner, redis_client):
+    """The list routes and the retrieve routes answer the same object for an endpoint, in both
+    dialects, whatever its fields hold."""
+    _, rich, _ = _varied_endpoints(owner)
+    redis_client.rpush(protocol.Keys(protocol.endpoint_prefix(rich.id)).queue, "task-1", "task-2")
+    listed = owner.client.get("/v1/model-endpoints").json()["model_endpoints"]
+    assert len(listed) == 5
+    for item in listed:
+        assert item == owner.client.get(f"/v1/model-endpoints/{item['id']}").json(), item["name"]
+    legacy_listed = owner.client.get("/v1/hosted_inference/endpoints").json()["endpoints"]
+    assert [e["id"] for e in legacy_listed] == [e["id"] for e in listed]
+    for item in legacy_listed:
+        assert item == owner.client.get(f"/v1/hosted_inference/endpoints/{item['name']}").json(), item["name"]
+    # The variants really show (else the comparison above proves little).
+    by_name = {item["name"]: item for item in listed}
+    assert by_name["rich"]["resource_state"] == {
+        "cpus": "500m", "gpus": 2, "memory": "2Gi", "gpu_type": "nvidia-ampere-a10", "storage": "4Gi",
+        "nodes_per_worker": 1, "optimize_costs": False,
+    }
+    assert by_name["rich"]["deployment_state"] == {
+        "min_workers": 0, "max_workers": 2, "per_worker": 3, "concurrent_requests_per_worker": 5,
+        "available_workers": 2, "unavailable_workers": 1,
+    }
+    assert by_name["rich"]["num_queued_items"] == 2
+    assert by_name["rich"]["metadata"] == {"nested": {"list": [1, 2.5, None, "é"]}}
+    assert by_name["rich"]["default_callback_auth"] == {"kind": "basic", "username": "hook", "password": "s3cret"}
+    assert (by_name["rich"]["max_batch_size"], by_name["rich"]["max_batch_wait_ms"]) == (8, 20)
+    assert by_name["rich"]["billing_tags"] == {"cost_center": "42", "project": {"id": 7}}
+    assert by_name["plain"]["deployment_state"]["concurrent_requests_per_worker"] == 3  # per_worker when unset
+    assert by_name["plain"]["status_reason"] is None and by_name["plain"]["created_by"] == owner.user.username
+    assert by_name["orphan"]["created_by"] == ""
+    assert (by_name["orphan"]["status"], by_name["orphan"]["status_reason"]) == (
+        "UPDATE_FAILED", "the bundle failed to load"
+    )

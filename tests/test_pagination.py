@@ -102,3 +102,18 @@ def test_a_page_costs_the_same_queries_whatever_its_size(owner):
     small = queries(1)
     _create_endpoints(owner, 10, start=2)
     assert queries(12) == small
+
+
+@pytest.mark.parametrize("route", ["/v1/model-bundles", "/v2/model-bundles", "/v1/hosted_inference/model_bundle"])
+def test_a_page_of_bundles_costs_the_same_queries_whatever_its_size(owner, route):
+    def queries(limit: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert owner.client.get(f"{route}?limit={limit}").status_code == 200
+        return len(captured)
+
+    make_bundle(owner.team, name="model-0")
+    queries(1)  # the key's first use also records when it was used
+    small = queries(1)
+    for i in range(1, 6):
+        make_bundle(owner.team, name=f"model-{i}")
+    assert queries(6) == small

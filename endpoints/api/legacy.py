@@ -129,9 +129,8 @@ class LegacyEndpointUpdateSerializer(serializers.Serializer):
 class LegacyEndpointListView(APIView):
     @extend_schema(operation_id="v1_hosted_inference_endpoints_list", responses=OpenApiTypes.OBJECT)
     def get(self, request):
-        endpoints, more = page_of(request, selectors.endpoint_page_source(team=request_team(request)))
-        return page_response(request, "endpoints", [legacy_endpoint(e) for e in endpoints_representation(endpoints)],
-                             more)
+        rows, more = page_of(request, selectors.endpoint_answer_rows(team=request_team(request)))
+        return page_response(request, "endpoints", [legacy_endpoint(e) for e in endpoints_representation(rows)], more)
 
     @extend_schema(request=LegacyEndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
@@ -152,8 +151,8 @@ class LegacyEndpointListView(APIView):
 class LegacyEndpointDetailView(APIView):
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, name: str):
-        endpoint = selectors.endpoint_get_by_name(team=request_team(request), name=name)
-        return Response(legacy_endpoint(endpoints_representation([endpoint])[0]))
+        row = selectors.endpoint_answer_row(team=request_team(request), name=name)
+        return Response(legacy_endpoint(endpoints_representation([row])[0]))
 
     @extend_schema(request=LegacyEndpointUpdateSerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request, name: str):

@@ -35,65 +35,72 @@ from workers.models import Replica
 from workers.runtimes import get_runtime
 
 
-def endpoint_representation(endpoint: ModelEndpoint, counts: dict, queued: int | None) -> dict:
+def endpoint_representation(row: dict, counts: dict, queued: int | None) -> dict:
+    """The API's endpoint object (list and retrieve alike) from a row of
+    endpoints.selectors.ANSWER_COLUMNS."""
     return {
-        "id": endpoint.id,
-        "name": endpoint.name,
-        "endpoint_type": endpoint.endpoint_type,
-        "destination": protocol.Keys(protocol.endpoint_prefix(endpoint.id)).queue,
-        "deployment_name": endpoint.name,
-        "metadata": endpoint.metadata,
-        "bundle_name": endpoint.bundle.name,
-        "model_bundle_id": endpoint.bundle_id,
-        "status": endpoint.status,
-        "status_reason": endpoint.status_reason or None,
-        "post_inference_hooks": endpoint.post_inference_hooks,
-        "default_callback_url": endpoint.default_callback_url,
-        "default_callback_auth": endpoint.default_callback_auth,
-        "labels": endpoint.labels,
+        "id": row["id"],
+        "name": row["name"],
+        "endpoint_type": row["endpoint_type"],
+        "destination": protocol.Keys(protocol.endpoint_prefix(row["id"])).queue,
+        "deployment_name": row["name"],
+        "metadata": row["metadata"],
+        "bundle_name": row["bundle__name"],
+        "model_bundle_id": row["bundle_id"],
+        "status": row["status"],
+        "status_reason": row["status_reason"] or None,
+        "post_inference_hooks": row["post_inference_hooks"],
+        "default_callback_url": row["default_callback_url"],
+        "default_callback_auth": row["default_callback_auth"],
+        "labels": row["labels"],
         "aws_role": None,
         "results_s3_bucket": None,
-        "created_by": endpoint.created_by.username if endpoint.created_by else "",
-        "created_at": endpoint.created_at.isoformat(),
-        "last_updated_at": endpoint.last_updated_at.isoformat(),
+        "created_by": row["created_by__username"] or "",  # null: the user was deleted
+        "created_at": row["created_at"].isoformat(),
+        "last_updated_at": row["last_updated_at"].isoformat(),
         "deployment_state": {
-            "min_workers": endpoint.min_workers,
-            "max_workers": endpoint.max_workers,
-            "per_worker": endpoint.per_worker,
-            "concurrent_requests_per_worker": endpoint.concurrency,
+            "min_workers": row["min_workers"],
+            "max_workers": row["max_workers"],
+            "per_worker": row["per_worker"],
+            "concurrent_requests_per_worker": ModelEndpoint.tasks_per_replica(
+                row["concurrent_requests_per_worker"], row["per_worker"]
+            ),
             "available_workers": counts["available"],
             "unavailable_workers": counts["unavailable"],
         },
         "resource_state": {
-            "cpus": endpoint.cpus,
-            "gpus": endpoint.gpus,
-            "memory": endpoint.memory,
-            "gpu_type": endpoint.gpu_type,
-            "storage": endpoint.storage,
+            "cpus": row["cpus"],
+            "gpus": row["gpus"],
+            "memory": row["memory"],
+            "gpu_type": row["gpu_type"],
+            "storage": row["storage"],
             "nodes_per_worker": 1,
-            "optimize_costs": endpoint.optimize_costs,
+            "optimize_costs": row["optimize_costs"],
         },
         "num_queued_items": queued,
         "public_inference": False,
         # Fields of the create body that the contract's answer lacks, returned as stored.
-        "high_priority": endpoint.high_priority,
-        "billing_tags": endpoint.billing_tags,
-        "prewarm": endpoint.prewarm,
-        "task_expires_seconds": endpoint.task_expires_seconds,
-        "queue_message_timeout_seconds": endpoint.queue_message_timeout_seconds,
+        "high_priority": row["high_priority"],
+        "billing_tags": row["billing_tags"],
+        "prewarm": row["prewarm"],
+        "task_expires_seconds": row["task_expires_seconds"],
+        "queue_message_timeout_seconds": row["queue_message_timeout_seconds"],
         # Our own: request batching (docs/batching.md), null while off.
-        "max_batch_size": endpoint.max_batch_size,
-        "max_batch_wait_ms": endpoint.max_batch_wait_ms,
+        "max_batch_size": row["max_batch_size"],
+        "max_batch_wait_ms": row["max_batch_wait_ms"],
     }
 
 
-def endpoints_representation(endpoints: list[ModelEndpoint]) -> list[dict]:
-    counts = selectors.replica_counts(endpoints)
+def endpoints_representation(rows: list[dict]) -> list[dict]:
+    """endpoint_representation of each row, with live replica counts (one query) and queue
+    lengths (one Redis round trip) for all."""
+    ids = [row["id"] for row in rows]
+    counts = selectors.replica_counts(ids)
     with get_redis().pipeline(transaction=False) as pipe:
-        for endpoint in endpoints:
-            pipe.llen(protocol.Keys(protocol.endpoint_prefix(endpoint.id)).queue)
+        for endpoint_id in ids:
+            pipe.llen(protocol.Keys(protocol.endpoint_prefix(endpoint_id)).queue)
         queued = pipe.execute()
-    return [endpoint_representation(e, counts[e.id], q) for e, q in zip(endpoints, queued, strict=True)]
+    return [endpoint_representation(row, counts[row["id"]], q) for row, q in zip(rows, queued, strict=True)]
 
 
 class ModelEndpointListView(APIView):
@@ -102,10 +109,10 @@ class ModelEndpointListView(APIView):
         order_by = request.query_params.get("order_by")
         if order_by not in (None, "newest", "oldest"):
             raise query_error("order_by", "must be newest or oldest")
-        endpoints, more = page_of(request, selectors.endpoint_page_source(
+        rows, more = page_of(request, selectors.endpoint_answer_rows(
             team=request_team(request), name=request.query_params.get("name"), order_by=order_by
         ))
-        return page_response(request, "model_endpoints", endpoints_representation(endpoints), more)
+        return page_response(request, "model_endpoints", endpoints_representation(rows), more)
 
     @extend_schema(request=EndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
@@ -119,8 +126,8 @@ class ModelEndpointListView(APIView):
 class ModelEndpointDetailView(APIView):
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, endpoint_id: str):
-        endpoint = selectors.endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
-        return Response(endpoints_representation([endpoint])[0])
+        row = selectors.endpoint_answer_row(team=request_team(request), endpoint_id=endpoint_id)
+        return Response(endpoints_representation([row])[0])
 
     @extend_schema(request=EndpointUpdateSerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request, endpoint_id: str):

@@ -40,8 +40,9 @@ FIELD_NAMES = {"model_bundle_id": "bundle"}
 def _with_state(endpoints: list[ModelEndpoint]) -> list[ModelEndpoint]:
     """Attach live worker counts, queue depth and counters (one query and one Redis round
     trip for all)."""
-    counts = selectors.replica_counts(endpoints)
-    figures = metrics.endpoint_figures([endpoint.id for endpoint in endpoints])
+    ids = [endpoint.id for endpoint in endpoints]
+    counts = selectors.replica_counts(ids)
+    figures = metrics.endpoint_figures(ids)
     for endpoint in endpoints:
         endpoint.workers = counts[endpoint.id]
         endpoint.queue_depth = figures[endpoint.id]["queued"]
