@@ -3,14 +3,15 @@
 The inference routes (endpoints.api.views.InferenceView: sync, async and streaming task
 creation, and the old dialect's) are async views: a sync request waiting for its replica
 holds no thread, so the number of concurrent waits is bounded by replicas, not by web
-threads (BENCHMARKS.md, "Many slow sync requests at once"). Every other route is a sync view
-that Django runs in a thread, as under WSGI.
+threads (BENCHMARKS.md, "Many slow sync requests at once"). Every other route is a sync view:
+reads (GET, HEAD) run with their middleware in one hop on a long-lived thread
+(OneHopHandler), writes through Django's own ASGI handler.
 
 Django runs a sync middleware hook of an async request in a thread, one hop per hook (about
 16 on our MIDDLEWARE list): more than the whole Redis relay of a sync request. On the
 inference routes those hooks do no I/O (the body is read before the chain runs; the views
 touch no session, user or message), so InferenceHandler runs the same MIDDLEWARE list with
-each hook called in the event loop. The other routes go through Django's handler unchanged.
+each hook called in the event loop.
 """
 
 from __future__ import annotations
@@ -24,17 +25,21 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launch_site.settings")
 django_application = get_asgi_application()  # sets Django up: imports below need it
 
-from asgiref.sync import iscoroutinefunction  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+from asgiref.sync import iscoroutinefunction, sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core import signals  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured, RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+from django.http import FileResponse  # noqa: E402
 from django.urls import Resolver404, ResolverMatch, resolve, set_script_prefix  # noqa: E402
 from django.utils.deprecation import MiddlewareMixin  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 
 from endpoints.api.views import InferenceView  # noqa: E402
+from launch_site.db import with_connection_upkeep  # noqa: E402
 
 
 async def _hooks_in_loop(middleware: MiddlewareMixin, request):
@@ -148,6 +153,42 @@ class InferenceHandler(ASGIHandler):
 inference_application = InferenceHandler()
 
 
+# Threads for whole requests of the other routes' reads (GET, HEAD): each keeps its database
+# connection across requests (CONN_MAX_AGE), as a WSGI worker thread does. A pool of their own,
+# so that a slow view (logs read from a Docker host) never holds the task routes' database
+# threads; past VIEW_THREADS such requests at once, the next ones wait for a thread.
+VIEW_THREADS = 8
+_VIEW_THREADS = ThreadPoolExecutor(max_workers=VIEW_THREADS, thread_name_prefix="launch-view")
+
+
+class OneHopHandler(ASGIHandler):
+    """Django's ASGI handler with the middleware chain and the view run as under WSGI: in one
+    hop, on a long-lived thread. Django's own gives each request a new thread (so a new
+    database connection) and hops to it once per sync middleware hook: `/healthz` cost twice
+    as much that way, a page of 10 endpoints 1.7 times (BENCHMARKS.md, "A page of
+    endpoints"). No per-request thread-sensitive context: what Django runs thread-sensitively
+    around the view (the request signals) is cheap and runs on asgiref's one shared thread;
+    responses that stream a file do it chunk by chunk (launch_site.responses)."""
+
+    async def __call__(self, scope, receive, send):
+        await self.handle(scope, receive, send)
+
+    def load_middleware(self, is_async=False):
+        super().load_middleware(is_async=False)  # the sync chain, as the WSGI handler builds it
+
+    async def run_get_response(self, request):
+        response = await sync_to_async(
+            with_connection_upkeep(self.get_response), thread_sensitive=False, executor=_VIEW_THREADS
+        )(request)
+        response._handler_class = self.__class__
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size  # as Django's run_get_response does
+        return response
+
+
+read_application = OneHopHandler()
+
+
 @functools.lru_cache(maxsize=4096)
 def resolved(path: str) -> ResolverMatch | None:
     """The URLconf's match of a path (None: no route). Django treats a match as read-only."""
@@ -173,6 +214,8 @@ async def application(scope, receive, send):
         await _lifespan(receive, send)
     elif scope["type"] == "http" and scope["method"] == "POST" and is_inference_route(scope["path"]):
         await inference_application(scope, receive, send)
+    elif scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+        await read_application(scope, receive, send)
     else:
         await django_application(scope, receive, send)
 

@@ -31,7 +31,7 @@ def instance_from_row(model, columns: Sequence[str], row: Sequence):
 _DB_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="launch-db")
 
 
-def _with_connection_upkeep(function):
+def with_connection_upkeep(function):
     @functools.wraps(function)
     def run(*args, **kwargs):
         # What the request_started/request_finished signals do for a WSGI thread: drop a
@@ -52,6 +52,6 @@ async def in_db_thread(request, function, *args, **kwargs):
     a WSGI server): in the request's own thread, whose connection the request signals keep."""
     if isinstance(request, ASGIRequest):
         return await sync_to_async(
-            _with_connection_upkeep(function), thread_sensitive=False, executor=_DB_THREADS
+            with_connection_upkeep(function), thread_sensitive=False, executor=_DB_THREADS
         )(*args, **kwargs)
     return await sync_to_async(function)(*args, **kwargs)

@@ -4,7 +4,6 @@ results download."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.parsers import MultiPartParser
@@ -17,6 +16,7 @@ from batchjobs.api.serializers import CreateBatchJobSerializer, UpdateBatchJobSe
 from batchjobs.models import BatchJob
 from launch_site.errors import NotFoundError, PayloadTooLargeError
 from launch_site.public_url import absolute_url
+from launch_site.responses import FileStreamResponse
 
 
 def result_url(request, job: BatchJob) -> str:
@@ -86,7 +86,7 @@ class BatchJobResultView(APIView):
         if job.result is None:
             raise NotFoundError(f"batch job {job.id} has no results file (status {job.status})")
         pickled = job.serialization_format == BatchJob.SerializationFormat.PICKLE
-        return FileResponse(
+        return FileStreamResponse(
             storage.open_stored(job.result),
             content_type="application/octet-stream" if pickled else "application/json",
             as_attachment=True,

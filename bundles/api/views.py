@@ -4,7 +4,7 @@ URL routes the clients call, and the signed store URLs (no API key)."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 from drf_spectacular.types import OpenApiTypes
@@ -27,6 +27,7 @@ from bundles.models import StoredObject
 from launch_site.errors import ApplicationError, NotFoundError, PayloadTooLargeError, query_error
 from launch_site.middleware import streams_body
 from launch_site.pagination import PAGE_PARAMETERS, page_of, page_response
+from launch_site.responses import FileStreamResponse
 
 # Multipart overhead (boundaries, the small fields) allowed on top of MAX_UPLOAD_BYTES before
 # we refuse a request by its Content-Length alone; the file itself is capped exactly.
@@ -226,7 +227,7 @@ def store_object(request: HttpRequest, token: str) -> HttpResponse:
             stream = store.open_object(stored)
         except (OSError, LookupError):
             return _error("nothing was uploaded to this object yet", 404)
-        return FileResponse(stream, content_type="application/octet-stream")
+        return FileStreamResponse(stream, content_type="application/octet-stream")
 
     length = request.META.get("CONTENT_LENGTH") or ""
     try:
