@@ -22,6 +22,10 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from workers.allocator import keep_freed_memory
+
+keep_freed_memory()  # before the first request: large bodies reuse freed pages (workers.allocator)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launch_site.settings")
 django_application = get_asgi_application()  # sets Django up: imports below need it
 

@@ -43,7 +43,7 @@ from importlib import import_module
 
 import redis
 
-from workers import protocol
+from workers import allocator, protocol
 
 
 class BundleLoadError(Exception):
@@ -589,6 +589,7 @@ class Replica:
 
 
 def main() -> int:
+    allocator.keep_freed_memory()  # before the first large payload (workers.allocator)
     return Replica(dict(os.environ)).run()
 
 
