@@ -454,8 +454,13 @@ def delete_tasks(client, keys: Keys, task_ids: list[str]) -> None:
 
 # --- running a task (serve loop) ---------------------------------------------------------------
 
+# MARK_STARTED_SCRIPT's answers: the task expired or ended already (not marked); marked;
+# marked, and a sync waiter waits for its result (the `sync` flag): see finish_arguments.
+NOT_MARKED, MARKED, MARKED_WAITED_ON = 0, 1, 2
+
 # For an entry that carries its payload: sent without waiting for the reply, so the task runs
-# at once and the STARTED mark still lands in Redis before the outcome does.
+# at once and the STARTED mark still lands in Redis before the outcome does; the replica reads
+# the reply once the predict returned (it came long before), to know where the result goes.
 # KEYS: task, running. ARGV: replica_id, now, task_id.
 MARK_STARTED_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -468,6 +473,9 @@ end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[2], 'replica', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+if redis.call('HGET', KEYS[1], 'sync') == '1' then
+  return 2
+end
 return 1
 """
 
@@ -540,13 +548,16 @@ end
 """
 
 
-# KEYS: task, inflight, done, stats, running, callbacks. ARGV: entry, status, result, traceback,
-# pickled (or ''), now, done_record, done_ttl, counter, task_id, sync_answered_ttl.
+# KEYS: task, inflight, done, stats, running, callbacks. ARGV: entry, status, result (or ''),
+# traceback, pickled (or ''), now, done_record, done_ttl, counter, task_id, sync_answered_ttl,
+# literal_at (or ''). See finish_arguments for where the result travels.
 # The task hash is only written while it exists (an expired task must not come back without
 # a TTL) and is not final yet (the first outcome wins). The done list is filled either way
 # so a sync waiter is answered. The latency hash sits next to stats (same prefix). An
 # answered sync task keeps only its small fields, for SYNC_ANSWERED_TTL_SECONDS: its waiter
-# got the result from the done list, so the result is not kept a second time.
+# gets the result from the done list, and the hash never holds it. A result that came only
+# inside the done record while the hash needs it (its waiter gave up during the run, see
+# keep_task) is decoded from the record's JSON literal here.
 FINISH_SCRIPT = _OBSERVE_FUNCTION + """
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[10])
@@ -556,11 +567,16 @@ if status == 'SUCCESS' or status == 'FAILURE' then
 end
 if status then
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[6])
+  local waited_on = redis.call('HGET', KEYS[1], 'sync') == '1'
   if ARGV[2] == 'SUCCESS' then
     if ARGV[5] ~= '' then
-      redis.call('HSET', KEYS[1], 'result_pickled', ARGV[5])
-    else
-      redis.call('HSET', KEYS[1], 'result', ARGV[3])
+      redis.call('HSET', KEYS[1], 'result_pickled', ARGV[5])  -- kept for a waiter too: its result_url
+    elseif not waited_on then
+      local result = ARGV[3]
+      if ARGV[12] ~= '' then
+        result = cjson.decode(string.sub(ARGV[7], tonumber(ARGV[12])))
+      end
+      redis.call('HSET', KEYS[1], 'result', result)
     end
   else
     redis.call('HSET', KEYS[1], 'traceback', ARGV[4])
@@ -568,8 +584,7 @@ if status then
   if redis.call('HEXISTS', KEYS[1], 'callback') == 1 then
     redis.call('LPUSH', KEYS[6], ARGV[10])
   end
-  if redis.call('HGET', KEYS[1], 'sync') == '1' then
-    redis.call('HDEL', KEYS[1], 'result')  -- a pickled result stays: its result_url reads it
+  if waited_on then
     redis.call('EXPIRE', KEYS[1], ARGV[11])
   end
 end
@@ -587,6 +602,23 @@ if status then
 end
 return 1
 """
+
+
+def finish_arguments(status: str, result: str, traceback: str, pickled: bytes, *, mark: int) -> tuple[str, str, str]:
+    """(result, done record, literal_at) of FINISH_SCRIPT: a large result crosses to Redis
+    once. `mark` is MARK_STARTED_SCRIPT's answer. A task a sync waiter waited on when it
+    started (or whose hash is gone: a waiter may still be there) sends its result only as the
+    done record's JSON literal (final_record), which the waiter puts into its answer as it is;
+    literal_at is the literal's position in the record (1-based, as Lua counts) for the rare
+    case that the waiter gave up meanwhile and the hash needs the result after all. Any other
+    task (async, streaming, a batch chunk) sends the result text for the hash and a done
+    record without it (no waiter reads it: a stream's reader needs only its status)."""
+    text_result = result if status == SUCCESS and not pickled else None
+    header_only = final_record(status, traceback=traceback or None, result_pickled=bool(pickled))
+    if text_result is None or mark == MARKED:
+        return text_result or "", header_only, ""
+    return "", final_record(status, result=text_result, traceback=traceback or None,
+                            result_pickled=bool(pickled)), str(len(header_only) + 2)
 
 
 # --- taking tasks back (controller) ----------------------------------------------------------
