@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import os
 
 from django.core.asgi import get_asgi_application
@@ -55,6 +56,16 @@ async def _hooks_in_loop(middleware: MiddlewareMixin, request):
     if hasattr(middleware, "process_response"):
         response = middleware.process_response(request, response)
     return response
+
+
+def _replaying(chunks: list[bytes], receive):
+    """An ASGI receive that first gives what was read already, as one message."""
+    pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": True}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 def _in_loop(method):
@@ -118,6 +129,27 @@ class InferenceHandler(ASGIHandler):
         else:
             responding.result().close()  # sends request_finished, whose receivers are as above
         body_file.close()
+
+    async def read_body(self, receive):
+        """The body as Django reads it, without its copies for a body within
+        DATA_UPLOAD_MAX_MEMORY_SIZE: Django writes each ASGI chunk into a SpooledTemporaryFile
+        and request.body copies it out again; here the chunks are joined once into a BytesIO,
+        which request.body reads without a copy. A larger body goes on into Django's spooled
+        file (bounded memory), to be refused with the same 413 as before."""
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()  # early client disconnect, as Django
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+            if not message.get("more_body", False):
+                return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if limit is not None and size > limit:
+                return await super().read_body(_replaying(chunks, receive))
 
     async def _respond(self, request, send):
         response = await self.run_get_response(request)
