@@ -83,6 +83,11 @@ class InferenceHandler(ASGIHandler):
     request on our machine; here nothing needs one (the views' database work runs on
     launch_site.db's threads), so that code runs in the loop."""
 
+    # Django sends a response body in messages of chunk_size (64 KiB), each a slice (a copy)
+    # and an await on the server; an inference answer (a sync result of up to a few MB) goes
+    # in one message, which granian writes out in its own steps.
+    chunk_size = 16 * 1024**2
+
     async def __call__(self, scope, receive, send):
         await self.handle(scope, receive, send)
 
