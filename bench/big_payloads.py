@@ -10,7 +10,7 @@ Usage:
 
 --compare-root (repeatable): also start the stacks of other checkouts and alternate all of them
 within each rep (same machine load), printing each one's ratio to the last one given. --profile: py-spy (`record -f raw`,
-PY_SPY or /tmp/pyspyt/bin/py-spy) on the web workers and the replica while one size runs;
+PY_SPY or /tmp/pyspyt/bin/py-spy, samples of the thread holding the GIL) on the web workers and the replica while one size runs;
 the raw files go to DIR, with the top functions by own samples printed.
 """
 
@@ -152,7 +152,7 @@ def profile(args) -> None:
             for pid in parts[part]:
                 raw = out / f"{part}-{pid}.txt"
                 recorders.append((raw, subprocess.Popen(
-                    [py_spy, "record", "-f", "raw", "-r", "500", "-d", str(int(args.seconds)), "-p", str(pid),
+                    [py_spy, "record", "-f", "raw", "--gil", "-r", "500", "-d", str(int(args.seconds)), "-p", str(pid),
                      "-o", str(raw), "--nonblocking"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )))

@@ -235,3 +235,12 @@ def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(
     assert record["status"] == "SUCCESS"
     assert json.loads(record["result"]) == {"echo": TRICKY_TEXT}
     assert redis_client.ttl(running.keys.task(task_id)) > protocol.SYNC_ANSWERED_TTL_SECONDS
+
+
+@pytest.mark.parametrize("text", [
+    "", "plain", 'a "quoted" \\ back\\slash', json.dumps({"k": "é\n\t\x00\x7f\"\\/"}), "é", "\u2028", "\ud83d",
+    "raw\ncontrol\x01\x7f", "\\u00e9",
+])
+def test_the_result_literal_is_what_json_dumps_writes(text):
+    # The sync answer carries this literal as it is: it must be exactly json.dumps's.
+    assert protocol.json_string_literal(text) == json.dumps(text)
