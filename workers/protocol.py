@@ -16,8 +16,9 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                              payload      JSON request, only for tasks whose queue entry is a
                                           bare id (batch chunks: {"items": [{"id", "args"|"url"}
                                           ...]}); the gateway's entries carry it, stored once
-                             sync         "1" while a sync waiter waits for it: once answered,
-                                          the hash drops the result and expires after
+                             sync         "1" while a sync waiter waits for it: answered, the
+                                          hash never gets the result (the waiter does, through
+                                          the done list) and expires after
                                           SYNC_ANSWERED_TTL_SECONDS
                              status       PENDING | STARTED | SUCCESS | FAILURE
                              attempts     times a replica started it
@@ -31,7 +32,8 @@ Every key of one endpoint (or batch job) lives under its prefix, `launch:ep:<id>
                                           callback URL (its URL and credentials live in the
                                           control plane's own keys, never here)
   <p>done:<task_id>        list; the final record is LPUSHed here for a sync waiter blocked
-                           on BLPOP. Expires quickly. See final_record for its shape.
+                           on BLPOP (with the result only when a waiter waited on the
+                           task: finish_arguments). Expires quickly. See final_record.
   <p>running               sorted set: task id -> started_at, of the tasks a replica runs now;
                            the controller fails the ones older than the endpoint's task
                            timeout (and kills their replica).
