@@ -74,6 +74,18 @@ class Target:
                 parts["redis"].append(pid)
         return parts
 
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory (MB) of each part, summed over its processes."""
+        rss: dict[str, float] = collections.defaultdict(float)
+        for part, pids in self.processes().items():
+            for pid in pids:
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                rss[part] += int(status.split("VmRSS:")[1].split()[0]) / 1024
+        return rss
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) and minor page faults so far, by part (`<part>`,
         `<part>_faults`)."""
@@ -122,6 +134,7 @@ def compare(args) -> None:
                     order.reverse()  # no stack always goes first
                 for index, target in order:
                     results[(index, label)].append(measure(target, size, count_for(size, args.scale)))
+        memory = [target.rss_mb() for target in targets]
     print(f"# {machine()}; {args.reps} rep(s), median shown; 1 connection; ratios: each checkout / the last")
     for index, name in enumerate(names):
         print(f"# [{index}] {name}: {roots[index]}")
@@ -137,6 +150,8 @@ def compare(args) -> None:
             cpu = "/".join(f"{statistics.median(r[f'{p}_cpu_ms'] for r in runs):.2f}" for p in PARTS)
             faults = "/".join(f"{statistics.median(r[f'{p}_faults'] for r in runs):.0f}" for p in PARTS)
             print(f"| {label} | [{index}] | {p50:.2f} ms | {ratio:.2f} | {per_rep} | {cpu} | {faults} |")
+    for index, rss in enumerate(memory):
+        print(f"# [{index}] RSS after the runs, MB: " + ", ".join(f"{p} {rss[p]:.0f}" for p in PARTS))
 
 
 def profile(args) -> None:
