@@ -119,6 +119,7 @@ def count_for(size: int, scale: float) -> int:
 
 
 def compare(args) -> None:
+    sizes = [(size, label) for size, label in SIZES if not args.sizes or label in args.sizes.split(",")]
     roots = [ROOT] + [Path(root).resolve() for root in args.compare_root]
     names = [root.name for root in roots]
     results: dict[tuple[int, str], list[dict]] = collections.defaultdict(list)
@@ -128,7 +129,7 @@ def compare(args) -> None:
             for size, _ in SIZES:
                 measure(target, size, 10)
         for rep in range(args.reps):
-            for size, label in SIZES:
+            for size, label in sizes:
                 order = list(enumerate(targets))
                 if rep % 2:
                     order.reverse()  # no stack always goes first
@@ -141,7 +142,7 @@ def compare(args) -> None:
     print("| body | checkout | p50 | ratio | ratio per rep | CPU ms web/replica/redis | minor faults web/replica/redis |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     last = len(roots) - 1
-    for _, label in SIZES:
+    for _, label in sizes:
         for index in range(len(roots)):
             runs, base = results[(index, label)], results[(last, label)]
             p50 = statistics.median(r["p50"] for r in runs)
@@ -208,6 +209,7 @@ def main() -> None:
     parser.add_argument("--compare-root", action="append", default=[],
                         help="another checkout to alternate with (repeatable; ratios are to the last)")
     parser.add_argument("--profile")
+    parser.add_argument("--sizes", help="only these, e.g. '1 KB,1 MB'")
     parser.add_argument("--size", type=int, default=1024 * 1024)
     parser.add_argument("--seconds", type=float, default=15)
     args = parser.parse_args()

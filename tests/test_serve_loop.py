@@ -203,26 +203,30 @@ def echo_text():
 # A large result whose JSON needs escapes of every kind (quote, backslash, newline, non-ASCII,
 # a slash, a line separator).
 TRICKY_TEXT = "é\"\n\\/\u2028x" * 150_000
+# Both sides of protocol.ONE_COPY_MIN_CHARS (a small result is sent both ways at once).
+RESULT_TEXTS = pytest.mark.parametrize("text", [TRICKY_TEXT, TRICKY_TEXT[:80]], ids=["large", "small"])
 
 
-def test_a_sync_task_whose_waiter_is_there_answers_it_through_the_done_list_only(tmp_path, redis_client):
+@RESULT_TEXTS
+def test_a_sync_task_whose_waiter_is_there_answers_it_through_the_done_list_only(tmp_path, redis_client, text):
     with RunningReplica(bundle_file(tmp_path, echo_text())) as running:
-        task_id = running.submit(redis_client, {"args": {"text": TRICKY_TEXT}}, sync=True)
+        task_id = running.submit(redis_client, {"args": {"text": text}}, sync=True)
         record = running.done_record(redis_client, task_id)
-    assert record["status"] == "SUCCESS" and json.loads(record["result"]) == {"echo": TRICKY_TEXT}
+    assert record["status"] == "SUCCESS" and json.loads(record["result"]) == {"echo": text}
     task_key = running.keys.task(task_id)
     assert redis_client.hget(task_key, "status") == b"SUCCESS"
     assert not redis_client.hexists(task_key, "result")  # the waiter had it: not kept a second time
     assert 0 < redis_client.ttl(task_key) <= protocol.SYNC_ANSWERED_TTL_SECONDS
 
 
-def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(tmp_path, redis_client):
+@RESULT_TEXTS
+def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(tmp_path, redis_client, text):
     """The waiter was there when the task started (so the replica sends the result only for
     it) and gave up before it ended (504: keep_task): GET /v1/async-tasks must still read the
     whole result, for the task's TTL."""
     release = tmp_path / "release"
     with RunningReplica(bundle_file(tmp_path, echo_text())) as running:
-        task_id = running.submit(redis_client, {"args": {"text": TRICKY_TEXT, "wait_for": str(release)}}, sync=True)
+        task_id = running.submit(redis_client, {"args": {"text": text, "wait_for": str(release)}}, sync=True)
         deadline = time.monotonic() + 10
         while redis_client.hget(running.keys.task(task_id), "status") != b"STARTED":
             assert time.monotonic() < deadline, "the task did not start"
@@ -233,7 +237,7 @@ def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(
         release.touch()
         record = running.record(redis_client, task_id)
     assert record["status"] == "SUCCESS"
-    assert json.loads(record["result"]) == {"echo": TRICKY_TEXT}
+    assert json.loads(record["result"]) == {"echo": text}
     assert redis_client.ttl(running.keys.task(task_id)) > protocol.SYNC_ANSWERED_TTL_SECONDS
 
 

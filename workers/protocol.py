@@ -624,21 +624,34 @@ return 1
 """
 
 
-def finish_arguments(status: str, result: str, traceback: str, pickled: bytes, *, mark: int) -> tuple[str, str, str]:
-    """(result, done record, literal_at) of FINISH_SCRIPT: a large result crosses to Redis
-    once. `mark` is MARK_STARTED_SCRIPT's answer. A task a sync waiter waited on when it
-    started (or whose hash is gone: a waiter may still be there) sends its result only as the
-    done record's JSON literal (final_record), which the waiter puts into its answer as it is;
-    literal_at is the literal's position in the record (1-based, as Lua counts) for the rare
-    case that the waiter gave up meanwhile and the hash needs the result after all. Any other
-    task (async, streaming, a batch chunk) sends the result text for the hash and a done
-    record without it (no waiter reads it: a stream's reader needs only its status)."""
+# A result this long or longer crosses to Redis once (finish_arguments); for that the replica
+# reads MARK_STARTED_SCRIPT's answer before it sends FINISH_SCRIPT, which costs a small task
+# up to a round trip (its predict returns before the answer comes): a shorter result is sent
+# both ways at once instead.
+ONE_COPY_MIN_CHARS = 64 * 1024
+
+
+def finish_arguments(status: str, result: str, traceback: str, pickled: bytes, *,
+                     mark: int | None) -> tuple[str, str, str]:
+    """(result, done record, literal_at) of FINISH_SCRIPT. `mark` is MARK_STARTED_SCRIPT's
+    answer, None when the replica did not wait for it (a result under ONE_COPY_MIN_CHARS):
+    then the result goes both ways, as text for the hash and inside the done record, and the
+    script keeps what the task needs. Otherwise it crosses to Redis once. A task a sync waiter
+    waited on when it started (or whose hash is gone: a waiter may still be there) sends it
+    only as the done record's JSON literal (final_record), which the waiter puts into its
+    answer as it is; literal_at is the literal's position in the record (1-based, as Lua
+    counts) for the rare case that the waiter gave up meanwhile and the hash needs the result
+    after all. Any other task (async, streaming, a batch chunk) sends the text for the hash
+    and a done record without it (no waiter reads it: a stream's reader needs only its
+    status)."""
     text_result = result if status == SUCCESS and not pickled else None
     header_only = final_record(status, traceback=traceback or None, result_pickled=bool(pickled))
     if text_result is None or mark == MARKED:
         return text_result or "", header_only, ""
-    return "", final_record(status, result=text_result, traceback=traceback or None,
-                            result_pickled=bool(pickled)), str(len(header_only) + 2)
+    record = final_record(status, result=text_result, traceback=traceback or None, result_pickled=bool(pickled))
+    if mark is None:
+        return text_result, record, ""
+    return "", record, str(len(header_only) + 2)
 
 
 # --- taking tasks back (controller) ----------------------------------------------------------

@@ -462,11 +462,17 @@ class Replica:
         else:
             emit = self.stream_emitter(task_id) if request.get("stream") else None
             status, result, error, pickled = run_single(self.predict_for(request), request, self.memory_limit, emit)
-        mark = connection.read_response() if marking else protocol.MARKED
+        if not marking:
+            mark = protocol.MARKED
+        elif len(result) >= protocol.ONE_COPY_MIN_CHARS:
+            mark, marking = connection.read_response(), False  # read now: the result goes once
+        else:
+            mark = None  # read after: a small result goes both ways (protocol.finish_arguments)
         self.send_finish(connection, entry, task_id, (status, result, error, pickled), mark)
-        connection.read_response()
+        for _ in range(2 if marking else 1):
+            connection.read_response()
 
-    def send_finish(self, connection, entry: bytes, task_id: str, outcome: Outcome, mark: int) -> None:
+    def send_finish(self, connection, entry: bytes, task_id: str, outcome: Outcome, mark: int | None) -> None:
         """Send (not read) the script that records a task's outcome and answers its waiter;
         `mark`: MARK_STARTED_SCRIPT's answer (protocol.finish_arguments)."""
         status, result, error, pickled = outcome
@@ -524,10 +530,12 @@ class Replica:
             )
         if batch:
             outcomes = run_batch(self.batch_predict, [request for _, _, request in batch], self.memory_limit)
-            marks = [connection.read_response() for _ in batch]
+            # The marks' answers first when a result is large (protocol.ONE_COPY_MIN_CHARS).
+            marks_first = any(len(result) >= protocol.ONE_COPY_MIN_CHARS for _, result, _, _ in outcomes)
+            marks = [connection.read_response() for _ in batch] if marks_first else [None] * len(batch)
             for (entry, task_id, _), outcome, mark in zip(batch, outcomes, marks, strict=True):
                 self.send_finish(connection, entry, task_id, outcome, mark)
-            for _ in batch:
+            for _ in range(len(batch) if marks_first else 2 * len(batch)):
                 connection.read_response()
         for entry in alone:
             self.run_task(connection, entry)
