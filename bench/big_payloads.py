@@ -7,6 +7,7 @@ latency.
 Usage:
   .venv/bin/python bench/big_payloads.py [--reps 3] [--compare-root PATH ...]
   .venv/bin/python bench/big_payloads.py --profile DIR [--size 1048576] [--seconds 15]
+  .venv/bin/python bench/big_payloads.py --phases [--size 1048576] [--compare-root PATH ...]
 
 --compare-root (repeatable): also start the stacks of other checkouts and alternate all of them
 within each rep (same machine load), printing each one's ratio to the last one given. --profile: py-spy (`record -f raw`,
@@ -17,6 +18,7 @@ the raw files go to DIR, with the top functions by own samples printed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import collections
 import contextlib
@@ -29,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
-from peers import body_of, descendants, load  # noqa: E402
+from peers import _read_response, body_of, descendants, load  # noqa: E402
 
 SIZES = ((1024, "1 KB"), (100 * 1024, "100 KB"), (1024 * 1024, "1 MB"))
 PARTS = ("web", "replica", "redis")
@@ -73,6 +75,28 @@ class Target:
             elif b"redis-server" in cmd:
                 parts["redis"].append(pid)
         return parts
+
+    def phases(self, request: bytes) -> tuple[float, ...]:
+        """One request on a connection of its own: (client send -> queued, queued -> started,
+        the run, finished -> the client's last byte, total), seconds."""
+
+        async def send() -> tuple[float, float, int]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.stack.port, limit=2**24)
+            sent = time.time()
+            writer.write(request)
+            status = await _read_response(reader)
+            received = time.time()
+            writer.close()
+            return sent, received, status
+
+        sent, received, status = asyncio.run(send())
+        if status != 200:
+            raise RuntimeError(f"{status} from {self.root}")
+        client, prefix = self.stack.redis(), f"launch:ep:{self.endpoint}:"
+        task_id = client.lindex(prefix + "history", 0).decode()
+        created, started, finished = (float(value) for value in client.hmget(
+            prefix + "task:" + task_id, "created_at", "started_at", "finished_at"))
+        return created - sent, started - created, finished - started, received - finished, received - sent
 
     def rss_mb(self) -> dict[str, float]:
         """Resident memory (MB) of each part, summed over its processes."""
@@ -155,6 +179,22 @@ def compare(args) -> None:
         print(f"# [{index}] RSS after the runs, MB: " + ", ".join(f"{p} {rss[p]:.0f}" for p in PARTS))
 
 
+def phases(args) -> None:
+    """Where a request's time goes, from its task hash's timestamps (created_at: queued by the
+    web process; started_at, finished_at: the replica's marks) and the client's clock."""
+    roots = [ROOT] + [Path(root).resolve() for root in args.compare_root]
+    names = ("submit", "queue->start", "run", "finish->client", "total")
+    rows: dict[int, list[tuple[float, ...]]] = collections.defaultdict(list)
+    with contextlib.ExitStack() as stack:
+        targets = [stack.enter_context(Target(root)) for root in roots]
+        for _ in range(25):
+            for index, target in enumerate(targets):
+                rows[index].append(target.phases(target.request(body_of(args.size))))
+    for index, root in enumerate(roots):
+        medians = [statistics.median(column) * 1000 for column in zip(*rows[index][5:], strict=True)]
+        print(f"{root}: " + " | ".join(f"{name} {value:.1f} ms" for name, value in zip(names, medians, strict=True)))
+
+
 def profile(args) -> None:
     py_spy = os.environ.get("PY_SPY", "/tmp/pyspyt/bin/py-spy")
     out = Path(args.profile)
@@ -209,12 +249,15 @@ def main() -> None:
     parser.add_argument("--compare-root", action="append", default=[],
                         help="another checkout to alternate with (repeatable; ratios are to the last)")
     parser.add_argument("--profile")
+    parser.add_argument("--phases", action="store_true", help="where a request of --size spends its time")
     parser.add_argument("--sizes", help="only these, e.g. '1 KB,1 MB'")
     parser.add_argument("--size", type=int, default=1024 * 1024)
     parser.add_argument("--seconds", type=float, default=15)
     args = parser.parse_args()
     if args.profile:
         profile(args)
+    elif args.phases:
+        phases(args)
     else:
         compare(args)
 
