@@ -37,7 +37,7 @@ USER launch
 RUN python -m pip install --no-cache-dir redis==8.1.0 cloudpickle==3.1.2
 
 WORKDIR /app
-COPY --chown=launch workers/__init__.py workers/protocol.py workers/serve.py workers/forwarder.py /app/workers/
+COPY --chown=launch workers/__init__.py workers/allocator.py workers/protocol.py workers/serve.py workers/forwarder.py /app/workers/
 
 LABEL org.opencontainers.image.title="launch-worker" launch.variant="${VARIANT}"
 CMD ["python", "-m", "workers.serve"]

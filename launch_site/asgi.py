@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import os
 
 from django.core.asgi import get_asgi_application
+
+from workers.allocator import keep_freed_memory
+
+keep_freed_memory()  # before the first request: large bodies reuse freed pages (workers.allocator)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launch_site.settings")
 django_application = get_asgi_application()  # sets Django up: imports below need it
@@ -53,6 +58,16 @@ async def _hooks_in_loop(middleware: MiddlewareMixin, request):
     return response
 
 
+def _replaying(chunks: list[bytes], receive):
+    """An ASGI receive that first gives what was read already, as one message."""
+    pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": True}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
 def _in_loop(method):
     async def run(*args):
         return method(*args)
@@ -67,6 +82,11 @@ class InferenceHandler(ASGIHandler):
     sync code (the request signals, closing the response), about a millisecond of CPU per
     request on our machine; here nothing needs one (the views' database work runs on
     launch_site.db's threads), so that code runs in the loop."""
+
+    # Django sends a response body in messages of chunk_size (64 KiB), each a slice (a copy)
+    # and an await on the server; an inference answer (a sync result of up to a few MB) goes
+    # in one message, which granian writes out in its own steps.
+    chunk_size = 16 * 1024**2
 
     async def __call__(self, scope, receive, send):
         await self.handle(scope, receive, send)
@@ -114,6 +134,27 @@ class InferenceHandler(ASGIHandler):
         else:
             responding.result().close()  # sends request_finished, whose receivers are as above
         body_file.close()
+
+    async def read_body(self, receive):
+        """The body as Django reads it, without its copies for a body within
+        DATA_UPLOAD_MAX_MEMORY_SIZE: Django writes each ASGI chunk into a SpooledTemporaryFile
+        and request.body copies it out again; here the chunks are joined once into a BytesIO,
+        which request.body reads without a copy. A larger body goes on into Django's spooled
+        file (bounded memory), to be refused with the same 413 as before."""
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()  # early client disconnect, as Django
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+            if not message.get("more_body", False):
+                return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if limit is not None and size > limit:
+                return await super().read_body(_replaying(chunks, receive))
 
     async def _respond(self, request, send):
         response = await self.run_get_response(request)

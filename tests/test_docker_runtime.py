@@ -333,7 +333,7 @@ def test_a_replica_container_serves_a_task_end_to_end(docker_hosts, runtime, bun
     redis_client.lpush(keys.queue, task_id)
     answer = redis_client.blpop([keys.done(task_id)], timeout=60)
     assert answer is not None, runtime.logs(replica)
-    record = protocol.final_record_with_text(answer[1])
+    record = protocol.read_task(redis_client, keys, task_id)  # no waiter: the result is the record's
     assert record["status"] == protocol.SUCCESS, record
     assert json.loads(record["result"]) == 6
     assert redis_client.hget(keys.task(task_id), "replica").decode() == replica.id
@@ -380,7 +380,7 @@ def _run_task(runtime, replica, owner_id: str, redis_client) -> dict:
     redis_client.lpush(keys.queue, task_id)
     answer = redis_client.blpop([keys.done(task_id)], timeout=60)
     assert answer is not None, runtime.logs(replica)
-    record = protocol.final_record_with_text(answer[1])
+    record = protocol.read_task(redis_client, keys, task_id)  # no waiter: the result is the record's
     assert record["status"] == protocol.SUCCESS, record
     return json.loads(record["result"])
 

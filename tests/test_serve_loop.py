@@ -52,11 +52,13 @@ class RunningReplica:
         for thread in self.threads:
             thread.join(timeout=5)
 
-    def submit(self, redis_client, request: dict, *, ttl: float = 60, inline: bool = True) -> str:
+    def submit(self, redis_client, request: dict, *, ttl: float = 60, inline: bool = True, sync: bool = False) -> str:
+        """`sync`: a sync waiter waits for the task (the gateway's `sync` flag)."""
         task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
         payload = json.dumps(request)
         redis_client.hset(self.keys.task(task_id), mapping={
             "payload": payload, "status": protocol.PENDING, "attempts": 0, "created_at": time.time(),
+            **({"sync": "1"} if sync else {}),
         })
         redis_client.expire(self.keys.task(task_id), 3600)
         entry = (
@@ -65,9 +67,16 @@ class RunningReplica:
         redis_client.lpush(self.keys.queue, entry)
         return task_id
 
-    def record(self, redis_client, task_id: str, timeout: float = 10) -> dict | None:
+    def done_record(self, redis_client, task_id: str, timeout: float = 10) -> dict | None:
+        """What a sync waiter gets (the done list), None if nothing came."""
         answer = redis_client.blpop([self.keys.done(task_id)], timeout=timeout)
         return protocol.final_record_with_text(answer[1]) if answer else None
+
+    def record(self, redis_client, task_id: str, timeout: float = 10) -> dict | None:
+        """Once the task ended: its record as GET /v1/async-tasks reads it (the hash)."""
+        if self.done_record(redis_client, task_id, timeout) is None:
+            return None
+        return protocol.read_task(redis_client, self.keys, task_id)
 
 
 def doubler():
@@ -173,3 +182,69 @@ def test_a_bundle_that_raises_while_loading_marks_the_replica_failed(tmp_path, r
     state = redis_client.hgetall(running.keys.replica("rep_test"))
     assert state[b"state"] == b"failed"
     assert b"RuntimeError: weights are missing" in state[b"error"]
+
+
+def echo_text():
+    def load_predict_fn(model):
+        def predict(text, wait_for=""):
+            import os as _os
+            import time as _time
+
+            deadline = _time.monotonic() + 10
+            while wait_for and not _os.path.exists(wait_for) and _time.monotonic() < deadline:
+                _time.sleep(0.01)
+            return {"echo": text}
+
+        return predict
+
+    return {"model": None, "load_predict_fn": load_predict_fn}
+
+
+# A large result whose JSON needs escapes of every kind (quote, backslash, newline, non-ASCII,
+# a slash, a line separator).
+TRICKY_TEXT = "é\"\n\\/\u2028x" * 150_000
+# Both sides of protocol.ONE_COPY_MIN_CHARS (a small result is sent both ways at once).
+RESULT_TEXTS = pytest.mark.parametrize("text", [TRICKY_TEXT, TRICKY_TEXT[:80]], ids=["large", "small"])
+
+
+@RESULT_TEXTS
+def test_a_sync_task_whose_waiter_is_there_answers_it_through_the_done_list_only(tmp_path, redis_client, text):
+    with RunningReplica(bundle_file(tmp_path, echo_text())) as running:
+        task_id = running.submit(redis_client, {"args": {"text": text}}, sync=True)
+        record = running.done_record(redis_client, task_id)
+    assert record["status"] == "SUCCESS" and json.loads(record["result"]) == {"echo": text}
+    task_key = running.keys.task(task_id)
+    assert redis_client.hget(task_key, "status") == b"SUCCESS"
+    assert not redis_client.hexists(task_key, "result")  # the waiter had it: not kept a second time
+    assert 0 < redis_client.ttl(task_key) <= protocol.SYNC_ANSWERED_TTL_SECONDS
+
+
+@RESULT_TEXTS
+def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(tmp_path, redis_client, text):
+    """The waiter was there when the task started (so the replica sends the result only for
+    it) and gave up before it ended (504: keep_task): GET /v1/async-tasks must still read the
+    whole result, for the task's TTL."""
+    release = tmp_path / "release"
+    with RunningReplica(bundle_file(tmp_path, echo_text())) as running:
+        task_id = running.submit(redis_client, {"args": {"text": text, "wait_for": str(release)}}, sync=True)
+        deadline = time.monotonic() + 10
+        while redis_client.hget(running.keys.task(task_id), "status") != b"STARTED":
+            assert time.monotonic() < deadline, "the task did not start"
+            time.sleep(0.01)
+        with redis_client.pipeline(transaction=True) as pipe:
+            protocol.keep_task(pipe, running.keys, task_id, ttl_seconds=3600)
+            assert pipe.execute()[-1] is None  # not answered yet
+        release.touch()
+        record = running.record(redis_client, task_id)
+    assert record["status"] == "SUCCESS"
+    assert json.loads(record["result"]) == {"echo": text}
+    assert redis_client.ttl(running.keys.task(task_id)) > protocol.SYNC_ANSWERED_TTL_SECONDS
+
+
+@pytest.mark.parametrize("text", [
+    "", "plain", 'a "quoted" \\ back\\slash', json.dumps({"k": "é\n\t\x00\x7f\"\\/"}), "é", "\u2028", "\ud83d",
+    "raw\ncontrol\x01\x7f", "\\u00e9",
+])
+def test_the_result_literal_is_what_json_dumps_writes(text):
+    # The sync answer carries this literal as it is: it must be exactly json.dumps's.
+    assert protocol.json_string_literal(text) == json.dumps(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -38,6 +39,19 @@ def slow_bundle(seconds: float):
         return predict
 
     return {"model": 1, "load_predict_fn": load_predict_fn}
+
+
+def slow_echo_bundle(seconds: float):
+    def load_predict_fn(model):
+        def predict(text):
+            import time as _time
+
+            _time.sleep(seconds)
+            return {"echo": text}
+
+        return predict
+
+    return {"model": None, "load_predict_fn": load_predict_fn}
 
 
 def raising_load_bundle():
@@ -150,6 +164,22 @@ def test_sync_request_that_times_out_gets_a_clear_504(live_stack, owner):
     assert api.wait_task(task_id, timeout=30)["result"] == {"result": "2"}
     ttl = get_redis().ttl(protocol.Keys(protocol.endpoint_prefix(endpoint_id)).task(task_id))
     assert ttl > 60, ttl
+
+
+def test_a_sync_task_that_timed_out_gives_its_whole_large_result_later(live_stack, owner):
+    """Its waiter was there when the replica started it (so the result travels only for the
+    waiter) and gone (504) when it ended: the task record still gets all of the result."""
+    api = api_for(live_stack, owner)
+    endpoint_id = api.create_endpoint(api.upload_bundle(slow_echo_bundle(1.5), "slow-echo"), "slow-echo-sync")
+    api.wait_endpoint(endpoint_id, "READY", available_workers=1)
+    text = "é\"\n\\/" * 200_000  # a megabyte of JSON once escaped, non-ASCII included
+    response = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}",
+                        json={"args": {"text": text}, "timeout_seconds": 0.5})
+    assert response.status_code == 504, response.text[:300]
+    task_id = response.json()["detail"].split("the task ")[1].split()[0]
+    task = api.wait_task(task_id, timeout=30)
+    assert task["status"] == "SUCCESS"
+    assert json.loads(task["result"]["result"]) == {"echo": text}
 
 
 def _task_keys(endpoint_id: str) -> list[bytes]:

@@ -32,7 +32,7 @@ import os
 import sys
 import time
 
-from workers import protocol
+from workers import allocator, protocol
 from workers.serve import Replica
 
 HEALTHCHECK_INTERVAL_SECONDS = 0.25
@@ -184,6 +184,7 @@ class Forwarder(Replica):
 
 
 def main() -> int:
+    allocator.keep_freed_memory()  # as workers.serve's main
     return Forwarder(dict(os.environ)).run()
 
 

@@ -43,7 +43,7 @@ from importlib import import_module
 
 import redis
 
-from workers import protocol
+from workers import allocator, protocol
 
 
 class BundleLoadError(Exception):
@@ -446,7 +446,7 @@ class Replica:
             )
             if payload is None:
                 return
-            replies = 0
+            marking = False  # a batch chunk: marked by START_SCRIPT, never waited on
         elif time.time() > expires_at:
             self.redis.lrem(self.inflight, 0, entry)  # expired while queued: not run
             return
@@ -455,35 +455,39 @@ class Replica:
                 "EVAL", protocol.MARK_STARTED_SCRIPT, 2, task_key, self.keys.running, self.replica_id, time.time(),
                 task_id,
             )
-            replies = 1
+            marking = True
         request = json.loads(payload)
         if "items" in request:
             status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
         else:
             emit = self.stream_emitter(task_id) if request.get("stream") else None
             status, result, error, pickled = run_single(self.predict_for(request), request, self.memory_limit, emit)
-        self.send_finish(connection, entry, task_id, (status, result, error, pickled))
-        for _ in range(replies + 1):
+        if not marking:
+            mark = protocol.MARKED
+        elif len(result) >= protocol.ONE_COPY_MIN_CHARS:
+            mark, marking = connection.read_response(), False  # read now: the result goes once
+        else:
+            mark = None  # read after: a small result goes both ways (protocol.finish_arguments)
+        self.send_finish(connection, entry, task_id, (status, result, error, pickled), mark)
+        for _ in range(2 if marking else 1):
             connection.read_response()
 
-    def send_finish(self, connection, entry: bytes, task_id: str, outcome: Outcome) -> None:
-        """Send (not read) the script that records a task's outcome and answers its waiter."""
+    def send_finish(self, connection, entry: bytes, task_id: str, outcome: Outcome, mark: int | None) -> None:
+        """Send (not read) the script that records a task's outcome and answers its waiter;
+        `mark`: MARK_STARTED_SCRIPT's answer (protocol.finish_arguments)."""
         status, result, error, pickled = outcome
         if status == protocol.FAILURE and error.startswith("out of memory"):
             # What is left of this process after a MemoryError cannot be trusted: end it
             # with the status that tells the controller why (workers.lifecycle).
             self.exit_code = protocol.EXIT_OUT_OF_MEMORY
             self.stopping.set()
-        record = protocol.final_record(
-            status, result=result if status == protocol.SUCCESS and not pickled else None,
-            traceback=error or None, result_pickled=bool(pickled),
-        )
+        result_for_hash, record, literal_at = protocol.finish_arguments(status, result, error, pickled, mark=mark)
         counter = "completed" if status == protocol.SUCCESS else "failed"
         connection.send_command(
             "EVAL", protocol.FINISH_SCRIPT, 6, self.keys.task(task_id), self.inflight, self.keys.done(task_id),
-            self.keys.stats, self.keys.running, self.keys.callbacks, entry, status, result, error, pickled,
+            self.keys.stats, self.keys.running, self.keys.callbacks, entry, status, result_for_hash, error, pickled,
             time.time(), record, protocol.DONE_LIST_TTL_SECONDS, counter, task_id,
-            protocol.SYNC_ANSWERED_TTL_SECONDS,
+            protocol.SYNC_ANSWERED_TTL_SECONDS, literal_at,
         )
 
     def take_batch(self, connection) -> list[bytes]:
@@ -526,9 +530,12 @@ class Replica:
             )
         if batch:
             outcomes = run_batch(self.batch_predict, [request for _, _, request in batch], self.memory_limit)
-            for (entry, task_id, _), outcome in zip(batch, outcomes, strict=True):
-                self.send_finish(connection, entry, task_id, outcome)
-            for _ in range(2 * len(batch)):
+            # The marks' answers first when a result is large (protocol.ONE_COPY_MIN_CHARS).
+            marks_first = any(len(result) >= protocol.ONE_COPY_MIN_CHARS for _, result, _, _ in outcomes)
+            marks = [connection.read_response() for _ in batch] if marks_first else [None] * len(batch)
+            for (entry, task_id, _), outcome, mark in zip(batch, outcomes, marks, strict=True):
+                self.send_finish(connection, entry, task_id, outcome, mark)
+            for _ in range(len(batch) if marks_first else 2 * len(batch)):
                 connection.read_response()
         for entry in alone:
             self.run_task(connection, entry)
@@ -589,6 +596,7 @@ class Replica:
 
 
 def main() -> int:
+    allocator.keep_freed_memory()  # before the first large payload (workers.allocator)
     return Replica(dict(os.environ)).run()
 
 

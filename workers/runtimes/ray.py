@@ -63,7 +63,8 @@ GPU_RESOURCES = {
 }
 # A GPU-type resource is a marker: asking for a sliver of it only picks the node.
 GPU_TYPE_RESOURCE_AMOUNT = 0.001
-SHIPPED_FILES = ("workers/__init__.py", "workers/protocol.py", "workers/serve.py", "workers/ray_actor.py")
+SHIPPED_FILES = ("workers/__init__.py", "workers/allocator.py", "workers/protocol.py", "workers/serve.py",
+                 "workers/ray_actor.py")
 PENDING_STATES = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")
 # An alive actor answers poll() in milliseconds; a slower answer is taken as alive (a hung
 # serve loop is caught by its heartbeat), so a tick never waits long on one replica.
