@@ -19,6 +19,12 @@ def env_str(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+def external_redis_url() -> str | None:
+    """The Redis the operator named (REDIS_URL or REDIS_URL_FILE); None: the embedded one,
+    which `launch up` starts (launch_site.supervisor) and settings point at."""
+    return env_str("REDIS_URL") or None
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":

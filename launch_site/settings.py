@@ -16,6 +16,7 @@ from launch_site.env import (
     env_mounts,
     env_str,
     env_uid_range,
+    external_redis_url,
 )
 from launch_site.home import secure_launch_home
 
@@ -136,7 +137,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Without REDIS_URL the embedded redis-server (started by `manage.py launch up`) listens on a
 # unix socket under LAUNCH_HOME, its `default` user guarded by LAUNCH_HOME/redis_password.
 EMBEDDED_REDIS_SOCKET = LAUNCH_HOME / "run" / "redis.sock"
-REDIS_URL = env_str("REDIS_URL") or embedded_redis_url(LAUNCH_HOME)
+REDIS_URL = external_redis_url() or embedded_redis_url(LAUNCH_HOME)
 RQ_QUEUES = {
     "control": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     # Callback deliveries (endpoints.callbacks), apart so a slow sink never delays a deploy.

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO
 
 from launch_site.embedded_redis import start_embedded_redis, stop_process
+from launch_site.env import external_redis_url
 
 logger = logging.getLogger("launch.supervisor")
 
@@ -108,7 +109,7 @@ class Supervisor:
         self.stopping = True
 
     def _up(self) -> None:
-        if not os.environ.get("REDIS_URL"):
+        if external_redis_url() is None:
             redis = Child("redis", self._start_redis)
             try:
                 self._start(redis)

@@ -57,3 +57,17 @@ def test_signed_urls_follow_the_public_url_not_the_host_header(owner, settings):
     response = owner.client.post("/v1/hosted_inference/model_bundle_upload", {}, format="json",
                                  HTTP_HOST="evil.example.net")
     assert response.json()["signedUrl"].startswith("https://launch.example.com/v1/store/objects/")
+
+
+def test_a_redis_url_given_as_a_file_means_no_embedded_redis(tmp_path, monkeypatch):
+    """One rule for settings and the supervisor (which starts the embedded Redis only when
+    none is named): REDIS_URL_FILE names one as REDIS_URL does."""
+    from launch_site.env import external_redis_url
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL_FILE", raising=False)
+    assert external_redis_url() is None
+    secret = tmp_path / "redis_url"
+    secret.write_text("redis://:pw@127.0.0.1:6379/5\n")
+    monkeypatch.setenv("REDIS_URL_FILE", str(secret))
+    assert external_redis_url() == "redis://:pw@127.0.0.1:6379/5"
