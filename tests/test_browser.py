@@ -296,13 +296,16 @@ def test_async_endpoint_page_stays_live_and_everything_is_measured(live_stack, p
     assert run_count[0].value == 50
     assert any(s.labels.get("endpoint_id") == endpoint_id for s in families["launch_endpoint_cold_start_seconds"].samples)
 
-    # Cold-start phases add up to the measured start (placed -> seen ready) within 10%.
+    # Cold-start phases add up to the measured start (placed -> seen ready by the controller).
+    # The phases end when the replica reports itself ready; the controller sees that at its
+    # next tick, so the measured start is longer by up to one tick (TICK_SECONDS), never shorter.
     replica = Replica.objects.filter(owner_id=endpoint_id, ready_at__isnull=False).order_by("created_at").first()
     phases = dict(replica.cold_start_phases)
     assert set(phases) == {"started", "downloaded", "loaded", "ready"}
     assert phases["loaded"] >= 2.9  # the bundle's 3 s load
     measured = (replica.ready_at - replica.created_at).total_seconds()
-    assert abs(sum(phases.values()) - measured) <= 0.1 * measured, (phases, measured)
+    noticed_after = measured - sum(phases.values())
+    assert -0.05 <= noticed_after <= settings.TICK_SECONDS + 0.1 * measured, (phases, measured)
 
     # Phones: no main page overflows horizontally at 390x844.
     page.set_viewport_size({"width": 390, "height": 844})
