@@ -282,7 +282,7 @@ def _queue(pipe, submission: Submission) -> int:
     """Put the task's writes on a pipeline (sync or redis.asyncio: both buffer commands the
     same way); returns the index of protocol.add_task's reply. The rate count goes first, so
     that its reply is replies[0] (_count)."""
-    counted = throttling.count_key_request(pipe, submission.rate_key)
+    throttling.count_key_request(pipe, submission.rate_key)
     keys, task_id, ttl = submission.keys, submission.task_id, submission.ttl_seconds
     extra = {"kind": submission.kind}
     if submission.wait_seconds is not None:
@@ -293,6 +293,7 @@ def _queue(pipe, submission: Submission) -> int:
             pipe, endpoint_id=submission.endpoint_id, task_id=task_id, url=submission.callback[0],
             auth=submission.callback[1], ttl_seconds=ttl,
         )
+    added = len(pipe)  # the index of add_task's reply, whatever came before it
     protocol.add_task(
         pipe, keys, task_id, submission.payload, ttl_seconds=ttl, now=time.time(), extra=extra,
         history_length=settings.REQUEST_HISTORY_LENGTH, route_generation=submission.route_generation,
@@ -301,8 +302,7 @@ def _queue(pipe, submission: Submission) -> int:
     if submission.wake:
         # Scale from zero without waiting for the next tick.
         pipe.lpush(protocol.WAKE_KEY, "1")
-    # INCR and EXPIRE of the rate count, HSET and EXPIRE of the callback's config.
-    return 2 * counted + 2 * (submission.callback is not None)
+    return added
 
 
 def _check_added(reply) -> None:
