@@ -4,8 +4,8 @@ Submit is one Redis round trip (task hash + queue push in one pipeline); a sync 
 one more (BLPOP on the task's done list, which the replica fills with the final record).
 A streaming task goes through the same queue; the gateway then pops its items one by one
 (workers.protocol.stream_answer) until the final record. The API views run the Redis
-side in the event loop (redis.asyncio; the waits hold no thread) and the database side
-(prepare_*) in a thread.
+side in the event loop (launch_site.redis_client.AsyncRedis; the waits hold no thread) and the
+database side (prepare_*) in a thread, or not at all when the route cache has it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from accounts.models import Team
 from endpoints import callbacks
 from endpoints.models import ModelEndpoint
 from launch_site.errors import ApplicationError, ConflictError, FieldError, NotFoundError, UnavailableError
-from launch_site.redis_client import get_redis
+from launch_site.redis_client import WAIT_MARGIN_SECONDS, AsyncRedis, get_redis
 from workers import protocol
 from workers.models import Replica
 from workers.runtimes.base import WAITING_FOR_CAPACITY
@@ -156,36 +156,36 @@ class StaleRoute(Exception):
     queued; look the key and endpoint up again and submit anew."""
 
 
-async def submit_async(client, submission: Submission) -> str:
-    """Queue the task in one round trip (client: redis.asyncio); returns its id."""
-    async with client.pipeline(transaction=False) as pipe:
-        added = _queue(pipe, submission)
-        replies = await pipe.execute()
+async def submit_async(clients: AsyncRedis, submission: Submission) -> str:
+    """Queue the task in one round trip; returns its id."""
+    pipe = clients.pipelines.pipeline()
+    added = _queue(pipe, submission)
+    replies = await clients.pipelines.execute(pipe)
     _check_added(replies[added])
     _count(submission, replies)
     return submission.task_id
 
 
-async def run_sync_async(client, waiting_client, submission: Submission) -> tuple[str, dict]:
-    """Queue the task and wait for its final record in one round trip (on `waiting_client`,
-    whose socket timeout outlasts the wait; `client` for the rest). The record is
+async def run_sync_async(clients: AsyncRedis, submission: Submission) -> tuple[str, dict]:
+    """Queue the task and wait for its final record in one round trip (bounded by the wait
+    plus WAIT_MARGIN_SECONDS, so that the wait's own timeout runs out first). The record is
     protocol.parse_final_record's: the result comes as a JSON string literal (bytes). Past the
     wait: 504 naming the task, which stays readable for its TTL."""
-    async with waiting_client.pipeline(transaction=False) as pipe:
-        added = _queue(pipe, submission)
-        # Redis runs a pipeline's commands in order: the BLPOP at its end blocks until the
-        # replica pushes the final record (or the timeout; at once when nothing was added).
-        protocol.wait_final(pipe, submission.keys, submission.task_id, timeout_seconds=submission.wait_seconds)
-        replies = await pipe.execute()
+    pipe = clients.pipelines.pipeline()
+    added = _queue(pipe, submission)
+    # Redis runs a pipeline's commands in order: the BLPOP at its end blocks until the
+    # replica pushes the final record (or the timeout; at once when nothing was added).
+    protocol.wait_final(pipe, submission.keys, submission.task_id, timeout_seconds=submission.wait_seconds)
+    replies = await clients.pipelines.execute(pipe, timeout=submission.wait_seconds + WAIT_MARGIN_SECONDS)
     _check_added(replies[added])
     _count(submission, replies)
     task_id, answer = submission.task_id, replies[-1]
     if answer is None:
         # Answered later, the task must stay readable for its TTL (the error says where); if
         # it finished in the meantime, its record is the answer after all.
-        async with client.pipeline(transaction=True) as pipe:
-            protocol.keep_task(pipe, submission.keys, task_id, ttl_seconds=submission.ttl_seconds)
-            late = (await pipe.execute())[-1]
+        async with clients.client.pipeline(transaction=True) as transaction:
+            protocol.keep_task(transaction, submission.keys, task_id, ttl_seconds=submission.ttl_seconds)
+            late = (await transaction.execute())[-1]
         if late is not None:
             return task_id, protocol.parse_final_record(late)
         raise SyncTimeoutError(
@@ -195,7 +195,7 @@ async def run_sync_async(client, waiting_client, submission: Submission) -> tupl
     return task_id, protocol.parse_final_record(answer[1])
 
 
-async def stream_records(client, waiting_client, submission: Submission) -> AsyncIterator[dict | None]:
+async def stream_records(clients: AsyncRedis, submission: Submission) -> AsyncIterator[dict | None]:
     """Yield what a queued streaming task (submit_async) produces: each item as a SUCCESS record, and
     at the end a FAILURE record when it failed (its traceback). Yields None when nothing came
     for STREAM_KEEPALIVE_SECONDS (the caller sends a keep-alive, which notices a gone client).
@@ -212,7 +212,7 @@ async def stream_records(client, waiting_client, submission: Submission) -> Asyn
                 yield _failure(f"the stream ran past STREAM_TIMEOUT_SECONDS ({settings.STREAM_TIMEOUT_SECONDS:g} s)")
                 return
             timeout = max(1, int(min(settings.STREAM_KEEPALIVE_SECONDS, left)))
-            answer = protocol.stream_answer(keys, task_id, await waiting_client.blpop(
+            answer = protocol.stream_answer(keys, task_id, await clients.waiting_client.blpop(
                 protocol.stream_keys(keys, task_id), timeout=timeout))
             if answer is None:
                 yield None
@@ -232,7 +232,7 @@ async def stream_records(client, waiting_client, submission: Submission) -> Asyn
             return
     finally:
         if not finished:
-            async with client.pipeline(transaction=False) as pipe:
+            async with clients.client.pipeline(transaction=False) as pipe:
                 protocol.cancel_stream(pipe, keys, task_id, ttl_seconds=protocol.DONE_LIST_TTL_SECONDS)
                 await pipe.execute()
 
@@ -279,8 +279,8 @@ def _ttl(endpoint: ModelEndpoint) -> int:
 
 
 def _queue(pipe, submission: Submission) -> int:
-    """Put the task's writes on a pipeline (sync or redis.asyncio: both buffer commands the
-    same way); returns the index of protocol.add_task's reply. The rate count goes first, so
+    """Put the task's writes on a pipeline (redis-py's, or launch_site.redis_pipelines'
+    Commands: both record commands the same way); returns the index of protocol.add_task's reply. The rate count goes first, so
     that its reply is replies[0] (_count)."""
     throttling.count_key_request(pipe, submission.rate_key)
     keys, task_id, ttl = submission.keys, submission.task_id, submission.ttl_seconds

@@ -12,10 +12,10 @@ TimeoutError and an HTTP 500. So there are two pools:
   wait's own timeout always runs out first.
 
 The inference views wait in an event loop (ASGI), with the same two timeouts on redis.asyncio
-clients: `async_redis(shared=True)` gives the process's pair for the running loop (one pool
-each per worker: ASGI runs one loop); `shared=False` a pair for this request only, closed
-after it (a view run under WSGI gets a new loop per request, and a pool cannot outlive its
-loop).
+clients and on the task routes' own pipelines (AsyncRedis): `async_redis(shared=True)` gives
+the process's for the running loop (one pool each per worker: ASGI runs one loop);
+`shared=False` ones for this request only, closed after it (a view run under WSGI gets a new
+loop per request, and a pool cannot outlive its loop).
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ import contextlib
 import functools
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import redis
 import redis.asyncio
 from django.conf import settings
+
+from launch_site.redis_pipelines import PipelinePool
 
 # Above any wait we issue, so the command's timeout, not the socket's, ends it.
 WAIT_MARGIN_SECONDS = 10.0
@@ -70,29 +73,49 @@ def _async_client(url: str, socket_timeout: float) -> redis.asyncio.Redis:
     )
 
 
-def _async_pair() -> tuple[redis.asyncio.Redis, redis.asyncio.Redis]:
+@dataclass(frozen=True)
+class AsyncRedis:
+    """The event loop's clients: `client` and `waiting_client` as get_redis() and
+    get_waiting_redis() (redis.asyncio); `pipelines` for the task routes' one round trip
+    (launch_site.redis_pipelines), with the same timeouts: a round trip that waits passes its
+    wait plus WAIT_MARGIN_SECONDS."""
+
+    client: redis.asyncio.Redis
+    waiting_client: redis.asyncio.Redis
+    pipelines: PipelinePool
+
+    async def aclose(self) -> None:
+        for client in (self.client, self.waiting_client):
+            await client.aclose()
+        self.pipelines.close()
+
+
+def _async_clients() -> AsyncRedis:
     url = settings.REDIS_URL
-    return (_async_client(url, settings.REDIS_SOCKET_TIMEOUT_SECONDS),
-            _async_client(url, settings.SYNC_TASK_TIMEOUT_SECONDS + WAIT_MARGIN_SECONDS))
+    return AsyncRedis(
+        _async_client(url, settings.REDIS_SOCKET_TIMEOUT_SECONDS),
+        _async_client(url, settings.SYNC_TASK_TIMEOUT_SECONDS + WAIT_MARGIN_SECONDS),
+        PipelinePool(url, connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
+                     timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS),
+    )
 
 
-_loop_pairs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_loop_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @contextlib.asynccontextmanager
-async def async_redis(*, shared: bool) -> AsyncIterator[tuple[redis.asyncio.Redis, redis.asyncio.Redis]]:
-    """(client, waiting client): as get_redis() and get_waiting_redis(), for the event loop."""
+async def async_redis(*, shared: bool) -> AsyncIterator[AsyncRedis]:
+    """The clients for the running event loop: with `shared`, the process's (ASGI runs one loop
+    per worker); otherwise this caller's own, closed after it."""
     if not shared:
-        pair = _async_pair()
+        clients = _async_clients()
         try:
-            yield pair
+            yield clients
         finally:
-            for client in pair:
-                await client.aclose()
+            await clients.aclose()
         return
-    loop = asyncio.get_running_loop()
-    pairs = _loop_pairs.setdefault(loop, {})
+    by_url = _loop_clients.setdefault(asyncio.get_running_loop(), {})
     url = settings.REDIS_URL
-    if url not in pairs:
-        pairs[url] = _async_pair()
-    yield pairs[url]
+    if url not in by_url:
+        by_url[url] = _async_clients()
+    yield by_url[url]

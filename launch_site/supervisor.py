@@ -151,6 +151,9 @@ class Supervisor:
             str(Path(self.python).parent / "granian"), "--interface", "asgi",
             "--host", self.host, "--port", str(self.port),
             "--workers", str(self.web_workers),
+            # uvloop, not asyncio's own loop: it halves what granian's ASGI bridge costs per
+            # request (BENCHMARKS.md, "The event loop").
+            "--loop", "uvloop",
             # Concurrent requests per worker (default backlog/workers): waits are cheap, let
             # replicas be the bound.
             "--backpressure", str(WEB_BACKPRESSURE), "--backlog", str(WEB_BACKPRESSURE * self.web_workers),

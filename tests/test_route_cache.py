@@ -148,9 +148,9 @@ def test_a_stale_sync_submit_does_not_wait_for_its_answer(owner, endpoint):
     stale = type(submission)(**{**submission.__dict__, "route_generation": b"not-the-current-one"})
 
     async def submit():
-        async with async_redis(shared=False) as (client, waiting_client):
-            await route_cache.current_generation(client)
-            await asyncio.wait_for(gateway.run_sync_async(client, waiting_client, stale), timeout=10)
+        async with async_redis(shared=False) as clients:
+            await route_cache.current_generation(clients.client)
+            await asyncio.wait_for(gateway.run_sync_async(clients, stale), timeout=10)
 
     with pytest.raises(gateway.StaleRoute):
         asyncio.run(submit())

@@ -219,8 +219,8 @@ class LegacySyncTaskView(LegacyInferenceView):
         callbacks.task_callback(endpoint, body, async_task=False)
         return gateway.prepare_sync(endpoint=endpoint, payload=payload, timeout_seconds=None, rate_key=rate_key)
 
-    async def answer(self, request, submission, client, waiting_client):
-        task_id, record = await gateway.run_sync_async(client, waiting_client, submission)
+    async def answer(self, request, submission, clients):
+        task_id, record = await gateway.run_sync_async(clients, submission)
         return legacy_task_answer(request, task_id, record)
 
 
@@ -234,8 +234,8 @@ class LegacyAsyncTaskCreateView(LegacyInferenceView):
         callback = callbacks.task_callback(endpoint, body, async_task=True)
         return gateway.prepare_submit(endpoint=endpoint, payload=payload, callback=callback, rate_key=rate_key)
 
-    async def answer(self, request, submission, client, waiting_client):
-        return {"task_id": await gateway.submit_async(client, submission)}
+    async def answer(self, request, submission, clients):
+        return {"task_id": await gateway.submit_async(clients, submission)}
 
 
 class LegacyAsyncTaskDetailView(APIView):

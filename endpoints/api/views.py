@@ -29,7 +29,7 @@ from launch_site.db import in_db_thread
 from launch_site.errors import FieldError, error_json_response, query_error
 from launch_site.pagination import page_of, page_response
 from launch_site.public_url import absolute_url
-from launch_site.redis_client import async_redis, get_redis
+from launch_site.redis_client import AsyncRedis, async_redis, get_redis
 from workers import protocol
 from workers.models import Replica
 from workers.runtimes import get_runtime
@@ -230,19 +230,19 @@ class InferenceView(APIView):
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     async def post(self, request, *args, **kwargs):
-        async with async_redis(shared=isinstance(request, ASGIRequest)) as (client, waiting_client):
+        async with async_redis(shared=isinstance(request, ASGIRequest)) as clients:
             route = self.cached_route(request, kwargs)
             if route is not None:
                 submission = await self.submission_from_cache(request, route)
                 try:
-                    answer = await self.answer(request, submission, client, waiting_client)
+                    answer = await self.answer(request, submission, clients)
                 except gateway.StaleRoute:  # a key, user or endpoint changed since: nothing was queued
                     route_cache.forget(route)
                     route = None
             if route is None:
-                generation = await route_cache.current_generation(client)
+                generation = await route_cache.current_generation(clients.client)
                 submission = await in_db_thread(request, self.prepare, request, generation, **kwargs)
-                answer = await self.answer(request, submission, client, waiting_client)
+                answer = await self.answer(request, submission, clients)
         return answer if isinstance(answer, HttpResponseBase) else JsonResponse(answer)
 
     def cached_route(self, request, kwargs: dict) -> route_cache.Route | None:
@@ -295,7 +295,7 @@ class InferenceView(APIView):
     def submission(self, request, endpoint: ModelEndpoint, body, text: str, rate_key: str) -> gateway.Submission:
         raise NotImplementedError
 
-    async def answer(self, request, submission: gateway.Submission, client, waiting_client) -> dict | HttpResponseBase:
+    async def answer(self, request, submission: gateway.Submission, clients: AsyncRedis) -> dict | HttpResponseBase:
         raise NotImplementedError
 
 
@@ -375,8 +375,8 @@ class SyncTaskView(InferenceView):
             payload_text=gateway.payload_json(payload, body, text), rate_key=rate_key,
         )
 
-    async def answer(self, request, submission, client, waiting_client):
-        task_id, record = await gateway.run_sync_async(client, waiting_client, submission)
+    async def answer(self, request, submission, clients):
+        task_id, record = await gateway.run_sync_async(clients, submission)
         if record["status"] == protocol.SUCCESS and record["result_literal"] is not None:
             return sync_success_response(record["result_literal"])
         return {
@@ -404,8 +404,8 @@ class AsyncTaskCreateView(InferenceView):
             rate_key=rate_key,
         )
 
-    async def answer(self, request, submission, client, waiting_client):
-        return {"task_id": await gateway.submit_async(client, submission)}
+    async def answer(self, request, submission, clients):
+        return {"task_id": await gateway.submit_async(clients, submission)}
 
 
 class StreamingTaskView(InferenceView):
@@ -438,8 +438,8 @@ class StreamingTaskView(InferenceView):
                                                   "not streaming; use /v1/sync-tasks or /v1/async-tasks")
         return gateway.prepare_stream(endpoint=endpoint, payload=payload, rate_key=rate_key)
 
-    async def answer(self, request, submission, client, waiting_client):
-        await gateway.submit_async(client, submission)  # before the 200: Redis down is still a 503
+    async def answer(self, request, submission, clients):
+        await gateway.submit_async(clients, submission)  # before the 200: Redis down is still a 503
         shared = isinstance(request, ASGIRequest)
         events = _server_sent_events(submission, shared=shared)
         # Under WSGI (tests) Django would read an async iterator whole before sending it.
@@ -451,8 +451,8 @@ class StreamingTaskView(InferenceView):
 
 async def _server_sent_events(submission: gateway.Submission, *, shared: bool):
     # The view's Redis pair may be gone when this runs (WSGI): the stream takes its own.
-    async with async_redis(shared=shared) as (client, waiting_client), contextlib.aclosing(
-        gateway.stream_records(client, waiting_client, submission)
+    async with async_redis(shared=shared) as clients, contextlib.aclosing(
+        gateway.stream_records(clients, submission)
     ) as records:
         async for record in records:
             # A comment line keeps the connection alive while the predict is quiet; writing it
