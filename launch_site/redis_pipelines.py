@@ -76,7 +76,9 @@ def pack(commands: list[tuple]) -> bytes:
     for args in commands:
         parts.append(b"*%d\r\n" % len(args))
         for arg in args:
-            data = _encode(arg)
+            # str and bytes inline: a task's pipeline has some 35 arguments.
+            kind = type(arg)
+            data = arg.encode() if kind is str else arg if kind is bytes else _encode(arg)
             parts += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(parts)
 
