@@ -196,6 +196,9 @@ class PipelinePool:
             try:
                 async with asyncio.timeout(self.timeout):
                     replies = await connection.round_trip(pack(setup), len(setup))
+            except TimeoutError:
+                connection.close()
+                raise redis.exceptions.TimeoutError("Timeout reading from Redis") from None
             except BaseException:
                 connection.close()
                 raise

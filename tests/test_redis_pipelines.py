@@ -206,3 +206,23 @@ def test_a_boolean_argument_is_refused_as_redis_py_does():
     pipe.set("test:pipelines:never", True)
     with pytest.raises(redis.exceptions.DataError):
         run(pool.execute(pipe))
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:{port}/0", "redis://:secret@127.0.0.1:{port}/3"])
+def test_a_redis_that_never_answers_is_a_redis_timeout(url):
+    """Connected but silent (stuck, or not Redis at all): a redis-py TimeoutError (the API's
+    503), whether it is silent at the handshake (AUTH, SELECT) or at the commands."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        async def go():
+            pool = _pool(url.format(port=listener.getsockname()[1]), timeout=0.3)
+            pipe = pool.pipeline()
+            pipe.ping()
+            await pool.execute(pipe)
+
+        with pytest.raises(redis.exceptions.TimeoutError):
+            run(go())
