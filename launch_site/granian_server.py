@@ -3,8 +3,8 @@ the application imported in granian's main process before it forks its workers.
 
 Granian starts its workers with multiprocessing's fork and each worker then imports the
 target; imported here first, the target is in sys.modules already when a worker looks it up,
-so the workers share Django, DRF and our apps (about 60 MB each) copy-on-write with the main
-process instead of each building its own copy (BENCHMARKS.md, "Memory of the stack and web
+so the workers share Django, DRF and our apps (about 60 MB) copy-on-write with the main
+process and each other instead of each building its own copy (BENCHMARKS.md, "Memory of the stack and web
 workers"). gc.freeze() keeps the collector from writing to those shared objects, so that it
 does not copy their pages into every worker; the collector is off while importing, so that
 no freed objects leave holes that the workers' allocations would then write into (the
@@ -30,10 +30,13 @@ ENVVAR_PREFIX = "GRANIAN"
 
 def preload(args: list[str]) -> None:
     """Import the target (and its URLconf, which a worker would import on its first request)
-    as a worker would, unless granian reloads on changes (a reload must import afresh)."""
+    as a worker would. Not for a single worker: it shares with no other worker, and what it
+    writes to would then be in memory twice, its copy and the main process's (the stack 13 MB
+    larger in PSS with `--web-workers 1`). Nor when granian reloads on changes (a reload must
+    import afresh)."""
     with cli.make_context("granian", list(args), auto_envvar_prefix=ENVVAR_PREFIX) as context:
         params = dict(context.params)
-    if params["reload"]:
+    if params["reload"] or params["workers"] < 2:
         return
     load_target(params["app"], wd=params["working_dir"])
     if "django" in sys.modules:

@@ -156,6 +156,19 @@ def test_the_web_workers_share_the_app_that_granians_main_process_imported(tmp_p
     assert [pid for pid in workers if _running(pid)] == []
 
 
+@pytest.mark.parametrize(("workers", "preloaded"), [("2", True), ("1", False)])
+def test_the_app_is_imported_before_the_fork_only_for_workers_to_share_it(tmp_path, workers, preloaded):
+    """A single worker shares with no other: the main process's copy would be memory twice."""
+    probe = ("import sys; from launch_site.granian_server import preload; preload(sys.argv[1:]); "
+             "print('launch_site.asgi' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    env.update(LAUNCH_HOME=str(tmp_path))
+    loaded = subprocess.run([sys.executable, "-c", probe, "--interface", "asgi", "--workers", workers,
+                             "launch_site.asgi:application"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            check=True).stdout
+    assert loaded.strip() == str(preloaded)
+
+
 @pytest.mark.parametrize("value", ["yes", "2x"])
 def test_bad_setting_fails_loudly(tmp_path, value):
     env = dict(os.environ, LAUNCH_HOME=str(tmp_path), DEBUG=value if value == "yes" else "0", PORT=value)
