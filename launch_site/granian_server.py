@@ -4,11 +4,14 @@ the application imported in granian's main process before it forks its workers.
 Granian starts its workers with multiprocessing's fork and each worker then imports the
 target; imported here first, the target is in sys.modules already when a worker looks it up,
 so the workers share Django, DRF and our apps (about 60 MB) copy-on-write with the main
-process and each other instead of each building its own copy (BENCHMARKS.md, "Memory of the stack and web
-workers"). gc.freeze() keeps the collector from writing to those shared objects, so that it
-does not copy their pages into every worker; the collector is off while importing, so that
-no freed objects leave holes that the workers' allocations would then write into (the
-recipe of the gc module's documentation).
+process and each other instead of each building its own copy (BENCHMARKS.md, "Web workers
+that share the app"). gc.freeze() keeps the collector from writing to those shared objects,
+so that it does not copy their pages into every worker; the collector is off while
+importing, so that no freed objects leave holes that the workers' allocations would then
+write into (the recipe of the gc module's documentation).
+
+Granian's respawns (a crashed worker, SIGHUP) fork from the same imported code: a code change
+needs the web server started again, as it did under `launch up` anyway (no --reload).
 
 Nothing opens a connection at import (the database connections and Redis pools open on first
 use, in a worker), so no socket is shared across the fork.
