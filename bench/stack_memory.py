@@ -1,7 +1,8 @@
 """Memory of the embedded stack (`launch up`: supervisor, web server, controller, Redis, one
 replica) serving one sync identity endpoint, by process role, and what the web worker count
-buys (issue 14, item 5): for each `--web-workers` value, RSS/PSS by role after a load, and
-requests/s with p99 at 8 and 32 keep-alive connections.
+buys (issue 14, item 5): for each `--web-workers` value, RSS/PSS by role after a load (and in
+total right after start-up, as bench/peers.py reads it), and requests/s with p99 at 8 and 32
+keep-alive connections.
 
 Configurations alternate within each rep (the machine's load moves between minutes); the table
 gives medians over reps. The baseline is the first --workers value, measured in the same run.
@@ -77,10 +78,13 @@ def measure(root: Path, workers: int, seconds: float) -> dict:
             f"POST /v1/sync-tasks?model_endpoint_id={endpoint_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
+        time.sleep(1)
+        started = memory_by_role(stack.process.pid)  # what bench/peers.py reads: after start-up, before load
         load(stack.port, request, connections=8, count=50)  # warm-up
         out = {f"{c} conn": load(stack.port, request, connections=c, seconds=seconds) for c in (8, 32)}
         time.sleep(1)
         out["memory"] = memory_by_role(stack.process.pid)
+        out["memory after start-up"] = started
         return out
 
 
@@ -120,6 +124,11 @@ def main() -> None:
     totals = [(med(c, lambda r: sum(v[0] for v in r["memory"].values())),
                med(c, lambda r: sum(v[1] for v in r["memory"].values()))) for c in configs]
     print("| whole stack: RSS / PSS MB | " + " | ".join(f"{rss:.0f} / {pss:.0f}" for rss, pss in totals) + " |")
+    for what, roles in (("web (main + workers)", ("web (granian main)", "web workers")), ("whole stack", ROLES)):
+        cells = [f"{med(c, lambda r, roles=roles: sum(r['memory after start-up'][role][0] for role in roles)):.0f} / "
+                 f"{med(c, lambda r, roles=roles: sum(r['memory after start-up'][role][1] for role in roles)):.0f}"
+                 for c in configs]
+        print(f"| {what} after start-up, before the load: RSS / PSS MB | " + " | ".join(cells) + " |")
     for conn in ("8 conn", "32 conn"):
         rps = [med(c, lambda r, conn=conn: r[conn]["rps"]) for c in configs]
         p99 = [med(c, lambda r, conn=conn: r[conn]["p99"]) for c in configs]

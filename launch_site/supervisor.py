@@ -147,8 +147,10 @@ class Supervisor:
         # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference
         # routes are async views, so a sync request waiting for its replica holds no thread;
         # the other routes run in Django's threads. Worker count: BENCHMARKS.md ("Web workers").
+        # Granian's own command line, run by launch_site.granian_server so that the workers share
+        # the imported app with granian's main process (copy-on-write).
         argv = [
-            str(Path(self.python).parent / "granian"), "--interface", "asgi",
+            self.python, "-m", "launch_site.granian_server", "--interface", "asgi",
             "--host", self.host, "--port", str(self.port),
             "--workers", str(self.web_workers),
             # uvloop, not asyncio's own loop: it halves what granian's ASGI bridge costs per

@@ -178,7 +178,7 @@ def asgi_server(live_stack):
         LAUNCH_INTERNAL_URL=settings.LAUNCH_INTERNAL_URL,  # a stored bundle's URL: the live stack serves it
     )
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
+        [sys.executable, "-m", "launch_site.granian_server", "--interface", "asgi", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1", "--backpressure", "1024", "--log-level", "error",
          "launch_site.asgi:application"],
         cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

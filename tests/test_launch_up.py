@@ -112,6 +112,63 @@ def test_the_supervisor_module_loads_neither_django_nor_redis_py():
         assert f"'{package}'" not in loaded, loaded
 
 
+def _memory_kb(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    return {name: int(value.split()[0]) for name, value in (line.split(":", 1) for line in lines)}
+
+
+def test_the_web_workers_share_the_app_that_granians_main_process_imported(tmp_path):
+    """`launch up` runs granian through launch_site.granian_server, which imports the app before
+    granian forks its workers: most of a worker's memory is then the main process's pages, shared
+    copy-on-write (under the plain `granian` command each worker imported its own copy: 4 MB
+    shared, 60 MB its own). The main process opened no database connection to hand down."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    env.update(LAUNCH_HOME=str(tmp_path))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "launch_site.granian_server", "--interface", "asgi", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2", "--log-level", "error", "launch_site.asgi:application"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                # readyz queries the database (and answers 503: no Redis here)
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code:
+                    break
+            except requests.ConnectionError:
+                assert process.poll() is None and time.monotonic() < deadline, "the web server did not start"
+                time.sleep(0.2)
+        workers = _descendants(process.pid)
+        assert len(workers) == 2, workers
+        for pid in workers:
+            memory = _memory_kb(pid)
+            assert memory["Shared_Dirty"] > memory["Private_Dirty"], memory
+        database = str(tmp_path / "launch.sqlite3")
+        main_files = [os.readlink(fd) for fd in Path(f"/proc/{process.pid}/fd").iterdir()]
+        assert database not in main_files, main_files
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    assert process.returncode == 0
+    time.sleep(0.5)
+    assert [pid for pid in workers if _running(pid)] == []
+
+
+@pytest.mark.parametrize(("workers", "preloaded"), [("2", True), ("1", False)])
+def test_the_app_is_imported_before_the_fork_only_for_workers_to_share_it(tmp_path, workers, preloaded):
+    """A single worker shares with no other: the main process's copy would be memory twice."""
+    probe = ("import sys; from launch_site.granian_server import preload; preload(sys.argv[1:]); "
+             "print('launch_site.asgi' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    env.update(LAUNCH_HOME=str(tmp_path))
+    loaded = subprocess.run([sys.executable, "-c", probe, "--interface", "asgi", "--workers", workers,
+                             "launch_site.asgi:application"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            check=True).stdout
+    assert loaded.strip() == str(preloaded)
+
+
 @pytest.mark.parametrize("value", ["yes", "2x"])
 def test_bad_setting_fails_loudly(tmp_path, value):
     env = dict(os.environ, LAUNCH_HOME=str(tmp_path), DEBUG=value if value == "yes" else "0", PORT=value)
