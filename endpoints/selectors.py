@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import functools
+import weakref
 
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from redis.commands.core import Script
 
 from accounts.models import Team
@@ -98,26 +99,38 @@ def _answer_select() -> tuple[str, tuple]:
     return sql, tuple(expressions)
 
 
+# Per connection (a thread's own; they live as long as their thread): what the ORM's
+# compiler would apply to the values of each column (a JSON field's text decoded, a datetime
+# made aware and a boolean made one on SQLite), found once instead of for every query.
+_converters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _answer_converters(wrapper, expressions: tuple) -> list[tuple[int, list, object]]:
+    converters = _converters.get(wrapper)
+    if converters is None:
+        converters = _converters[wrapper] = [
+            (i, functions, expression) for i, expression in enumerate(expressions)
+            if (functions := wrapper.ops.get_db_converters(expression) + expression.get_db_converters(wrapper))
+        ]
+    return converters
+
+
 _COUNT_PARAMS = (Replica.Owner.ENDPOINT, *AVAILABLE_STATES, Replica.Owner.ENDPOINT, *UNAVAILABLE_STATES)
 
 
 def _answer_rows(where: str, params: list, tail: str = "") -> list[dict]:
     select, expressions = _answer_select()
-    with connection.cursor() as cursor:
+    wrapper = connections[DEFAULT_DB_ALIAS]  # this thread's (`connection` is a proxy to it)
+    with wrapper.cursor() as cursor:
         cursor.execute(f"{select} WHERE {where}{tail}", [*_COUNT_PARAMS, *params])
         rows = cursor.fetchall()
-    # What the ORM's compiler would apply to each value (a JSON field's text decoded, a
-    # datetime made aware on SQLite), once per column instead of per value and row.
-    converters = [
-        (i, functions, expression) for i, expression in enumerate(expressions)
-        if (functions := connection.ops.get_db_converters(expression) + expression.get_db_converters(connection))
-    ]
+    converters = _answer_converters(wrapper, expressions)
     answers = []
     for row in rows:
         row = list(row)
         for i, functions, expression in converters:
             for function in functions:
-                row[i] = function(row[i], expression, connection)
+                row[i] = function(row[i], expression, wrapper)
         answer = dict(zip(ANSWER_COLUMNS, row))
         answer["available_workers"], answer["unavailable_workers"] = row[-2], row[-1]
         answers.append(answer)
