@@ -112,8 +112,8 @@ class ModelEndpoint(models.Model):
             # A deleted endpoint keeps its row while it drains; its name is free again once gone.
             models.UniqueConstraint(fields=["team", "name"], name="unique_endpoint_name_per_team"),
         ]
-        # A page of the API's list (endpoints.selectors.EndpointAnswerRows) read in this order
-        # from the index, without sorting the whole team's endpoints first.
+        # endpoints.selectors.LIST_ORDER: a page of the API's list is read in order from the
+        # index, instead of sorting all the team's endpoints for every page.
         indexes = [models.Index(fields=["team", "created_at", "id"], name="endpoint_team_newest")]
         ordering = ["-created_at"]
 

@@ -66,6 +66,11 @@ ANSWER_COLUMNS = (
     "task_expires_seconds", "queue_message_timeout_seconds", "max_batch_size", "max_batch_wait_ms",
 )
 
+# A team's endpoints are listed newest first (or oldest first) by these fields; the id breaks
+# ties, so that pages (launch_site.pagination) neither repeat nor skip. The index
+# endpoint_team_newest holds this order.
+LIST_ORDER = ("created_at", "id")
+
 # Which replicas of an endpoint count as its available and its unavailable workers.
 AVAILABLE_STATES = (Replica.State.READY,)
 UNAVAILABLE_STATES = (Replica.State.STARTING, Replica.State.DRAINING)
@@ -131,8 +136,8 @@ def _answer_rows(where: str, params: list, tail: str = "") -> list[dict]:
         for i, functions, expression in converters:
             for function in functions:
                 row[i] = function(row[i], expression, wrapper)
-        answer = dict(zip(ANSWER_COLUMNS, row))
-        answer["available_workers"], answer["unavailable_workers"] = row[-2], row[-1]
+        answer = dict(zip(ANSWER_COLUMNS, row[:-2], strict=True))
+        answer["available_workers"], answer["unavailable_workers"] = row[-2:]
         answers.append(answer)
     return answers
 
@@ -145,11 +150,10 @@ class EndpointAnswerRows:
     def __init__(self, *, team: Team, name: str | None = None, order_by: str | None = None):
         self.where = "e.team_id = %s" + (" AND e.name = %s" if name is not None else "")
         self.params = [team.id] + ([name] if name is not None else [])
-        # The id breaks ties, so that pages (launch_site.pagination) neither repeat nor skip;
-        # the index endpoint_team_newest serves both directions.
-        self.order = " ORDER BY e.created_at, e.id" if order_by == "oldest" else " ORDER BY e.created_at DESC, e.id DESC"
+        direction = "" if order_by == "oldest" else " DESC"
+        self.order = " ORDER BY " + ", ".join(f"e.{field}{direction}" for field in LIST_ORDER)
 
-    def __getitem__(self, page: slice) -> list[dict]:
+    def __getitem__(self, page: slice) -> list[dict]:  # [start:stop], both given
         return _answer_rows(self.where, [*self.params, page.stop - page.start, page.start],
                             f"{self.order} LIMIT %s OFFSET %s")
 
@@ -172,7 +176,9 @@ def endpoint_answer_row(*, team: Team, endpoint_id: str | None = None, name: str
 
 # One command for all the queue lengths of a page: a pipeline of LLENs cost about three times
 # as much in redis-py's packing and parsing of each command.
-_QUEUE_LENGTHS_SCRIPT = Script(None, b"local n = {} for i, key in ipairs(KEYS) do n[i] = redis.call('LLEN', key) end return n")
+_QUEUE_LENGTHS_SCRIPT = Script(
+    None, b"local n = {} for i, key in ipairs(KEYS) do n[i] = redis.call('LLEN', key) end return n"
+)
 
 
 def queue_lengths(endpoint_ids: list[str]) -> list[int]:
@@ -187,8 +193,7 @@ def endpoint_list(*, team: Team, name: str | None = None, order_by: str | None =
     endpoints = ModelEndpoint.objects.select_related("bundle", "created_by").filter(team=team)
     if name is not None:
         endpoints = endpoints.filter(name=name)
-    # The id breaks ties, so that pages (launch_site.pagination) neither repeat nor skip.
-    return endpoints.order_by(*(("created_at", "id") if order_by == "oldest" else ("-created_at", "-id")))
+    return endpoints.order_by(*(LIST_ORDER if order_by == "oldest" else [f"-{field}" for field in LIST_ORDER]))
 
 
 def replica_counts(endpoint_ids: list[str]) -> dict[str, dict[str, int]]:
