@@ -214,3 +214,19 @@ def test_list_items_read_exactly_as_each_endpoint_alone(owner, redis_client):
     assert (by_name["orphan"]["status"], by_name["orphan"]["status_reason"]) == (
         "UPDATE_FAILED", "the bundle failed to load"
     )
+
+
+def test_replicas_count_as_available_when_ready_and_unavailable_when_starting_or_draining(owner):
+    response = _create(owner, name="counted", endpoint_type="async", min_workers=0)
+    endpoint_id = response.json()["endpoint_creation_task_id"]
+    for state in Replica.State:
+        Replica.objects.create(owner_kind=Replica.Owner.ENDPOINT, owner_id=endpoint_id, runtime="local", state=state)
+    # A batch job's replica is not the endpoint's, whatever its owner id.
+    Replica.objects.create(owner_kind=Replica.Owner.BATCH_JOB, owner_id=endpoint_id, runtime="local",
+                           state=Replica.State.READY)
+    listed = owner.client.get("/v1/model-endpoints").json()["model_endpoints"]
+    alone = owner.client.get(f"/v1/model-endpoints/{endpoint_id}").json()
+    for answer in (listed[0], alone):
+        assert (answer["deployment_state"]["available_workers"], answer["deployment_state"]["unavailable_workers"]) == (
+            1, 2
+        )

@@ -4,14 +4,17 @@ queries independent of its size (no query per item)."""
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from endpoints.models import ModelEndpoint
 from launch_site.pagination import MAX_PAGE_SIZE
 from tests.factories import endpoint_body, make_bundle
+from workers.models import Replica
 
 pytestmark = pytest.mark.django_db
 
@@ -65,6 +68,44 @@ def test_offset_and_filters_compose(owner):
     assert [e["name"] for e in response.json()["model_endpoints"]] == ["ep-1", "ep-2"]
     assert _next_link(response) == "/v1/model-endpoints?order_by=oldest&limit=2&offset=3"
     assert owner.client.get("/v1/model-endpoints?offset=10").json() == {"model_endpoints": []}
+
+
+def _walk(persona, path: str, key: str) -> list[str]:
+    seen = []
+    while path is not None:
+        response = persona.client.get(path)
+        assert response.status_code == 200, response.content
+        seen += [e["id"] for e in response.json()[key]]
+        path = _next_link(response)
+    return seen
+
+
+def test_endpoints_created_at_the_same_moment_are_each_paged_once_in_id_order(owner):
+    ids = _create_endpoints(owner, 5)
+    ModelEndpoint.objects.filter(pk__in=ids).update(created_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+    assert _walk(owner, "/v1/model-endpoints?limit=2", "model_endpoints") == sorted(ids, reverse=True)
+    assert _walk(owner, "/v1/model-endpoints?limit=2&order_by=oldest", "model_endpoints") == sorted(ids)
+    assert _walk(owner, "/v1/hosted_inference/endpoints?limit=2", "endpoints") == sorted(ids, reverse=True)
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/model-endpoints", "/v1/model-endpoints?name=ep-1", "/v1/hosted_inference/endpoints",
+    "/v1/model-endpoints/{id}", "/v1/hosted_inference/endpoints/ep-1",
+])
+def test_endpoints_are_read_with_their_replica_counts_in_one_query(owner, path):
+    ids = _create_endpoints(owner, 3)
+    for state in (Replica.State.READY, Replica.State.STARTING):
+        Replica.objects.create(owner_kind=Replica.Owner.ENDPOINT, owner_id=ids[1], runtime="local", state=state)
+    path = path.format(id=ids[1])
+    owner.client.get(path)  # the key's first use also records when it was used
+    with CaptureQueriesContext(connection) as captured:
+        response = owner.client.get(path)
+    assert response.status_code == 200, response.content
+    assert len(captured) == 2, [q["sql"] for q in captured]  # the key, then the endpoints
+    answer = response.json()
+    items = answer.get("model_endpoints") or answer.get("endpoints") or [answer]
+    counts = [e.get("deployment_state") or e["worker_settings"] for e in items if e["id"] == ids[1]]
+    assert [(c["available_workers"], c["unavailable_workers"]) for c in counts] == [(1, 1)]
 
 
 @pytest.mark.parametrize("query, param", [

@@ -29,15 +29,15 @@ from launch_site.db import in_db_thread
 from launch_site.errors import FieldError, error_json_response, query_error
 from launch_site.pagination import page_of, page_response
 from launch_site.public_url import absolute_url
-from launch_site.redis_client import AsyncRedis, async_redis, get_redis
+from launch_site.redis_client import AsyncRedis, async_redis
 from workers import protocol
 from workers.models import Replica
 from workers.runtimes import get_runtime
 
 
-def endpoint_representation(row: dict, counts: dict, queued: int | None) -> dict:
-    """The API's endpoint object (list and retrieve alike) from a row of
-    endpoints.selectors.ANSWER_COLUMNS."""
+def endpoint_representation(row: dict, queued: int | None) -> dict:
+    """The API's endpoint object (list and retrieve alike) from an answer row
+    (endpoints.selectors.endpoint_answer_rows)."""
     return {
         "id": row["id"],
         "name": row["name"],
@@ -65,8 +65,8 @@ def endpoint_representation(row: dict, counts: dict, queued: int | None) -> dict
             "concurrent_requests_per_worker": ModelEndpoint.tasks_per_replica(
                 row["concurrent_requests_per_worker"], row["per_worker"]
             ),
-            "available_workers": counts["available"],
-            "unavailable_workers": counts["unavailable"],
+            "available_workers": row["available_workers"],
+            "unavailable_workers": row["unavailable_workers"],
         },
         "resource_state": {
             "cpus": row["cpus"],
@@ -92,15 +92,10 @@ def endpoint_representation(row: dict, counts: dict, queued: int | None) -> dict
 
 
 def endpoints_representation(rows: list[dict]) -> list[dict]:
-    """endpoint_representation of each row, with live replica counts (one query) and queue
-    lengths (one Redis round trip) for all."""
-    ids = [row["id"] for row in rows]
-    counts = selectors.replica_counts(ids)
-    with get_redis().pipeline(transaction=False) as pipe:
-        for endpoint_id in ids:
-            pipe.llen(protocol.Keys(protocol.endpoint_prefix(endpoint_id)).queue)
-        queued = pipe.execute()
-    return [endpoint_representation(row, counts[row["id"]], q) for row, q in zip(rows, queued, strict=True)]
+    """endpoint_representation of each row, with the queue lengths of all (one Redis round
+    trip)."""
+    queued = selectors.queue_lengths([row["id"] for row in rows])
+    return [endpoint_representation(row, q) for row, q in zip(rows, queued, strict=True)]
 
 
 class ModelEndpointListView(APIView):
