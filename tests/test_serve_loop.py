@@ -52,9 +52,10 @@ class RunningReplica:
         for thread in self.threads:
             thread.join(timeout=5)
 
-    def submit(self, redis_client, request: dict, *, ttl: float = 60, inline: bool = True, sync: bool = False) -> str:
+    def submit(self, redis_client, request: dict, *, ttl: float = 60, inline: bool = True, sync: bool = False,
+               task_id: str | None = None) -> str:
         """`sync`: a sync waiter waits for the task (the gateway's `sync` flag)."""
-        task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
+        task_id = task_id or protocol.task_id_for("end_x", uuid.uuid4().hex)
         payload = json.dumps(request)
         redis_client.hset(self.keys.task(task_id), mapping={
             "payload": payload, "status": protocol.PENDING, "attempts": 0, "created_at": time.time(),
@@ -101,6 +102,35 @@ def test_a_task_runs_once_and_its_record_says_so(tmp_path, redis_client, inline)
     assert float(task[b"started_at"]) <= float(task[b"finished_at"])
     assert redis_client.llen(running.keys.inflight("rep_test")) == 0
     assert redis_client.hget(running.keys.stats, "completed") == b"1"
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["payload-in-entry", "bare-id"])
+def test_a_finished_task_takes_its_own_entry_out_of_flight_and_no_other(tmp_path, redis_client, inline):
+    """The finish finds the task's in-flight entry by its id (the replica does not send the
+    entry, payload and all, back): the entries of tasks that other threads of the replica run
+    stay, ids that start with this one's included, and a task taken twice (requeued while
+    its replica still ran it) leaves one entry per finish."""
+    running = RunningReplica(bundle_file(tmp_path, doubler()))
+    task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
+    others = [
+        protocol.queue_entry(task_id + "0", expires_at=time.time() + 60, payload='{"args": 1}'), task_id + "1",
+        protocol.queue_entry(protocol.task_id_for("end_x", "other"), expires_at=time.time() + 60, payload="{}"),
+    ]
+    inflight = running.keys.inflight("rep_test")
+    redis_client.rpush(inflight, *others)
+    with running:
+        running.submit(redis_client, {"args": 21}, inline=inline, task_id=task_id)
+        assert running.record(redis_client, task_id)["result"] == "42"
+    assert redis_client.lrange(inflight, 0, -1) == [other.encode() for other in others]
+
+    entry = protocol.queue_entry(task_id, expires_at=time.time() + 60, payload='{"args": 21}') if inline else task_id
+    redis_client.lpush(inflight, entry, entry)
+    connection = running.replica.redis.connection_pool.make_connection()
+    for left in (1, 0):
+        running.replica.send_finish(connection, task_id, (protocol.SUCCESS, "42", "", b""), protocol.MARKED)
+        assert connection.read_response() == 0  # the task was final already; its entry goes all the same
+        assert redis_client.lrange(inflight, 0, -1) == [entry.encode()] * left + [other.encode() for other in others]
+    connection.disconnect()
 
 
 def test_a_task_that_expired_in_the_queue_is_not_run(tmp_path, redis_client):
@@ -248,3 +278,4 @@ def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(
 def test_the_result_literal_is_what_json_dumps_writes(text):
     # The sync answer carries this literal as it is: it must be exactly json.dumps's.
     assert protocol.json_string_literal(text) == json.dumps(text)
+
