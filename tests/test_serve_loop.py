@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 import zipfile
+from pathlib import Path
 
 import cloudpickle
 import pytest
+import redis
 from django.conf import settings
 
 from workers import protocol
@@ -279,3 +283,51 @@ def test_the_result_literal_is_what_json_dumps_writes(text):
     # The sync answer carries this literal as it is: it must be exactly json.dumps's.
     assert protocol.json_string_literal(text) == json.dumps(text)
 
+
+def identity():
+    return {"model": None, "load_predict_fn": lambda model: (lambda value: value)}
+
+
+def _aof_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("appendonly*") if path.is_file())
+
+
+def test_a_waiters_result_stays_out_of_the_append_only_file_and_a_restart_replays_the_rest(tmp_path, settings):
+    """The done record of a sync task whose waiter waits (here a 1 MB result) is not written to
+    Redis's append-only file: the waiter's BLPOP takes it at once, and a restart would end that
+    waiter's connection anyway. The file keeps the queue entry (the payload, once) and small
+    commands; replayed, it gives the same task, in-flight list and done list."""
+    from launch_site.embedded_redis import start_embedded_redis, stop_process
+
+    directory = Path(tempfile.mkdtemp(prefix="launch-aof-"))  # short: a unix socket's path
+    process, settings.REDIS_URL = start_embedded_redis(directory)
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        text = "x" * 2**20
+        with RunningReplica(bundle_file(tmp_path, identity())) as running:
+            task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
+            with client.pipeline(transaction=False) as pipe:  # as the gateway queues it: the payload once
+                protocol.add_task(pipe, running.keys, task_id, json.dumps({"args": text}), ttl_seconds=60,
+                                  now=time.time(), extra={"sync": "1"})
+                pipe.execute()
+            record = running.done_record(client, task_id)
+            assert json.loads(record["result"]) == text
+            async_id = running.submit(client, {"args": "small"})
+            assert running.record(client, async_id)["result"] == '"small"'
+        keys = running.keys
+        assert len(text) < _aof_bytes(directory) < 1.5 * len(text)  # the entry once; not the record
+
+        def state() -> tuple:
+            return (client.hmget(keys.task(task_id), "status", "attempts"), client.exists(keys.done(task_id)),
+                    client.llen(keys.inflight("rep_test")), client.llen(keys.queue), client.hgetall(keys.stats),
+                    client.hmget(keys.task(async_id), "status", "result"))
+
+        before = state()
+        assert before[0] == [b"SUCCESS", b"1"] and before[1:4] == (0, 0, 0)
+        stop_process(process)
+        process, _ = start_embedded_redis(directory)
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        assert state() == before
+    finally:
+        stop_process(process)
+        shutil.rmtree(directory, ignore_errors=True)

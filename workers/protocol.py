@@ -603,16 +603,27 @@ end
 # gets the result from the done list, and the hash never holds it. A result that came only
 # inside the done record while the hash needs it (its waiter gave up during the run, see
 # keep_task) is decoded from the record's JSON literal here.
+# The record pushed for a waiter (the task's `sync` flag) is kept out of the append-only file
+# and Redis's replicas (set_repl): the waiter's BLPOP takes it the moment this script ends, and a
+# Redis restart ends the waiter's connection anyway, so a replay has no one to give it to (the
+# record holds the result: a 1 MB result wrote a megabyte to the file for nothing). The pop
+# is propagated as an LPOP of a key the replay never made: nothing. What that gives up: a waiter
+# that timed out in the instant before the replica finished reads the record with keep_task's
+# LPOP, and a redis-server killed between the two (a millisecond) loses that result. (Effects
+# replication is the default since Redis 5 and the only mode of 7; replicate_commands makes it
+# sure on a 6.2 configured otherwise, before the first write as it must be.)
 FINISH_SCRIPT = _OBSERVE_FUNCTION + _DROP_INFLIGHT_FUNCTION + """
+redis.replicate_commands()
 drop_inflight(KEYS[2], ARGV[9])
 redis.call('ZREM', KEYS[5], ARGV[9])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'SUCCESS' or status == 'FAILURE' then
   return 0
 end
+local waited_on = false
 if status then
   redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[5])
-  local waited_on = redis.call('HGET', KEYS[1], 'sync') == '1'
+  waited_on = redis.call('HGET', KEYS[1], 'sync') == '1'
   if ARGV[1] == 'SUCCESS' then
     if ARGV[4] ~= '' then
       redis.call('HSET', KEYS[1], 'result_pickled', ARGV[4])  -- kept for a waiter too: its result_url
@@ -633,8 +644,12 @@ if status then
     redis.call('EXPIRE', KEYS[1], ARGV[10])
   end
 end
+if waited_on then
+  redis.set_repl(redis.REPL_NONE)
+end
 redis.call('LPUSH', KEYS[3], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.set_repl(redis.REPL_ALL)
 redis.call('HINCRBY', KEYS[4], ARGV[8], 1)
 -- Timings last: the outcome above is recorded whatever happens here.
 if status then
