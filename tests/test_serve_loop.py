@@ -278,6 +278,10 @@ def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(
 @pytest.mark.parametrize("text", [
     "", "plain", 'a "quoted" \\ back\\slash', json.dumps({"k": "é\n\t\x00\x7f\"\\/"}), "é", "\u2028", "\ud83d",
     "raw\ncontrol\x01\x7f", "\\u00e9",
+    # Dense in quotes (json.dumps's way), sparse (replaced), and what lies past the part whose
+    # density is read: a control character, non-ASCII, many quotes and backslashes.
+    json.dumps([{"k": i} for i in range(20_000)]), json.dumps({"data": "x" * 100_000}),
+    "x" * 70_000 + "\x01", "x" * 70_000 + "é", "x" * 70_000 + '"\\' * 20_000,
 ])
 def test_the_result_literal_is_what_json_dumps_writes(text):
     # The sync answer carries this literal as it is: it must be exactly json.dumps's.
