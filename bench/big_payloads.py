@@ -15,7 +15,8 @@ within each rep (same machine load), printing each one's ratio to the last one g
 PY_SPY or /tmp/pyspyt/bin/py-spy, samples of the thread holding the GIL) on the web workers and the replica while one size runs;
 the raw files go to DIR, with the top functions by own samples printed. --memory N: N sync
 requests of --size in a row to each checkout's stack, with Redis's memory (INFO used_memory)
-and its keys by kind before, right after the last answer and --seconds later.
+and its keys by kind before, right after the last answer and --seconds later, and what its
+append-only file grows by per request.
 """
 
 from __future__ import annotations
@@ -214,13 +215,20 @@ def memory(args) -> None:
         for target in targets:
             request = target.request(body_of(args.size))
             load(target.stack.port, request, connections=1, count=5)
+            client = target.stack.redis()
+            # What the append-only file gets per request: its size over a few requests (few, so
+            # that no rewrite, which shrinks it, falls between the two readings).
+            aof_start = client.info("persistence")["aof_current_size"]
+            load(target.stack.port, request, connections=1, count=10)
+            aof_per_request = (client.info("persistence")["aof_current_size"] - aof_start) / 10 / 2**20
             time.sleep(1)
             before = redis_memory(target)
             figures = load(target.stack.port, request, connections=1, count=args.memory)
             after = redis_memory(target)
             time.sleep(args.seconds)
             print(f"{target.root}: {args.memory} requests of {args.size} bytes (p50 {figures['p50']:.1f} ms, "
-                  f"{figures['errors']} errors); Redis before: {before}; right after: {after}; "
+                  f"{figures['errors']} errors); append-only file +{aof_per_request:.2f} MB per request; "
+                  f"Redis before: {before}; right after: {after}; "
                   f"{args.seconds:g} s later: {redis_memory(target)}")
 
 
