@@ -616,9 +616,11 @@ end
 # and Redis's replicas (set_repl): the waiter's BLPOP takes it the moment this script ends, and a
 # Redis restart ends the waiter's connection anyway, so a replay has no one to give it to (the
 # record holds the result: a 1 MB result wrote a megabyte to the file for nothing). The pop
-# is propagated as an LPOP of a key the replay never made: nothing. What that gives up: a waiter
-# that timed out in the instant before the replica finished reads the record with keep_task's
-# LPOP, and a redis-server killed between the two (a millisecond) loses that result. (Effects
+# and the EXPIRE are propagated and replay on a key that is not there: nothing (the EXPIRE
+# stays in, so that a list that held anything else never outlives its TTL after a replay).
+# What that gives up: a waiter that timed out in the instant before the replica finished
+# reads the record with keep_task's LPOP, and a redis-server killed between the two (a
+# millisecond) loses that result. (Effects
 # replication is the default since Redis 5 and the only mode of 7; replicate_commands makes it
 # sure on a 6.2 configured otherwise, before the first write as it must be.)
 FINISH_SCRIPT = _OBSERVE_FUNCTION + _DROP_INFLIGHT_FUNCTION + """
@@ -657,8 +659,8 @@ if waited_on then
   redis.set_repl(redis.REPL_NONE)
 end
 redis.call('LPUSH', KEYS[3], ARGV[6])
-redis.call('EXPIRE', KEYS[3], ARGV[7])
 redis.set_repl(redis.REPL_ALL)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
 redis.call('HINCRBY', KEYS[4], ARGV[8], 1)
 -- Timings last: the outcome above is recorded whatever happens here.
 if status then
