@@ -8,11 +8,15 @@ Usage:
   .venv/bin/python bench/big_payloads.py [--reps 3] [--compare-root PATH ...]
   .venv/bin/python bench/big_payloads.py --profile DIR [--size 1048576] [--seconds 15]
   .venv/bin/python bench/big_payloads.py --phases [--size 1048576] [--compare-root PATH ...]
+  .venv/bin/python bench/big_payloads.py --memory 1000 [--size 1048576] [--compare-root PATH ...]
 
 --compare-root (repeatable): also start the stacks of other checkouts and alternate all of them
 within each rep (same machine load), printing each one's ratio to the last one given. --profile: py-spy (`record -f raw`,
 PY_SPY or /tmp/pyspyt/bin/py-spy, samples of the thread holding the GIL) on the web workers and the replica while one size runs;
-the raw files go to DIR, with the top functions by own samples printed.
+the raw files go to DIR, with the top functions by own samples printed. --memory N: N sync
+requests of --size in a row to each checkout's stack, with Redis's memory (INFO used_memory)
+and its keys by kind before, right after the last answer and --seconds later, and what its
+append-only file grows by per request.
 """
 
 from __future__ import annotations
@@ -195,6 +199,39 @@ def phases(args) -> None:
         print(f"{root}: " + " | ".join(f"{name} {value:.1f} ms" for name, value in zip(names, medians, strict=True)))
 
 
+def redis_memory(target: Target) -> str:
+    """Redis's used memory (MB) and its keys of the endpoint, counted by kind (`task`, `done`, ...)."""
+    client, prefix = target.stack.redis(), f"launch:ep:{target.endpoint}:"
+    kinds = collections.Counter(key[len(prefix):].split(b":")[0].decode() for key in client.scan_iter(prefix + "*"))
+    used = client.info("memory")["used_memory"] / 2**20
+    return f"{used:.1f} MB, keys: " + (", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) or "none")
+
+
+def memory(args) -> None:
+    """Whether Redis lets go of large sync requests once they are answered."""
+    roots = [ROOT] + [Path(root).resolve() for root in args.compare_root]
+    with contextlib.ExitStack() as stack:
+        targets = [stack.enter_context(Target(root)) for root in roots]
+        for target in targets:
+            request = target.request(body_of(args.size))
+            load(target.stack.port, request, connections=1, count=5)
+            client = target.stack.redis()
+            # What the append-only file gets per request: its size over a few requests (few, so
+            # that no rewrite, which shrinks it, falls between the two readings).
+            aof_start = client.info("persistence")["aof_current_size"]
+            load(target.stack.port, request, connections=1, count=10)
+            aof_per_request = (client.info("persistence")["aof_current_size"] - aof_start) / 10 / 2**20
+            time.sleep(1)
+            before = redis_memory(target)
+            figures = load(target.stack.port, request, connections=1, count=args.memory)
+            after = redis_memory(target)
+            time.sleep(args.seconds)
+            print(f"{target.root}: {args.memory} requests of {args.size} bytes (p50 {figures['p50']:.1f} ms, "
+                  f"{figures['errors']} errors); append-only file +{aof_per_request:.2f} MB per request; "
+                  f"Redis before: {before}; right after: {after}; "
+                  f"{args.seconds:g} s later: {redis_memory(target)}")
+
+
 def profile(args) -> None:
     py_spy = os.environ.get("PY_SPY", "/tmp/pyspyt/bin/py-spy")
     out = Path(args.profile)
@@ -251,6 +288,7 @@ def main() -> None:
     parser.add_argument("--profile")
     parser.add_argument("--phases", action="store_true", help="where a request of --size spends its time")
     parser.add_argument("--sizes", help="only these, e.g. '1 KB,1 MB'")
+    parser.add_argument("--memory", type=int, help="N sync requests of --size, Redis memory before and after")
     parser.add_argument("--size", type=int, default=1024 * 1024)
     parser.add_argument("--seconds", type=float, default=15)
     args = parser.parse_args()
@@ -258,6 +296,8 @@ def main() -> None:
         profile(args)
     elif args.phases:
         phases(args)
+    elif args.memory:
+        memory(args)
     else:
         compare(args)
 

@@ -50,6 +50,26 @@ def test_a_replica_reaches_its_own_keys_only(granted, redis_client):
     redis_client.delete(other + "task:x")
 
 
+def test_a_replica_can_finish_a_task_it_took(granted, redis_client):
+    """Every command of the finish script (run with the replica's user: a script's commands are
+    checked too) is granted: the outcome is recorded and the entry leaves the in-flight list."""
+    prefix, replica_id, url = granted
+    keys, task_id = protocol.Keys(prefix), protocol.task_id_for("end_acl", "t")
+    replica = redis.Redis.from_url(url)
+    redis_client.hset(keys.task(task_id), mapping={"status": "STARTED", "sync": "1", "created_at": 1, "started_at": 2})
+    redis_client.lpush(keys.queue, protocol.queue_entry(task_id, expires_at=9e9, payload="{}"))
+    assert replica.blmove(keys.queue, keys.inflight(replica_id), 1, "RIGHT", "LEFT")
+    result, record, literal_at = protocol.finish_arguments(protocol.SUCCESS, "1", "", b"", mark=None)
+    assert replica.eval(
+        protocol.FINISH_SCRIPT, 6, keys.task(task_id), keys.inflight(replica_id), keys.done(task_id), keys.stats,
+        keys.running, keys.callbacks, protocol.SUCCESS, result, "", b"", 3, record, 60, "completed", task_id, 60,
+        literal_at,
+    ) == 1
+    assert replica.llen(keys.inflight(replica_id)) == 0
+    assert protocol.final_record_with_text(redis_client.lpop(keys.done(task_id)))["result"] == "1"
+    redis_client.delete(keys.task(task_id), keys.stats, keys.latency)
+
+
 def test_a_revoked_replica_can_no_longer_connect(granted):
     _, replica_id, url = granted
     redis.Redis.from_url(url).ping()

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 import zipfile
+from pathlib import Path
 
 import cloudpickle
 import pytest
+import redis
 from django.conf import settings
 
 from workers import protocol
@@ -52,9 +56,10 @@ class RunningReplica:
         for thread in self.threads:
             thread.join(timeout=5)
 
-    def submit(self, redis_client, request: dict, *, ttl: float = 60, inline: bool = True, sync: bool = False) -> str:
+    def submit(self, redis_client, request: dict, *, ttl: float = 60, inline: bool = True, sync: bool = False,
+               task_id: str | None = None) -> str:
         """`sync`: a sync waiter waits for the task (the gateway's `sync` flag)."""
-        task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
+        task_id = task_id or protocol.task_id_for("end_x", uuid.uuid4().hex)
         payload = json.dumps(request)
         redis_client.hset(self.keys.task(task_id), mapping={
             "payload": payload, "status": protocol.PENDING, "attempts": 0, "created_at": time.time(),
@@ -101,6 +106,35 @@ def test_a_task_runs_once_and_its_record_says_so(tmp_path, redis_client, inline)
     assert float(task[b"started_at"]) <= float(task[b"finished_at"])
     assert redis_client.llen(running.keys.inflight("rep_test")) == 0
     assert redis_client.hget(running.keys.stats, "completed") == b"1"
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["payload-in-entry", "bare-id"])
+def test_a_finished_task_takes_its_own_entry_out_of_flight_and_no_other(tmp_path, redis_client, inline):
+    """The finish finds the task's in-flight entry by its id (the replica does not send the
+    entry, payload and all, back): the entries of tasks that other threads of the replica run
+    stay, ids that start with this one's included, and a task taken twice (requeued while
+    its replica still ran it) leaves one entry per finish."""
+    running = RunningReplica(bundle_file(tmp_path, doubler()))
+    task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
+    others = [
+        protocol.queue_entry(task_id + "0", expires_at=time.time() + 60, payload='{"args": 1}'), task_id + "1",
+        protocol.queue_entry(protocol.task_id_for("end_x", "other"), expires_at=time.time() + 60, payload="{}"),
+    ]
+    inflight = running.keys.inflight("rep_test")
+    redis_client.rpush(inflight, *others)
+    with running:
+        running.submit(redis_client, {"args": 21}, inline=inline, task_id=task_id)
+        assert running.record(redis_client, task_id)["result"] == "42"
+    assert redis_client.lrange(inflight, 0, -1) == [other.encode() for other in others]
+
+    entry = protocol.queue_entry(task_id, expires_at=time.time() + 60, payload='{"args": 21}') if inline else task_id
+    redis_client.lpush(inflight, entry, entry)
+    connection = running.replica.redis.connection_pool.make_connection()
+    for left in (1, 0):
+        running.replica.send_finish(connection, task_id, (protocol.SUCCESS, "42", "", b""), protocol.MARKED)
+        assert connection.read_response() == 0  # the task was final already; its entry goes all the same
+        assert redis_client.lrange(inflight, 0, -1) == [entry.encode()] * left + [other.encode() for other in others]
+    connection.disconnect()
 
 
 def test_a_task_that_expired_in_the_queue_is_not_run(tmp_path, redis_client):
@@ -244,7 +278,60 @@ def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(
 @pytest.mark.parametrize("text", [
     "", "plain", 'a "quoted" \\ back\\slash', json.dumps({"k": "é\n\t\x00\x7f\"\\/"}), "é", "\u2028", "\ud83d",
     "raw\ncontrol\x01\x7f", "\\u00e9",
+    # Dense in quotes (json.dumps's way), sparse (replaced), and what lies past the part whose
+    # density is read: a control character, non-ASCII, many quotes and backslashes.
+    json.dumps([{"k": i} for i in range(20_000)]), json.dumps({"data": "x" * 100_000}),
+    "x" * 70_000 + "\x01", "x" * 70_000 + "é", "x" * 70_000 + '"\\' * 20_000,
 ])
 def test_the_result_literal_is_what_json_dumps_writes(text):
     # The sync answer carries this literal as it is: it must be exactly json.dumps's.
     assert protocol.json_string_literal(text) == json.dumps(text)
+
+
+def identity():
+    return {"model": None, "load_predict_fn": lambda model: (lambda value: value)}
+
+
+def _aof_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("appendonly*") if path.is_file())
+
+
+def test_a_waiters_result_stays_out_of_the_append_only_file_and_a_restart_replays_the_rest(tmp_path, settings):
+    """The done record of a sync task whose waiter waits (here a 1 MB result) is not written to
+    Redis's append-only file: the waiter's BLPOP takes it at once, and a restart would end that
+    waiter's connection anyway. The file keeps the queue entry (the payload, once) and small
+    commands; replayed, it gives the same task, in-flight list and done list."""
+    from launch_site.embedded_redis import start_embedded_redis, stop_process
+
+    directory = Path(tempfile.mkdtemp(prefix="launch-aof-"))  # short: a unix socket's path
+    process, settings.REDIS_URL = start_embedded_redis(directory)
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        text = "x" * 2**20
+        with RunningReplica(bundle_file(tmp_path, identity())) as running:
+            task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
+            with client.pipeline(transaction=False) as pipe:  # as the gateway queues it: the payload once
+                protocol.add_task(pipe, running.keys, task_id, json.dumps({"args": text}), ttl_seconds=60,
+                                  now=time.time(), extra={"sync": "1"})
+                pipe.execute()
+            record = running.done_record(client, task_id)
+            assert json.loads(record["result"]) == text
+            async_id = running.submit(client, {"args": "small"})
+            assert running.record(client, async_id)["result"] == '"small"'
+        keys = running.keys
+        assert len(text) < _aof_bytes(directory) < 1.5 * len(text)  # the entry once; not the record
+
+        def state() -> tuple:
+            return (client.hmget(keys.task(task_id), "status", "attempts"), client.exists(keys.done(task_id)),
+                    client.llen(keys.inflight("rep_test")), client.llen(keys.queue), client.hgetall(keys.stats),
+                    client.hmget(keys.task(async_id), "status", "result"))
+
+        before = state()
+        assert before[0] == [b"SUCCESS", b"1"] and before[1:4] == (0, 0, 0)
+        stop_process(process)
+        process, _ = start_embedded_redis(directory)
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        assert state() == before
+    finally:
+        stop_process(process)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -223,20 +223,29 @@ def final_record(status: str, *, result: str | None = None, traceback: str | Non
 
 def json_string_literal(text: str) -> str:
     """json.dumps(text), faster for the text json.dumps itself writes by default (the replica's
-    results): that is ASCII, with every control character already escaped, so only its
-    backslashes and quotes need escaping again (a check and two str.replace: 1.3 ms instead of
-    1.8 ms for a 1 MB result, best of 200). Other text goes through json.dumps."""
-    if not text.isascii() or not _no_control_characters(text):
+    results) when few of its characters are quotes or backslashes: that text is ASCII, with
+    every control character already escaped, so only its quotes and backslashes need escaping
+    again, by str.replace. Each replacement costs about what json.dumps spends on six
+    characters, so text dense in them (a list of small objects: a quote in every 4 characters)
+    goes through json.dumps, as does any other text. The density is read from the text's
+    start (str.count of a slice); the checks for control characters are 33 searches (`in`,
+    memchr), cheaper than one pass that looks at each character (bytes.translate, str.count).
+    Measured: BENCHMARKS.md, "Third pass"."""
+    sample = min(len(text), _DENSITY_SAMPLE_CHARS)
+    if (text.count('"', 0, sample) + text.count("\\", 0, sample)) * _DENSE_ONE_IN > sample:
         return json.dumps(text)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if not text.isascii() or any(character in text for character in _CONTROL_CHARACTERS):
+        return json.dumps(text)
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if '"' in text:
+        text = text.replace('"', '\\"')
+    return f'"{text}"'
 
 
-_CONTROL_CHARACTERS = bytes(range(0x20)) + b"\x7f"
-
-
-def _no_control_characters(ascii_text: str) -> bool:
-    encoded = ascii_text.encode("ascii")
-    return len(encoded.translate(None, _CONTROL_CHARACTERS)) == len(encoded)
+_DENSITY_SAMPLE_CHARS = 64 * 1024
+_DENSE_ONE_IN = 8  # more quotes and backslashes than one in this many characters: dense
+_CONTROL_CHARACTERS = tuple(map(chr, [*range(0x20), 0x7F]))
 
 
 def parse_final_record(raw: bytes) -> dict:
@@ -568,7 +577,32 @@ end
 """
 
 
-# KEYS: task, inflight, done, stats, running, callbacks. ARGV: entry, status, result (or ''),
+# Takes one entry of a task out of an in-flight list, found by the task's id, so that the entry
+# itself (for the gateway's tasks: the whole payload) is not sent back by the replica nor written
+# to the append-only file again: a script's writes are propagated as the commands it runs, and
+# `LREM <list> 0 <entry>` would carry the entry. The entry found is overwritten with the bare id
+# (LSET), which LREM then removes: both carry only the id. Searched from the oldest end, where a
+# replica's next finished task sits (a batch finishes in the order it was taken). Each take of an
+# entry (BLMOVE, TAKE_BATCH_SCRIPT) is matched by one removal. Returns whether it found one.
+_DROP_INFLIGHT_FUNCTION = """
+local function drop_inflight(key, task_id)
+  local prefix = task_id .. ' '
+  for i = -1, -redis.call('LLEN', key), -1 do
+    local entry = redis.call('LINDEX', key, i)
+    if entry == task_id or string.sub(entry, 1, #prefix) == prefix then
+      if entry ~= task_id then
+        redis.call('LSET', key, i, task_id)
+      end
+      redis.call('LREM', key, -1, task_id)
+      return true
+    end
+  end
+  return false
+end
+"""
+
+
+# KEYS: task, inflight, done, stats, running, callbacks. ARGV: status, result (or ''),
 # traceback, pickled (or ''), now, done_record, done_ttl, counter, task_id, sync_answered_ttl,
 # literal_at (or ''). See finish_arguments for where the result travels.
 # The task hash is only written while it exists (an expired task must not come back without
@@ -578,43 +612,60 @@ end
 # gets the result from the done list, and the hash never holds it. A result that came only
 # inside the done record while the hash needs it (its waiter gave up during the run, see
 # keep_task) is decoded from the record's JSON literal here.
-FINISH_SCRIPT = _OBSERVE_FUNCTION + """
-redis.call('LREM', KEYS[2], 0, ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[10])
+# The record pushed for a waiter (the task's `sync` flag) is kept out of the append-only file
+# and Redis's replicas (set_repl): the waiter's BLPOP takes it the moment this script ends, and a
+# Redis restart ends the waiter's connection anyway, so a replay has no one to give it to (the
+# record holds the result: a 1 MB result wrote a megabyte to the file for nothing). The pop
+# and the EXPIRE are propagated and replay on a key that is not there: nothing (the EXPIRE
+# stays in, so that a list that held anything else never outlives its TTL after a replay).
+# What that gives up: a waiter that timed out in the instant before the replica finished
+# reads the record with keep_task's LPOP, and a redis-server killed between the two (a
+# millisecond) loses that result. (Effects
+# replication is the default since Redis 5 and the only mode of 7; replicate_commands makes it
+# sure on a 6.2 configured otherwise, before the first write as it must be.)
+FINISH_SCRIPT = _OBSERVE_FUNCTION + _DROP_INFLIGHT_FUNCTION + """
+redis.replicate_commands()
+drop_inflight(KEYS[2], ARGV[9])
+redis.call('ZREM', KEYS[5], ARGV[9])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'SUCCESS' or status == 'FAILURE' then
   return 0
 end
+local waited_on = false
 if status then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[6])
-  local waited_on = redis.call('HGET', KEYS[1], 'sync') == '1'
-  if ARGV[2] == 'SUCCESS' then
-    if ARGV[5] ~= '' then
-      redis.call('HSET', KEYS[1], 'result_pickled', ARGV[5])  -- kept for a waiter too: its result_url
+  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[5])
+  waited_on = redis.call('HGET', KEYS[1], 'sync') == '1'
+  if ARGV[1] == 'SUCCESS' then
+    if ARGV[4] ~= '' then
+      redis.call('HSET', KEYS[1], 'result_pickled', ARGV[4])  -- kept for a waiter too: its result_url
     elseif not waited_on then
-      local result = ARGV[3]
-      if ARGV[12] ~= '' then
-        result = cjson.decode(string.sub(ARGV[7], tonumber(ARGV[12])))
+      local result = ARGV[2]
+      if ARGV[11] ~= '' then
+        result = cjson.decode(string.sub(ARGV[6], tonumber(ARGV[11])))
       end
       redis.call('HSET', KEYS[1], 'result', result)
     end
   else
-    redis.call('HSET', KEYS[1], 'traceback', ARGV[4])
+    redis.call('HSET', KEYS[1], 'traceback', ARGV[3])
   end
   if redis.call('HEXISTS', KEYS[1], 'callback') == 1 then
-    redis.call('LPUSH', KEYS[6], ARGV[10])
+    redis.call('LPUSH', KEYS[6], ARGV[9])
   end
   if waited_on then
-    redis.call('EXPIRE', KEYS[1], ARGV[11])
+    redis.call('EXPIRE', KEYS[1], ARGV[10])
   end
 end
-redis.call('LPUSH', KEYS[3], ARGV[7])
-redis.call('EXPIRE', KEYS[3], ARGV[8])
-redis.call('HINCRBY', KEYS[4], ARGV[9], 1)
+if waited_on then
+  redis.set_repl(redis.REPL_NONE)
+end
+redis.call('LPUSH', KEYS[3], ARGV[6])
+redis.set_repl(redis.REPL_ALL)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.call('HINCRBY', KEYS[4], ARGV[8], 1)
 -- Timings last: the outcome above is recorded whatever happens here.
 if status then
   local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at')
-  local now, created, started = tonumber(ARGV[6]), tonumber(times[1]), tonumber(times[2])
+  local now, created, started = tonumber(ARGV[5]), tonumber(times[1]), tonumber(times[2])
   local latency = string.sub(KEYS[4], 1, -6) .. 'latency'
   if created and started then observe(latency, 'queue_wait', started - created) end
   if started then observe(latency, 'run', now - started) end
@@ -717,13 +768,9 @@ return {requeued, failed}
 
 # One task that ran past its timeout: FAILURE with the reason, out of its replica's list.
 # KEYS: inflight. ARGV: prefix, task_id, reason, now, done_ttl. Returns 1 when it failed it.
-TIME_OUT_SCRIPT = _FAIL_FUNCTION + """
+TIME_OUT_SCRIPT = _FAIL_FUNCTION + _DROP_INFLIGHT_FUNCTION + """
 local prefix, task_id = ARGV[1], ARGV[2]
-for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if entry == task_id or string.sub(entry, 1, string.len(task_id) + 1) == task_id .. ' ' then
-    redis.call('LREM', KEYS[1], 0, entry)
-  end
-end
+while drop_inflight(KEYS[1], task_id) do end
 return fail(prefix, task_id, ARGV[3], ARGV[4], ARGV[5])
 """
 

@@ -37,7 +37,8 @@ USER_PREFIX = "launch-"
 # user has one (launch_site.embedded_redis), and an external REDIS_URL's must (SECURITY.md).
 REPLICA_COMMANDS = (
     "ping", "select",
-    "blmove", "lmove", "lrem", "lpush", "rpush", "set", "del", "hset", "hget", "hmget", "hexists", "hdel", "hincrby", "hincrbyfloat",
+    "blmove", "lmove", "lrem", "lpush", "rpush", "llen", "lindex", "lset",  # the last three: FINISH_SCRIPT's drop_inflight
+    "set", "del", "hset", "hget", "hmget", "hexists", "hdel", "hincrby", "hincrbyfloat",
     "exists", "expire", "zadd", "zrem",
     "eval", "evalsha", "script|load", "script|exists",
 )

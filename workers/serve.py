@@ -468,13 +468,14 @@ class Replica:
             mark, marking = connection.read_response(), False  # read now: the result goes once
         else:
             mark = None  # read after: a small result goes both ways (protocol.finish_arguments)
-        self.send_finish(connection, entry, task_id, (status, result, error, pickled), mark)
+        self.send_finish(connection, task_id, (status, result, error, pickled), mark)
         for _ in range(2 if marking else 1):
             connection.read_response()
 
-    def send_finish(self, connection, entry: bytes, task_id: str, outcome: Outcome, mark: int | None) -> None:
-        """Send (not read) the script that records a task's outcome and answers its waiter;
-        `mark`: MARK_STARTED_SCRIPT's answer (protocol.finish_arguments)."""
+    def send_finish(self, connection, task_id: str, outcome: Outcome, mark: int | None) -> None:
+        """Send (not read) the script that records a task's outcome, takes its entry out of the
+        in-flight list (by its id: the entry, payload and all, is not sent back) and answers its
+        waiter; `mark`: MARK_STARTED_SCRIPT's answer (protocol.finish_arguments)."""
         status, result, error, pickled = outcome
         if status == protocol.FAILURE and error.startswith("out of memory"):
             # What is left of this process after a MemoryError cannot be trusted: end it
@@ -485,7 +486,7 @@ class Replica:
         counter = "completed" if status == protocol.SUCCESS else "failed"
         connection.send_command(
             "EVAL", protocol.FINISH_SCRIPT, 6, self.keys.task(task_id), self.inflight, self.keys.done(task_id),
-            self.keys.stats, self.keys.running, self.keys.callbacks, entry, status, result_for_hash, error, pickled,
+            self.keys.stats, self.keys.running, self.keys.callbacks, status, result_for_hash, error, pickled,
             time.time(), record, protocol.DONE_LIST_TTL_SECONDS, counter, task_id,
             protocol.SYNC_ANSWERED_TTL_SECONDS, literal_at,
         )
@@ -522,19 +523,19 @@ class Replica:
             elif now > expires_at:
                 self.redis.lrem(self.inflight, 0, entry)  # expired while queued: not run
             else:
-                batch.append((entry, task_id, request))
-        for _, task_id, _ in batch:
+                batch.append((task_id, request))
+        for task_id, _ in batch:
             connection.send_command(
                 "EVAL", protocol.MARK_STARTED_SCRIPT, 2, self.keys.task(task_id), self.keys.running,
                 self.replica_id, now, task_id,
             )
         if batch:
-            outcomes = run_batch(self.batch_predict, [request for _, _, request in batch], self.memory_limit)
+            outcomes = run_batch(self.batch_predict, [request for _, request in batch], self.memory_limit)
             # The marks' answers first when a result is large (protocol.ONE_COPY_MIN_CHARS).
             marks_first = any(len(result) >= protocol.ONE_COPY_MIN_CHARS for _, result, _, _ in outcomes)
             marks = [connection.read_response() for _ in batch] if marks_first else [None] * len(batch)
-            for (entry, task_id, _), outcome, mark in zip(batch, outcomes, marks, strict=True):
-                self.send_finish(connection, entry, task_id, outcome, mark)
+            for (task_id, _), outcome, mark in zip(batch, outcomes, marks, strict=True):
+                self.send_finish(connection, task_id, outcome, mark)
             for _ in range(len(batch) if marks_first else 2 * len(batch)):
                 connection.read_response()
         for entry in alone:
