@@ -79,12 +79,17 @@ def timed_deferral(docker_runtime, url: str, **kwargs) -> tuple[StartDeferred, f
 
 @pytest.fixture
 def on_d1(docker_hosts, docker_engines):
-    """Builds happen on d1 only; its derived images and the control queue start empty."""
+    """Builds happen on d1 only; its derived images, the control queue and the images' pending
+    and failed marks start empty (an earlier test's mark for the same host id and image, its
+    job emptied from the queue, would stop this test's build from being asked for)."""
     hosts.host_set_cordoned(host=docker_hosts["d2"], cordoned=True)
     client = docker_engines.client("d1")
     for image in client.images.list(name=DERIVED_REPOSITORY):
         client.images.remove(image.id, force=True)
     control_queue().empty()
+    redis = control_queue().connection
+    for key in [*redis.scan_iter("launch:image:pending:*"), *redis.scan_iter("launch:image:failed:*")]:
+        redis.delete(key)
     yield client
     client.close()
 
