@@ -417,6 +417,11 @@ class Replica:
         # the in-flight list would strand them there while this replica lives. A Redis that
         # stops answering is the heartbeat's to notice.
         connection.socket_timeout = None
+        # Replies of the last task's scripts not read yet: the next take (BLMOVE) is sent first,
+        # so that one round trip carries a task's end and the next one's start (a replica that
+        # waited for each in turn spent most of a fast task waiting: BENCHMARKS.md, "The
+        # replica's round trips").
+        owed = 0
         try:
             while not self.stopping.is_set():
                 try:
@@ -427,17 +432,33 @@ class Replica:
                         continue
                     # On this thread's connection (no socket timeout, see above), never the pool's.
                     connection.send_command("BLMOVE", self.keys.queue, self.inflight, "RIGHT", "LEFT", 1)
+                    self.read_owed(connection, owed)
+                    owed = 0
                     entry = connection.read_response()
                     if entry is not None:
-                        self.run_task(connection, entry)
+                        owed = self.run_task(connection, entry)
                 except redis.RedisError as exc:
+                    owed = 0  # the connection goes, and what it owed with it
                     connection.disconnect()
                     print(f"redis error, retrying: {exc!r}", file=sys.stderr, flush=True)
                     time.sleep(0.5)
+            self.read_owed(connection, owed)  # the last task's, before the connection closes
         finally:
             connection.disconnect()
 
-    def run_task(self, connection, entry: bytes) -> None:
+    def read_owed(self, connection, count: int) -> None:
+        """Read the replies of a finished task's scripts. An error reply leaves the connection in
+        step: the take sent after them must still be read, or the task it moved into the
+        in-flight list would wait there while this replica lives."""
+        for _ in range(count):
+            try:
+                connection.read_response()
+            except redis.ResponseError as error:
+                print(f"a task script failed: {error!r}", file=sys.stderr, flush=True)
+
+    def run_task(self, connection, entry: bytes) -> int:
+        """Run one task taken from the queue and send its outcome; returns how many replies of
+        its scripts are still to be read (work_loop reads them after sending the next take)."""
         task_id, expires_at, payload = protocol.parse_entry(entry)
         task_key = self.keys.task(task_id)
         if payload is None:
@@ -445,11 +466,11 @@ class Replica:
                 keys=[task_key, self.inflight, self.keys.running], args=[entry, self.replica_id, time.time(), task_id]
             )
             if payload is None:
-                return
+                return 0
             marking = False  # a batch chunk: marked by START_SCRIPT, never waited on
         elif time.time() > expires_at:
             self.redis.lrem(self.inflight, 0, entry)  # expired while queued: not run
-            return
+            return 0
         else:
             connection.send_command(
                 "EVAL", protocol.MARK_STARTED_SCRIPT, 2, task_key, self.keys.running, self.replica_id, time.time(),
@@ -469,8 +490,7 @@ class Replica:
         else:
             mark = None  # read after: a small result goes both ways (protocol.finish_arguments)
         self.send_finish(connection, task_id, (status, result, error, pickled), mark)
-        for _ in range(2 if marking else 1):
-            connection.read_response()
+        return 2 if marking else 1
 
     def send_finish(self, connection, task_id: str, outcome: Outcome, mark: int | None) -> None:
         """Send (not read) the script that records a task's outcome, takes its entry out of the
@@ -539,7 +559,7 @@ class Replica:
             for _ in range(len(batch) if marks_first else 2 * len(batch)):
                 connection.read_response()
         for entry in alone:
-            self.run_task(connection, entry)
+            self.read_owed(connection, self.run_task(connection, entry))
 
     def predict_for(self, request: dict) -> Callable:
         """The predict that serves this request (a forwarder relays a streaming request to
