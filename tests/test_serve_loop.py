@@ -335,3 +335,32 @@ def test_a_waiters_result_stays_out_of_the_append_only_file_and_a_restart_replay
     finally:
         stop_process(process)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def sleepy_doubler():
+    def load_predict_fn(model):
+        def predict(x, pause=0.0):
+            time.sleep(pause)
+            return 2 * x
+
+        return predict
+
+    return {"model": None, "load_predict_fn": load_predict_fn}
+
+
+def test_a_task_script_that_fails_does_not_strand_the_task_taken_with_its_reply(tmp_path, redis_client):
+    """The next take (BLMOVE) goes out before the finished task's script replies are read: an
+    error reply among them (here the task's record turned into a string during its run, so
+    that FINISH fails) must not cost the task that take moved into the in-flight list."""
+    with RunningReplica(bundle_file(tmp_path, sleepy_doubler())) as running:
+        first = running.submit(redis_client, {"args": {"x": 1, "pause": 0.5}})
+        second = running.submit(redis_client, {"args": {"x": 21}})
+        deadline = time.time() + 10
+        while redis_client.hget(running.keys.task(first), "status") != b"STARTED" and time.time() < deadline:
+            time.sleep(0.01)
+        redis_client.delete(running.keys.task(first))
+        redis_client.set(running.keys.task(first), "not a task record")  # FINISH's HGET: WRONGTYPE
+        record = running.record(redis_client, second)
+        in_flight = redis_client.lrange(running.keys.inflight("rep_test"), 0, -1)
+    assert record is not None and record["status"] == "SUCCESS" and record["result"] == "42"
+    assert in_flight == []
