@@ -58,6 +58,27 @@ def results(running, redis_client, task_ids, timeout: float = 10) -> list[dict]:
 # --- the serve loop ------------------------------------------------------------------------
 
 
+def test_a_batch_wait_ending_within_a_millisecond_does_not_block_forever(tmp_path, redis_client, monkeypatch):
+    """Redis truncates a blocking timeout to whole milliseconds and 0 blocks forever: a take
+    asked to wait what is left of max_batch_wait, when that is under a millisecond, waited for
+    the next task instead (seen with 32 clients each waiting on their answer: never). The
+    clock here moves 0.2 ms per reading, so the wait left after the first take is 0.8 ms."""
+    import types
+
+    from workers import serve
+
+    readings = iter(range(10**6))
+    clock = types.SimpleNamespace(monotonic=lambda: 1000 + next(readings) * 0.0002, time=time.time, sleep=time.sleep)
+    monkeypatch.setattr(serve, "time", clock)
+    running = BatchingReplica(bundle_file(tmp_path, batch_bundle()), size=8, wait_ms=1)
+    with running:
+        task_id = running.submit(redis_client, {"args": 21})
+        record = running.record(redis_client, task_id, timeout=5)
+    assert record is not None, "the task was taken and never run"
+    assert json.loads(record["result"]) == {"x": 42, "position": 0, "size": 1}
+
+
+
 def test_a_full_queue_is_taken_in_batches_of_max_size_each_answered_with_its_own_result(tmp_path, redis_client):
     running = BatchingReplica(bundle_file(tmp_path, batch_bundle()), size=8)
     task_ids = [running.submit(redis_client, {"args": n}) for n in range(40)]  # waiting before it starts

@@ -521,10 +521,13 @@ class Replica:
         deadline = time.monotonic() + self.max_batch_wait
         while entries and len(entries) < self.max_batch_size and not self.stopping.is_set():
             left = deadline - time.monotonic()
-            if left <= 0:
+            # Redis truncates a blocking timeout to whole milliseconds and 0 blocks forever: a
+            # wait shorter than protocol.MIN_BLOCKING_SECONDS is not worth the risk (a BLMOVE of
+            # 0.001 s blocked until the next task came, which, with every client waiting on this
+            # batch, was never).
+            if left < protocol.MIN_BLOCKING_SECONDS:
                 break
-            # BLMOVE's timeout 0 means forever: never ask for less than a millisecond.
-            entries += protocol.take_batch(connection, self.keys, self.inflight, first_timeout=round(max(left, 0.001), 3),
+            entries += protocol.take_batch(connection, self.keys, self.inflight, first_timeout=round(left, 3),
                                            most=self.max_batch_size - len(entries))
         return entries
 
