@@ -82,36 +82,29 @@ def test_an_error_reply_is_raised_and_the_connection_stays_good(key):
     assert run(go()) == [b"text"]
 
 
-def test_a_wait_past_its_deadline_never_leaves_its_reply_to_the_next_caller(key, redis_client):
-    """The BLPOP of a timed-out round trip still waits in Redis: if its connection went back to
-    the pool, the next caller would read the value it pops as its own reply."""
+async def _timed_out(pool, pipe) -> None:
+    with pytest.raises(redis.exceptions.TimeoutError):
+        await pool.execute(pipe, timeout=0.3)
+
+
+async def _cancelled(pool, pipe) -> None:
+    waiting = asyncio.create_task(pool.execute(pipe))
+    await asyncio.sleep(0.2)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+@pytest.mark.parametrize("give_up", [_timed_out, _cancelled], ids=["past-its-deadline", "cancelled"])
+def test_a_wait_given_up_never_leaves_its_reply_to_the_next_caller(key, redis_client, give_up):
+    """The BLPOP of a round trip given up on still waits in Redis: if its connection went back
+    to the pool, the next caller would read the value it pops as its own reply."""
     async def go():
         pool = _pool()
         pipe = pool.pipeline()
         pipe.blpop([f"{key}:late"], timeout=5)
-        with pytest.raises(redis.exceptions.TimeoutError):
-            await pool.execute(pipe, timeout=0.3)
-        redis_client.rpush(f"{key}:late", "for the first caller")
-        pipe = pool.pipeline()
-        pipe.echo("mine")
-        reply = await pool.execute(pipe)
-        pool.close()
-        return reply
-
-    assert run(go()) == [b"mine"]
-
-
-def test_a_cancelled_wait_does_not_come_back_to_the_pool(key, redis_client):
-    async def go():
-        pool = _pool()
-        pipe = pool.pipeline()
-        pipe.blpop([f"{key}:late"], timeout=5)
-        waiting = asyncio.create_task(pool.execute(pipe))
-        await asyncio.sleep(0.2)
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        redis_client.rpush(f"{key}:late", "for the cancelled caller")
+        await give_up(pool, pipe)
+        redis_client.rpush(f"{key}:late", "for the caller that gave up")
         pipe = pool.pipeline()
         pipe.echo("mine")
         reply = await pool.execute(pipe)
