@@ -192,11 +192,12 @@ def test_chatty_replica_log_stays_bounded_and_logs_show_the_newest_lines(runtime
     assert log.stat().st_size + rotated.stat().st_size <= 64 * 1024
     # Writes after a truncate land at the start of the file (O_APPEND), not past a hole.
     assert b"\0" not in rotated.read_bytes()
-    # (A write that lands between a rotation's read and its truncate is lost: copytruncate.)
+    # (A write that lands between a rotation's read and its truncate is lost: copytruncate. The
+    # replica's stdout is block-buffered, so a lost write can leave the rest of a cut line.)
     lines = runtime.logs(replica, tail_lines=100).splitlines()
     assert len(lines) == 100 and lines[-1] == "done"
-    numbers = [int(line.split()[1]) for line in lines[:-1]]
-    assert numbers == sorted(numbers) and numbers[-1] >= 19_900
+    numbers = [int(line.split()[1]) for line in lines[:-1] if line.startswith("line ")]
+    assert len(numbers) >= 90 and numbers == sorted(numbers) and numbers[-1] >= 19_900
 
 
 def test_start_runs_the_serve_loop_in_its_limits_and_reports_its_load_failure(runtime):
