@@ -18,7 +18,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from workers import protocol
+from workers import protocol, serve
 from workers.serve import Replica
 
 
@@ -275,17 +275,24 @@ def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(
     assert redis_client.ttl(running.keys.task(task_id)) > protocol.SYNC_ANSWERED_TTL_SECONDS
 
 
-@pytest.mark.parametrize("text", [
-    "", "plain", 'a "quoted" \\ back\\slash', json.dumps({"k": "é\n\t\x00\x7f\"\\/"}), "é", "\u2028", "\ud83d",
-    "raw\ncontrol\x01\x7f", "\\u00e9",
+@pytest.mark.parametrize("output", [
+    "", "plain", 'a "quoted" \\ back\\slash', {"k": "é\n\t\x00\x1f\x7f\"\\/"}, "é", "\u2028", "\ud83d", "😀",
+    "raw\ncontrol\x01\x7f", "\\u00e9", float("nan"), 10**40, [1.5, -0.0, None, True],
     # Dense in quotes (json.dumps's way), sparse (replaced), and what lies past the part whose
     # density is read: a control character, non-ASCII, many quotes and backslashes.
-    json.dumps([{"k": i} for i in range(20_000)]), json.dumps({"data": "x" * 100_000}),
+    [{"k": i} for i in range(20_000)], {"data": "x" * 100_000},
     "x" * 70_000 + "\x01", "x" * 70_000 + "é", "x" * 70_000 + '"\\' * 20_000,
 ])
-def test_the_result_literal_is_what_json_dumps_writes(text):
-    # The sync answer carries this literal as it is: it must be exactly json.dumps's.
-    assert protocol.json_string_literal(text) == json.dumps(text)
+def test_the_result_literal_is_what_json_dumps_writes(output):
+    # The sync answer carries this literal of the result's text as it is: it must be exactly
+    # json.dumps's, for every text encode_output can give.
+    text = serve.encode_output(output, {})[1]
+    assert protocol.json_text_literal(text) == json.dumps(text).encode()
+
+
+@pytest.mark.parametrize("text", ["é", "\u2028", "raw é \"quoted\" \\"])
+def test_a_text_json_dumps_did_not_write_still_gets_a_valid_literal(text):
+    assert protocol.json_text_literal(text) == json.dumps(text).encode()
 
 
 def identity():
