@@ -38,9 +38,11 @@ test: setup-test
 lint: setup-test
 	$(VENV)/bin/ruff check .
 
-# Side by side with BentoML and Ray Serve (installed once under .bench-venvs/); writes BENCHMARKS.md.
+# Side by side with BentoML and Ray Serve (installed once under .bench-venvs/), then the async,
+# cold start, batch and other target figures in the same run; both write their block of BENCHMARKS.md.
 bench: setup
 	$(PY) bench/peers.py --reps 3
+	$(PY) bench/figures.py
 
 clean:
 	rm -rf $(VENV) .launch-test

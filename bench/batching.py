@@ -13,7 +13,10 @@ endpoint's queue with the gateway's protocol (bench/async_throughput.py's comple
 tasks / (last finished_at - first started_at)), so the gain of batching itself shows where
 the web server, not the replica, is what limits the first figure.
 
+Target (issue 14): requests/s through the API with batching on >= 5x off, at 32 connections.
+
 Usage: .venv/bin/python bench/batching.py [--reps 3] [--seconds 5] [--connections 32] [--wait-ms 10]
+       [--tasks 1500] [--json PATH]
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Figure, table, write_json  # noqa: E402
 from _stack import Stack, machine  # noqa: E402
 from async_throughput import completion_rate  # noqa: E402
 from peers import load  # noqa: E402
 
 BATCH_SIZE = 32
+TARGET_RATIO = 5
 
 
 def costly_batch_bundle():
@@ -55,6 +60,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--tasks", type=int, default=1500, help="tasks per drain of the replica-only figure")
     parser.add_argument("--wait-ms", type=int, default=10, help="max_batch_wait_ms of the batching endpoint")
+    parser.add_argument("--json", help="also write the figures here (for bench/figures.py)")
     options = parser.parse_args()
 
     with Stack() as stack:
@@ -87,22 +93,33 @@ def main() -> None:
                 print(f"rep {rep + 1} batching {mode:3}: {figure['rps']:7.0f} req/s, p50 {figure['p50']:6.1f} ms, "
                       f"p99 {figure['p99']:6.1f} ms; replica alone {figure['drain']:7.0f} tasks/s", flush=True)
 
-    def median(mode: str, key: str) -> float:
-        return statistics.median(f[key] for f in figures[mode])
+    def values(mode: str, key: str) -> list[float]:
+        return [f[key] for f in figures[mode]]
 
+    def median(mode: str, key: str) -> float:
+        return statistics.median(values(mode, key))
+
+    off = "batching off (same run)"
+    results = [
+        Figure("batching off: requests/s through the API", values("off", "rps"), "req/s"),
+        Figure("batching on: requests/s through the API", values("on", "rps"), "req/s", off, median("off", "rps"),
+               f">= {TARGET_RATIO}"),
+        Figure("batching off: p99", values("off", "p99"), "ms"),
+        Figure("batching on: p99", values("on", "p99"), "ms", off, median("off", "p99")),
+        Figure("batching off: replica alone (queue pushed, no web path)", values("off", "drain"), "tasks/s"),
+        Figure("batching on: replica alone (queue pushed, no web path)", values("on", "drain"), "tasks/s", off,
+               median("off", "drain")),
+    ]
+    per_rep = ", ".join(f"{on['rps'] / off['rps']:.1f}" for on, off in zip(figures["on"], figures["off"], strict=True))
+    notes = [f"per rep, on/off requests/s through the API: {per_rep}"]
     print(f"\nmachine: {machine()}")
     print(f"model: 5 ms per call + 0.05 ms per item; {options.connections} connections, sync, one replica; "
           f"batching on: max_batch_size {BATCH_SIZE}, max_batch_wait_ms {options.wait_ms}; "
-          f"median of {options.reps} reps of {options.seconds:g} s, alternating")
-    print("| batching | requests/s through the API | p50 ms | p99 ms | replica alone, tasks/s |")
-    print("| --- | --- | --- | --- | --- |")
-    for mode in ("off", "on"):
-        print(f"| {mode} | {median(mode, 'rps'):.0f} | {median(mode, 'p50'):.1f} | {median(mode, 'p99'):.1f} "
-              f"| {median(mode, 'drain'):.0f} |")
-    print(f"| ratio on/off | {median('on', 'rps') / median('off', 'rps'):.1f}x | | | "
-          f"{median('on', 'drain') / median('off', 'drain'):.1f}x |")
-    per_rep = ", ".join(f"{on['rps'] / off['rps']:.1f}" for on, off in zip(figures["on"], figures["off"], strict=True))
-    print(f"per rep, on/off requests/s through the API: {per_rep}")
+          f"{options.reps} reps of {options.seconds:g} s, alternating; replica alone: {options.tasks:,} tasks")
+    print(table(results))
+    print(notes[0])
+    if options.json:
+        write_json(options.json, results, notes)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,16 @@ Usage:
   .venv/bin/python bench/big_payloads.py [--reps 3] [--compare-root PATH ...]
   .venv/bin/python bench/big_payloads.py --profile DIR [--size 1048576] [--seconds 15]
   .venv/bin/python bench/big_payloads.py --phases [--size 1048576] [--compare-root PATH ...]
-  .venv/bin/python bench/big_payloads.py --memory 1000 [--size 1048576] [--compare-root PATH ...]
+  .venv/bin/python bench/big_payloads.py --memory 1000 [--reps 3] [--size 1048576] [--compare-root PATH ...]
+                                         [--json PATH]
 
 --compare-root (repeatable): also start the stacks of other checkouts and alternate all of them
 within each rep (same machine load), printing each one's ratio to the last one given. --profile: py-spy (`record -f raw`,
 PY_SPY or /tmp/pyspyt/bin/py-spy, samples of the thread holding the GIL) on the web workers and the replica while one size runs;
 the raw files go to DIR, with the top functions by own samples printed. --memory N: N sync
-requests of --size in a row to each checkout's stack, with Redis's memory (INFO used_memory)
-and its keys by kind before, right after the last answer and --seconds later, and what its
-append-only file grows by per request.
+requests of --size in a row to each checkout's stack, --reps times, with Redis's memory (INFO
+used_memory) and its keys by kind before, right after the last answer and once it is back at
+its size before (target: within a minute), and what its append-only file grows by per request.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import math
 import os
 import statistics
 import subprocess
@@ -34,10 +36,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Figure, table, write_json  # noqa: E402
 from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
 from peers import _read_response, body_of, descendants, load  # noqa: E402
 
 SIZES = ((1024, "1 KB"), (100 * 1024, "100 KB"), (1024 * 1024, "1 MB"))
+# Target (issue 14): Redis back to its starting size within a minute of the last answer.
+RELEASE_TARGET_SECONDS = 60
+RELEASE_SLACK_MB = 1
 PARTS = ("web", "replica", "redis")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -207,9 +213,16 @@ def redis_memory(target: Target) -> str:
     return f"{used:.1f} MB, keys: " + (", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) or "none")
 
 
+def used_mb(target: Target) -> float:
+    return target.stack.redis().info("memory")["used_memory"] / 2**20
+
+
 def memory(args) -> None:
-    """Whether Redis lets go of large sync requests once they are answered."""
+    """Whether Redis lets go of large sync requests once they are answered: per rep, --memory
+    requests in a row, then Redis's used memory polled until it is back at its size before them
+    (within RELEASE_SLACK_MB) or RELEASE_TARGET_SECONDS have passed."""
     roots = [ROOT] + [Path(root).resolve() for root in args.compare_root]
+    runs: dict[Path, list[dict]] = {root: [] for root in roots}
     with contextlib.ExitStack() as stack:
         targets = [stack.enter_context(Target(root)) for root in roots]
         for target in targets:
@@ -221,15 +234,37 @@ def memory(args) -> None:
             aof_start = client.info("persistence")["aof_current_size"]
             load(target.stack.port, request, connections=1, count=10)
             aof_per_request = (client.info("persistence")["aof_current_size"] - aof_start) / 10 / 2**20
-            time.sleep(1)
-            before = redis_memory(target)
-            figures = load(target.stack.port, request, connections=1, count=args.memory)
-            after = redis_memory(target)
-            time.sleep(args.seconds)
-            print(f"{target.root}: {args.memory} requests of {args.size} bytes (p50 {figures['p50']:.1f} ms, "
-                  f"{figures['errors']} errors); append-only file +{aof_per_request:.2f} MB per request; "
-                  f"Redis before: {before}; right after: {after}; "
-                  f"{args.seconds:g} s later: {redis_memory(target)}")
+            print(f"{target.root}: append-only file +{aof_per_request:.2f} MB per request")
+        for rep in range(args.reps):
+            for target in targets:
+                before, before_keys = used_mb(target), redis_memory(target)
+                figures = load(target.stack.port, target.request(body_of(args.size)), connections=1,
+                               count=args.memory)
+                answered = time.perf_counter()
+                after, after_keys = used_mb(target), redis_memory(target)
+                while used_mb(target) > before + RELEASE_SLACK_MB:
+                    if time.perf_counter() - answered > RELEASE_TARGET_SECONDS:
+                        back = math.inf
+                        break
+                    time.sleep(0.1)
+                else:
+                    back = time.perf_counter() - answered
+                runs[target.root].append({"before": before, "after": after, "back": back})
+                print(f"rep {rep + 1} {target.root}: {args.memory} requests of {args.size} bytes "
+                      f"(p50 {figures['p50']:.1f} ms, {figures['errors']} errors); Redis before: {before_keys}; "
+                      f"right after: {after_keys}; back to its size before after {back:.2f} s: {redis_memory(target)}")
+    mine = runs[ROOT]
+    sent = f"Redis used memory, {args.memory:,} sync requests of {args.size / 2**20:g} MB"
+    figures = [
+        Figure(f"{sent}: right after the last answer", [r["after"] for r in mine], "MB",
+               "before them (same run)", statistics.median(r["before"] for r in mine)),
+        Figure(f"{sent}: seconds until back to its size before (+{RELEASE_SLACK_MB:g} MB)",
+               [r["back"] for r in mine], "s", f"target {RELEASE_TARGET_SECONDS:g} s", RELEASE_TARGET_SECONDS,
+               "<= 1"),
+    ]
+    print(table(figures))
+    if args.json:
+        write_json(args.json, figures)
 
 
 def profile(args) -> None:
@@ -291,6 +326,7 @@ def main() -> None:
     parser.add_argument("--memory", type=int, help="N sync requests of --size, Redis memory before and after")
     parser.add_argument("--size", type=int, default=1024 * 1024)
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--json", help="with --memory: also write its figures here (for bench/figures.py)")
     args = parser.parse_args()
     if args.profile:
         profile(args)

@@ -9,7 +9,7 @@ same run, is the same GET at 10 endpoints (the list whole); a page of the same 1
 route show the fixed cost of any request.
 
 Usage: .venv/bin/python bench/list_endpoints.py [--endpoints 1000] [--reps 3] [--requests 100]
-       [--compare-root PATH]
+       [--compare-root PATH] [--json PATH]
 
 --compare-root: also start the stack of another checkout (e.g. the commit before a change),
 give it the same endpoints, and have the two take turns GET by GET, so both see the same
@@ -29,9 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Figure, table, write_json  # noqa: E402
 from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
 
 BASELINE_ENDPOINTS = 10
+TARGET_PAGE_MS = 10
 
 
 def get_ms(stacks: list[Stack], path: str, requests: int, status: int = 200) -> tuple[list[float], int]:
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--compare-root", type=Path)
+    parser.add_argument("--json", help="also write the figures of this checkout here (for bench/figures.py)")
     args = parser.parse_args()
     roots = [ROOT] + ([args.compare_root.resolve()] if args.compare_root else [])
     stacks = [Stack(root=root) for root in roots]
@@ -133,6 +136,15 @@ def main() -> None:
             other = statistics.median(ms[figure][roots[1]])
             row += f" {other:.2f} ms | {ours / other:.2f} |"
         print(row)
+
+    page = f"GET `/v1/model-endpoints`, default page ({items['page']} items), {args.endpoints:,} endpoints"
+    figures = [
+        Figure(page, ms["page"][ROOT], "ms", f"target {TARGET_PAGE_MS} ms", TARGET_PAGE_MS, "<= 1"),
+        Figure(page, ms["page"][ROOT], "ms", f"the whole list at {BASELINE_ENDPOINTS} endpoints (same run)", base),
+    ]
+    print("\n" + table(figures))
+    if args.json:
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":

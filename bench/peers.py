@@ -43,6 +43,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_block  # noqa: E402
 from _stack import ROOT, Stack, free_port, identity_bundle, machine  # noqa: E402
 
 VENVS = ROOT / ".bench-venvs"
@@ -560,26 +561,16 @@ def render(plan, results, memories, reps: int, quick: bool) -> str:
     return "\n".join(lines)
 
 
-START, END = "<!-- bench/peers.py: start -->", "<!-- bench/peers.py: end -->"
-
-
 def write_section(path: Path, table: str) -> None:
-    section = textwrap.dedent(f"""\
-        {START}
+    write_block(path, "peers.py", textwrap.dedent(f"""\
         ## Against the peers (`bench/peers.py`)
 
-            make bench        # = .venv/bin/python bench/peers.py --reps 3
+            make bench        # = .venv/bin/python bench/peers.py --reps 3, then bench/figures.py
 
         Written by the script on {time.strftime('%Y-%m-%d')}; identity and 1 ms CPU models, one
         replica, sync, through each server's HTTP API (ours: `POST /v1/sync-tasks` with a key).
 
-        """) + table + "\n" + END
-    text = path.read_text()
-    if START in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+        """) + table)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ bound). Reports, per rep: how many answered 200, the p50 and the slowest answer;
 measured in the same run, is one such request alone. The target: every one 200 within 3 s.
 
 Usage: .venv/bin/python bench/slow_concurrency.py [--concurrent 500] [--reps 3]
-       [--replicas 2] [--root OTHER_CHECKOUT]   (--root: run another checkout's stack, e.g.
+       [--replicas 2] [--root OTHER_CHECKOUT] [--json PATH]   (--root: run another checkout's stack, e.g.
        the one before this change, with the same client)
 """
 
@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Figure, table, write_json  # noqa: E402
 from _stack import ROOT, Stack, machine  # noqa: E402
 
 SLEEP_SECONDS = 1.0
+TARGET_SECONDS = 3.0
 CLIENT_TIMEOUT_SECONDS = 120
 
 
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--root", type=Path, default=ROOT)
+    parser.add_argument("--json", help="also write the figures here (for bench/figures.py)")
     args = parser.parse_args()
     per_replica = math.ceil(args.concurrent / args.replicas)
     with Stack(root=args.root) as stack:
@@ -103,15 +106,16 @@ def main() -> None:
                   f"p50 {p50s[-1]:.3f} s, slowest {slowest[-1]:.3f} s", file=sys.stderr)
             time.sleep(2)  # let the replicas' threads go back to waiting
     base = statistics.median(alone)
+    sent = f"{args.concurrent} at once, predict sleeps {SLEEP_SECONDS:g} s, {args.replicas} replicas x {per_replica}"
+    figures = [
+        Figure(f"{sent}: answered 200", oks, "requests", f"all {args.concurrent}", args.concurrent, ">= 1"),
+        Figure(f"{sent}: slowest answer", slowest, "s", f"target {TARGET_SECONDS:g} s", TARGET_SECONDS, "<= 1"),
+        Figure(f"{sent}: p50", p50s, "s", "one request alone (same run)", base),
+    ]
     print(f"machine: {machine()}; checkout: {args.root}")
-    print(f"| {args.concurrent} concurrent sync requests, predict sleeps {SLEEP_SECONDS:g} s, "
-          f"{args.replicas} replicas x {per_replica} | median of {args.reps} reps | ratio to one request alone |")
-    print("| --- | --- | --- |")
-    print(f"| one request alone (baseline) | {base:.3f} s | 1.00 |")
-    print(f"| answered 200 | {statistics.median(oks):.0f} of {args.concurrent} (min {min(oks)}) | |")
-    print(f"| p50 | {statistics.median(p50s):.3f} s | {statistics.median(p50s) / base:.2f} |")
-    print(f"| slowest | {statistics.median(slowest):.3f} s (max {max(slowest):.3f}) | "
-          f"{statistics.median(slowest) / base:.2f} |")
+    print(table(figures))
+    if args.json:
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ by cumulative time).
 Django is set up here with a temporary LAUNCH_HOME: SQLite there and an embedded Redis,
 unless DATABASE_URL / REDIS_URL are given (then use empty ones: endpoints are created there).
 
-Usage: .venv/bin/python bench/tick_cost.py [--endpoints 200] [--ticks 20] [--profile]
-                                          [--tick workers.controller]
+--reps: times the ticks that many times (each figure the median of --ticks ticks), then
+gives the median over reps. Target (issue 14): 200 idle endpoints cost the controller under 5%
+of one core, i.e. the tick's CPU over the tick period (TICK_SECONDS).
+
+Usage: .venv/bin/python bench/tick_cost.py [--endpoints 200] [--ticks 20] [--reps 1] [--profile]
+                                          [--tick workers.controller] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Figure, table, write_json  # noqa: E402
 from _stack import ROOT, machine  # noqa: E402
+
+TARGET_SHARE_OF_A_CORE = 5.0  # percent
 
 
 def setup_django(home: Path):
@@ -156,7 +163,9 @@ def main() -> None:
     parser.add_argument(
         "--tick", default="auto", help="module whose tick() to time (default: workers.tick, else workers.controller)"
     )
+    parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile the ticks with endpoints (top 15)")
+    parser.add_argument("--json", help="also write the figures here (for bench/figures.py)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="launch-bench-tick-"))
@@ -166,17 +175,20 @@ def main() -> None:
 
         tick = import_tick(args.tick)
         query = trivial_query_seconds()
-        empty = time_ticks(tick, args.ticks)
+        empties = [time_ticks(tick, args.ticks) for _ in range(args.reps)]
         create_endpoints(args.endpoints)
         profile = cProfile.Profile() if args.profile else None
-        full = time_ticks(tick, args.ticks, profile=profile)
+        fulls = [time_ticks(tick, args.ticks, profile=profile) for _ in range(args.reps)]
+        empty, full = ({key: statistics.median(rep[key] for rep in reps) for key in reps[0]}
+                       for reps in (empties, fulls))
         engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
 
         print(f"tick cost: {args.endpoints} async endpoints at min_workers 0, no traffic")
         print(
             f"machine: {machine()}; database {engine}; redis {'REDIS_URL' if os.environ.get('REDIS_URL') else 'embedded'}"
         )
-        print(f"tick: {tick.__module__}.tick; median of {args.ticks} ticks after 3 warm-up ticks\n")
+        print(f"tick: {tick.__module__}.tick; median of {args.ticks} ticks after 3 warm-up ticks"
+              f"{f', median of {args.reps} reps' if args.reps > 1 else ''}\n")
         header = (
             f"{'':32} {'wall ms':>9} {'max ms':>8} {'cpu ms':>8} {'SQL':>6} {'redis cmds':>10} {'redis cpu ms':>12}"
         )
@@ -202,6 +214,16 @@ def main() -> None:
             if per_endpoint_wall > 0
             else ""
         )
+        figures = [
+            Figure(f"tick CPU, {args.endpoints} idle endpoints", [r["cpu"] * 1e3 for r in fulls], "ms",
+                   "tick CPU, 0 endpoints (same run)", empty["cpu"] * 1e3),
+            Figure(f"controller CPU, {args.endpoints} idle endpoints, one tick per {budget:g} s",
+                   [r["cpu"] / budget * 100 for r in fulls], "% of a core",
+                   f"target {TARGET_SHARE_OF_A_CORE:g}% of a core", TARGET_SHARE_OF_A_CORE, "<= 1"),
+        ]
+        print("\n" + table(figures))
+        if args.json:
+            write_json(args.json, figures)
         if profile is not None:
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(15)
