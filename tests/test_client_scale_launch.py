@@ -151,7 +151,7 @@ def test_cloudpickle_bundles_serve_sync_predictions_with_args_and_url(run_flow, 
     assert out["pickled"]["status"] == "SUCCESS"
     assert "/v1/task-results/" in out["pickled"]["result_url"]
     assert out["pickled_value"] == {"doubled": 42}
-    assert out["plain"] == {"status": "SUCCESS", "result": '{"doubled": 8}', "result_url": None, "traceback": None}
+    assert out["plain"] == {"status": "SUCCESS", "result": '{"doubled":8}', "result_url": None, "traceback": None}
     assert out["greet_args"]["result"] == '"hello args"'
     assert out["greet_url"]["result"] == '"hello from a url"'
     assert out["adder"]["result"] == "16"

@@ -97,12 +97,12 @@ def test_sync_and_async_endpoints_from_zero_serve_through_ray_actors(ray_stack, 
     async_id = api.create_endpoint(bundle_id, "ray-async", endpoint_type="async", min_workers=0, max_workers=1)
     api.wait_endpoint(sync_id, "READY", timeout=90, available_workers=1)
     body = api.post(f"/v1/sync-tasks?model_endpoint_id={sync_id}", json={"args": {"x": 21, "y": "ab"}}).json()
-    assert body["result"] == {"result": '{"value": 42, "y_len": 2}'}
+    assert body["result"] == {"result": '{"value":42,"y_len":2}'}
     replica = Replica.objects.get(owner_id=sync_id, state=Replica.State.READY)
     assert replica.runtime == "ray" and actor_row(replica).name == replica.id
 
     task_id = api.post(f"/v1/async-tasks?model_endpoint_id={async_id}", json={"args": {"x": 5}}).json()["task_id"]
-    assert api.wait_task(task_id, timeout=90)["result"] == {"result": '{"value": 10, "y_len": 0}'}
+    assert api.wait_task(task_id, timeout=90)["result"] == {"result": '{"value":10,"y_len":0}'}
 
 
 def test_gpu_replicas_land_where_their_type_is_on_different_devices(ray_stack, owner, ray_cluster):
@@ -163,7 +163,7 @@ def test_a_second_controller_adopts_the_actors_and_starts_no_duplicates(ray_stac
     try:
         time.sleep(3)  # many ticks of two controllers
         body = api.post(f"/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 2}}).json()
-        assert body["result"] == {"result": '{"value": 4, "y_len": 0}'}
+        assert body["result"] == {"result": '{"value":4,"y_len":0}'}
     finally:
         second.stop()
     rows = Replica.objects.filter(owner_id=endpoint_id)

@@ -3,6 +3,10 @@ process: queue entries with and without their payload, expiry, attempts, bundle 
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import datetime
+import enum
 import io
 import json
 import shutil
@@ -275,24 +279,49 @@ def test_a_sync_task_whose_waiter_gave_up_during_the_run_keeps_its_whole_result(
     assert redis_client.ttl(running.keys.task(task_id)) > protocol.SYNC_ANSWERED_TTL_SECONDS
 
 
-@pytest.mark.parametrize("output", [
+def _deep(levels):
+    value = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _circular():
+    value = []
+    value.append(value)
+    return value
+
+
+_OUTPUTS = [
     "", "plain", 'a "quoted" \\ back\\slash', {"k": "é\n\t\x00\x1f\x7f\"\\/"}, "é", "\u2028", "\ud83d", "😀",
-    "raw\ncontrol\x01\x7f", "\\u00e9", float("nan"), 10**40, [1.5, -0.0, None, True],
-    # Dense in quotes (json.dumps's way), sparse (replaced), and what lies past the part whose
-    # density is read: a control character, non-ASCII, many quotes and backslashes.
-    [{"k": i} for i in range(20_000)], {"data": "x" * 100_000},
-    "x" * 70_000 + "\x01", "x" * 70_000 + "é", "x" * 70_000 + '"\\' * 20_000,
-])
-def test_the_result_literal_is_what_json_dumps_writes(output):
-    # The sync answer carries this literal of the result's text as it is: it must be exactly
-    # json.dumps's, for every text encode_output can give.
+    "raw\ncontrol\x01\x7f", "\\u00e9", 10**40, -(2**63), 2**64 - 1, [1.5, -0.0, 1e16, 1e-7, True, False],
+    float("nan"), [float("inf"), -float("inf")], {"none": None}, {1: "int key"}, (1, 2), "null",
+    [{"k": i} for i in range(20_000)], {"data": "x" * 1_000_000}, [i / 7 for i in range(10_000)],
+    enum.IntEnum("Level", "LOW HIGH").HIGH, collections.OrderedDict(b=1, a=2), _deep(300),
+]
+
+
+@pytest.mark.parametrize("output", _OUTPUTS)
+def test_a_result_reads_back_as_the_output_did_through_json_dumps(output):
+    # The client json.loads the result text: it must read back what it read back when the text
+    # was json.dumps's (NaN and infinities included, the order of keys too), and the sync
+    # answer's literal must read back as that text.
     text = serve.encode_output(output, {})[1]
-    assert protocol.json_text_literal(text) == json.dumps(text).encode()
+    assert json.dumps(json.loads(text)) == json.dumps(json.loads(json.dumps(output)))
+    literal = protocol.parse_final_record(protocol.final_record(protocol.SUCCESS, result=text))["result_literal"]
+    assert json.loads(literal) == text
 
 
-@pytest.mark.parametrize("text", ["é", "\u2028", "raw é \"quoted\" \\"])
-def test_a_text_json_dumps_did_not_write_still_gets_a_valid_literal(text):
-    assert protocol.json_text_literal(text) == json.dumps(text).encode()
+@pytest.mark.parametrize("output", [
+    datetime.datetime(2026, 1, 1), dataclasses.make_dataclass("Point", ["x"])(1), {1, 2}, object(), b"bytes",
+    {("tuple", "key"): 1}, _circular(),
+])
+def test_an_output_json_dumps_refuses_fails_its_task_as_before(output):
+    with pytest.raises((TypeError, ValueError)):
+        json.dumps(output)
+    status, result, error, _ = serve.encode_output(output, {})
+    assert (status, result) == (protocol.FAILURE, "")
+    assert "not JSON serializable" in error or "Circular reference" in error or "keys must be" in error
 
 
 def identity():

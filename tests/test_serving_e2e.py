@@ -85,7 +85,7 @@ def test_sync_endpoint_becomes_ready_and_answers(live_stack, owner):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "SUCCESS"
-    assert body["result"] == {"result": '{"value": 42, "y_len": 2}'}
+    assert body["result"] == {"result": '{"value":42,"y_len":2}'}
 
 
 def test_async_endpoint_scales_from_zero_answers_and_returns_to_zero(live_stack, owner, settings):
@@ -98,7 +98,7 @@ def test_async_endpoint_scales_from_zero_answers_and_returns_to_zero(live_stack,
     task_id = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 5}}).json()["task_id"]
     task = api.wait_task(task_id)
     assert task == {
-        "task_id": task_id, "status": "SUCCESS", "result": {"result": '{"value": 10, "y_len": 0}'},
+        "task_id": task_id, "status": "SUCCESS", "result": {"result": '{"value":10,"y_len":0}'},
         "traceback": None, "status_code": None,
     }
     api.wait_endpoint(endpoint_id, "READY", timeout=20, available_workers=0, unavailable_workers=0)
@@ -199,7 +199,7 @@ def test_big_sync_payload_round_trips_and_leaves_redis_after_its_answer(live_sta
     text = "é\"\n\\" * 200_000  # 800,000 characters that need escaping, and a non-ASCII one
     url = f"/v1/sync-tasks?model_endpoint_id={endpoint_id}"
     body = api.post(url, json={"args": {"x": 2, "y": text}}).json()
-    assert body == {"status": "SUCCESS", "result": {"result": '{"value": 4, "y_len": 800000}'},
+    assert body == {"status": "SUCCESS", "result": {"result": '{"value":4,"y_len":800000}'},
                     "traceback": None, "status_code": None}
 
     # Answered, the task keeps only its small fields (for the request list), briefly: not the
@@ -217,7 +217,7 @@ def test_big_sync_payload_round_trips_and_leaves_redis_after_its_answer(live_sta
     # A body with a field a task does not have is not passed on as it came ("items" would
     # make the replica take it for a batch chunk).
     body = api.post(url, json={"args": {"x": 5}, "items": [{"id": 1, "args": {"x": 1}}]}).json()
-    assert body["result"] == {"result": '{"value": 10, "y_len": 0}'}
+    assert body["result"] == {"result": '{"value":10,"y_len":0}'}
 
 
 def test_async_payload_is_stored_once_and_its_record_keeps_its_ttl(live_stack, owner):
@@ -231,7 +231,7 @@ def test_async_payload_is_stored_once_and_its_record_keeps_its_ttl(live_stack, o
     task_id = api.post(f"/v1/async-tasks?model_endpoint_id={endpoint_id}",
                        json={"args": {"x": 1, "y": "z" * 10_000}}).json()["task_id"]
     assert get_redis().hget(keys.task(task_id), "payload") is None
-    assert api.wait_task(task_id, timeout=60)["result"] == {"result": '{"value": 2, "y_len": 10000}'}
+    assert api.wait_task(task_id, timeout=60)["result"] == {"result": '{"value":2,"y_len":10000}'}
     assert get_redis().ttl(keys.task(task_id)) > 3600
 
 

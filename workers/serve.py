@@ -269,7 +269,7 @@ def encode_output(output, request: dict, memory_limit: str = "") -> Outcome:
             import cloudpickle
 
             return protocol.SUCCESS, "", "", cloudpickle.dumps(output)
-        return protocol.SUCCESS, json.dumps(output), "", b""
+        return protocol.SUCCESS, protocol.result_json(output), "", b""
     except BaseException as error:  # noqa: BLE001
         return failure(error, memory_limit)
 
