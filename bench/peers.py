@@ -46,6 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_block  # noqa: E402
 from _stack import ROOT, Stack, free_port, identity_bundle, machine  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from workers.protocol import endpoint_prefix  # noqa: E402
+
 VENVS = ROOT / ".bench-venvs"
 BENTOML_VERSION = "1.4.40"
 RAY_VERSION = "2.60.0"
@@ -288,6 +291,27 @@ class Ours(Server):
         # Replicas run in process groups of their own, still children of the controller.
         return descendants(self.stack.process.pid)
 
+    def pids_serving(self, model: str) -> list[int]:
+        """The stack's processes less the replicas of the other endpoints: what serves `model`
+        alone (issue 14's memory target: the stack serving one endpoint)."""
+        mine = self.endpoints[model]
+        return [pid for pid in self.pids() if _replica_endpoint_prefix(pid) in (None, endpoint_prefix(mine))]
+
+
+ONE_ENDPOINT = "ours, one endpoint"
+
+
+def _replica_endpoint_prefix(pid: int) -> str | None:
+    """A replica's LAUNCH_PREFIX (its endpoint's keys); None for a process that is no replica."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return None
+    for entry in environ:
+        if entry.startswith(b"LAUNCH_PREFIX="):
+            return entry.partition(b"=")[2].decode()
+    return None
 
 class BentoML(Server):
     name = "BentoML"
@@ -484,6 +508,7 @@ def main() -> None:
         time.sleep(3)  # let start-up work settle before reading memory
         for server in servers:
             memories[server.name] = memory(server.pids())
+        memories[ONE_ENDPOINT] = memory(ours.pids_serving("identity"))
         ray.deploy("default")
         ray_default = RayDefault(ray)
         for server in servers:  # warm-up: connections, caches, lazy imports
@@ -548,6 +573,9 @@ def render(plan, results, memories, reps: int, quick: bool) -> str:
               for n in names + ["Ray Serve (default max_ongoing)"]}
     row("memory of the serving processes, RSS", [memories[n][0] for n in names], " MB")
     row("memory of the serving processes, PSS", [memories[n][1] for n in names], " MB")
+    for index, kind in ((0, "RSS"), (1, "PSS")):
+        row(f"memory, ours serving one endpoint (less the cpu endpoint's replica), {kind}",
+            [memories[ONE_ENDPOINT][index], *(memories[n][index] for n in names[1:])], " MB")
     lines.append("")
     lines.append("Non-200 answers: " + ", ".join(f"{n} {e}" for n, e in errors.items()) + ".")
     lines.append("")
