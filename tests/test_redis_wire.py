@@ -382,8 +382,103 @@ def test_a_replica_with_an_acl_user_serves_tasks_inline_and_by_id(acl_url, tmp_p
         assert running.record(redis_client, by_id)["result"] == "10"
 
 
-def test_the_replica_process_does_not_import_redis_py():
-    probe = "import sys, workers.forwarder; print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))"
-    output = subprocess.run([sys.executable, "-c", probe], cwd=settings.BASE_DIR, capture_output=True, text=True,
-                            check=True).stdout
-    assert output.strip() == "[]"
+# --- TLS (rediss://) ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """rediss:// in front of the suite's Redis: a TLS proxy with a self-signed certificate for
+    localhost (made with the openssl command)."""
+    import select
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate with")
+    cert, private_key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(private_key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, private_key)
+    upstream = parse_url(settings.REDIS_URL)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(plain):
+        try:
+            tls = context.wrap_socket(plain, server_side=True)
+        except (OSError, ssl.SSLError):
+            return  # a client that refused the certificate
+        up = (socket.socket(socket.AF_UNIX) if upstream.path else socket.socket())
+        up.connect(upstream.path or (upstream.host, upstream.port))
+        with tls, up:
+            while True:
+                ready = [] if tls.pending() else select.select([tls, up], [], [], 5)[0]
+                if tls.pending() or tls in ready:
+                    data = tls.recv(MB)
+                    if not data:
+                        return
+                    up.sendall(data)
+                if up in ready:
+                    data = up.recv(MB)
+                    if not data:
+                        return
+                    tls.sendall(data)
+
+    def accept():
+        while True:
+            try:
+                plain, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=pump, args=(plain,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    credentials = settings.REDIS_URL.split("://", 1)[1].rpartition("@")[0]
+    yield f"rediss://{credentials + '@' if credentials else ''}localhost:{listener.getsockname()[1]}", cert
+    listener.close()
+
+
+def test_rediss_checks_the_certificate_unless_told_not_to(tls_redis, key):
+    url, cert = tls_redis
+    db = parse_url(settings.REDIS_URL).db
+    trusted = client(f"{url}/{db}?ssl_ca_certs={cert}")
+    value = b"\x00\r\n" * (MB // 3)
+    assert trusted.execute("SET", key, value) == b"OK"
+    assert trusted.execute("GET", key) == value
+    with pytest.raises(redis_wire.ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        client(f"{url}/{db}", connect_retries=0).execute("PING")  # self-signed: not trusted by default
+    assert client(f"{url}/{db}?ssl_cert_reqs=none").execute("GET", key) == value
+
+
+def _dockerfile_files() -> list[str]:
+    text = (Path(settings.BASE_DIR) / "docker" / "worker.Dockerfile").read_text().replace("\\\n", " ")
+    copy = next(line for line in text.splitlines() if line.startswith("COPY") and "/app/workers/" in line)
+    return [word for word in copy.split() if word.startswith("workers/")]
+
+
+def _ray_files() -> list[str]:
+    pytest.importorskip("ray")
+    from workers.runtimes import ray
+
+    return list(ray.SHIPPED_FILES)
+
+
+def _docker_files() -> list[str]:
+    from workers.runtimes import docker
+
+    return list(docker.SERVE_FILES)
+
+
+@pytest.mark.parametrize("files", [_dockerfile_files, _docker_files, _ray_files],
+                         ids=["worker image", "derived images", "ray py_modules"])
+def test_the_files_each_runtime_ships_run_the_serve_loop_without_redis_py(files, tmp_path):
+    for name in files():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(settings.BASE_DIR) / name, tmp_path / name)
+    modules = ["workers.serve"] + (["workers.forwarder"] if (tmp_path / "workers" / "forwarder.py").exists() else [])
+    probe = (f"import sys, {', '.join(modules)}; import workers; assert workers.__file__.startswith(sys.argv[1]); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))")
+    output = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
+    assert output.returncode == 0, output.stderr
+    assert output.stdout.strip() == "[]"

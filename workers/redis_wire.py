@@ -2,8 +2,8 @@
 reply parser and the standard library. Plain Python, no Django, like the rest of the replica.
 
 Why not redis-py: importing it (redis.asyncio, its observability, cluster and sentinel
-modules, email for its URL handling...) was about half of a replica's memory, 10 of its 33 MB
-RSS (BENCHMARKS.md, "A replica without redis-py"), and a replica runs next to every model.
+modules...) was 9 of an idle replica's 33 MB RSS and 9 of its 23 MB PSS (BENCHMARKS.md, "A
+replica without redis-py"), and a replica runs next to every model.
 
 What it keeps of redis-py's ways:
 - The URL forms the runtimes hand to replicas (`LAUNCH_REDIS_URL`): `unix:///path?db=N`,
@@ -154,7 +154,7 @@ def pack_command(args: tuple) -> bytes:
     try:
         return hiredis.pack_command(args)
     except TypeError as error:
-        raise DataError(f"{error}: {args[0]!r}") from None
+        raise DataError(f"{error} (a {args[0]!r} command)") from None
 
 
 def backoff(failures: int) -> float:
@@ -173,7 +173,7 @@ class Connection:
         self.timeout = timeout
         self.connect_retries = connect_retries
         self.sock: socket.socket | None = None
-        self.reader = hiredis.Reader(replyError=ResponseError, protocolError=_ProtocolError)
+        self.reader = _reader()
         self.buffer = bytearray(READ_SIZE)
 
     def connect(self) -> None:
@@ -210,8 +210,7 @@ class Connection:
         except OSError as error:
             raise ConnectionFailed(f"could not connect to Redis at {where}: {error}") from None
         sock.settimeout(self.timeout)
-        self.sock = sock
-        self.reader = hiredis.Reader(replyError=ResponseError, protocolError=_ProtocolError)
+        self.sock = sock  # self.reader is fresh: made with the connection, and again by close()
         handshake = []
         if address.password is not None:
             handshake.append(("AUTH", address.username, address.password) if address.username
@@ -287,11 +286,18 @@ class Connection:
         return not poller.poll(0)
 
     def close(self) -> None:
+        # A fresh reader too: what the old one holds (the rest of a pipelined reply, a
+        # protocol error) is the old connection's.
+        self.reader = _reader()
         if self.sock is not None:
             try:
                 self.sock.close()
             finally:
                 self.sock = None
+
+
+def _reader() -> hiredis.Reader:
+    return hiredis.Reader(replyError=ResponseError, protocolError=_ProtocolError)
 
 
 def _tls_context(address: Address):

@@ -341,8 +341,8 @@ class Replica:
     def __init__(self, env: dict[str, str]):
         self.concurrency = max(1, int(env.get("LAUNCH_CONCURRENCY") or 1))
         # Each task thread holds a connection of its own (work_loop) and uses pooled ones (the
-        # heartbeat thread too): workers.redis_wire, not redis-py, whose import was a third of
-        # a replica's memory.
+        # heartbeat thread too): workers.redis_wire, not redis-py, whose import was 9 of a
+        # replica's 33 MB (BENCHMARKS.md, "A replica without redis-py").
         self.redis = redis_wire.Client(env["LAUNCH_REDIS_URL"], connect_timeout=5)
         self.keys = protocol.Keys(env["LAUNCH_PREFIX"])
         self.replica_id = env["LAUNCH_REPLICA_ID"]
