@@ -37,7 +37,7 @@ def key(redis_client):
 
 
 def client(url: str | None = None, **options) -> redis_wire.Client:
-    return redis_wire.Client(url or settings.REDIS_URL, connect_timeout=2, **options)
+    return redis_wire.Client(url or settings.REDIS_URL, **{"connect_timeout": 2, **options})
 
 
 # --- URLs ------------------------------------------------------------------------------------
@@ -167,6 +167,27 @@ def test_a_pooled_command_that_redis_refuses_while_loading_is_tried_again():
     fake = FakeRedis(answer)
     assert client(fake.url).execute("PING") == b"PONG"
     assert len(fake.commands) == 3
+    fake.close()
+
+
+def test_a_server_that_never_answers_the_handshake_times_out_even_on_a_connection_without_a_read_timeout():
+    fake = FakeRedis(lambda command: b"")  # accepts, reads, says nothing
+    host, port = fake.url.removeprefix("redis://").split(":")
+    connection = client(f"redis://:secret@{host}:{port}", connect_timeout=0.3, connect_retries=0).connection()
+    raised = []
+
+    def send():
+        try:
+            connection.send_command("PING")
+        except redis_wire.RedisError as error:
+            raised.append(error)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    sender.join(timeout=30)  # a guard against hanging the suite, not a measure
+    assert not sender.is_alive(), "the connect waited for the handshake's answer without end"
+    assert [type(error) for error in raised] == [redis_wire.TimedOut]
+    assert fake.commands == [[b"AUTH", b"secret"]] and connection.sock is None
     fake.close()
 
 

@@ -191,25 +191,23 @@ class Connection:
     def _connect_once(self) -> None:
         address = self.address
         where = address.path or f"{address.host}:{address.port}"
+        sock = None
         try:
             if address.path:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    sock.settimeout(self.connect_timeout)
-                    sock.connect(address.path)
-                except BaseException:
-                    sock.close()
-                    raise
+                sock.settimeout(self.connect_timeout)
+                sock.connect(address.path)
             else:
                 sock = socket.create_connection((address.host, address.port), timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if address.tls:
                     sock = _tls_context(address).wrap_socket(sock, server_hostname=address.host)
-        except TimeoutError:
-            raise TimedOut(f"timed out connecting to Redis at {where}") from None
         except OSError as error:
+            if sock is not None:
+                sock.close()
+            if isinstance(error, TimeoutError):
+                raise TimedOut(f"timed out connecting to Redis at {where}") from None
             raise ConnectionFailed(f"could not connect to Redis at {where}: {error}") from None
-        sock.settimeout(self.timeout)
         self.sock = sock  # self.reader is fresh: made with the connection, and again by close()
         handshake = []
         if address.password is not None:
@@ -217,8 +215,8 @@ class Connection:
                              else ("AUTH", address.password))
         if address.db:
             handshake.append(("SELECT", address.db))
-        if not handshake:
-            return
+        # The handshake's replies within the connect timeout (a server that accepts and never
+        # answers must not hold a connection without a read timeout forever).
         self.send(b"".join(pack_command(command) for command in handshake))
         for command in handshake:
             try:
@@ -226,6 +224,7 @@ class Connection:
             except ResponseError as error:
                 self.close()
                 raise ConnectionFailed(f"Redis at {where} refused {command[0]}: {error}") from None
+        sock.settimeout(self.timeout)
 
     def send_command(self, *args) -> None:
         self.send(pack_command(args))
