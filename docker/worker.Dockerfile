@@ -1,5 +1,6 @@
-# The replica image: Python, the serve loop (workers/serve.py + workers/protocol.py) and its
-# three requirements. Nothing of the web app: a replica runs user code and holds no database
+# The replica image: Python, the serve loop (workers/serve.py + workers/protocol.py +
+# workers/redis_wire.py) and its three requirements (hiredis, cloudpickle, orjson). Nothing of
+# the web app: a replica runs user code and holds no database
 # credentials. Build from the repository root:
 #
 #   docker build -f docker/worker.Dockerfile -t launch-worker:cpu .
@@ -34,10 +35,11 @@ ENV PATH=/opt/venv/bin:$PATH \
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 USER launch
-RUN python -m pip install --no-cache-dir redis==8.1.0 cloudpickle==3.1.2 orjson==3.13.0
+RUN python -m pip install --no-cache-dir hiredis==3.5.0 cloudpickle==3.1.2 orjson==3.13.0
 
 WORKDIR /app
-COPY --chown=launch workers/__init__.py workers/allocator.py workers/protocol.py workers/serve.py workers/forwarder.py /app/workers/
+COPY --chown=launch workers/__init__.py workers/allocator.py workers/protocol.py workers/redis_wire.py workers/serve.py \
+    workers/forwarder.py /app/workers/
 
 LABEL org.opencontainers.image.title="launch-worker" launch.variant="${VARIANT}"
 CMD ["python", "-m", "workers.serve"]

@@ -246,10 +246,9 @@ def slow_bundle(seconds: float, *, batch: bool):
 @pytest.mark.parametrize("size", [0, 4], ids=["single", "batched"])
 def test_a_predict_longer_than_the_redis_health_check_interval_is_answered(tmp_path, redis_client, size):
     """The serve loop sends a task's STARTED mark and reads its reply after the predict: a
-    health-check PING in between (redis-py's health_check_interval, 30 s in production) once
-    read that reply as its PONG and killed the worker thread."""
+    health-check PING in between (redis-py's health_check_interval, 30 s in production, when
+    the replica used redis-py) once read that reply as its PONG and killed the worker thread."""
     running = BatchingReplica(bundle_file(tmp_path, slow_bundle(1.5, batch=bool(size))), size=size)
-    running.replica.redis.connection_pool.connection_kwargs["health_check_interval"] = 0.5
     with running:
         first = running.record(redis_client, running.submit(redis_client, {"args": [1]}), timeout=6)
         second = running.record(redis_client, running.submit(redis_client, {"args": [2]}), timeout=6)

@@ -36,10 +36,11 @@ class RunningReplica:
     """A Replica whose bundle is loaded and whose worker threads run (no signal handlers:
     those belong to a process's main thread)."""
 
-    def __init__(self, bundle_url: str, config: dict | None = None, concurrency: int = 1):
-        self.prefix = f"launch:ep:end_{uuid.uuid4().hex[:8]}:"
+    def __init__(self, bundle_url: str, config: dict | None = None, concurrency: int = 1, *,
+                 redis_url: str | None = None, prefix: str | None = None):
+        self.prefix = prefix or f"launch:ep:end_{uuid.uuid4().hex[:8]}:"
         self.replica = Replica({
-            "LAUNCH_REDIS_URL": settings.REDIS_URL,
+            "LAUNCH_REDIS_URL": redis_url or settings.REDIS_URL,
             "LAUNCH_PREFIX": self.prefix,
             "LAUNCH_REPLICA_ID": "rep_test",
             "LAUNCH_BUNDLE_URL": bundle_url,
@@ -133,12 +134,12 @@ def test_a_finished_task_takes_its_own_entry_out_of_flight_and_no_other(tmp_path
 
     entry = protocol.queue_entry(task_id, expires_at=time.time() + 60, payload='{"args": 21}') if inline else task_id
     redis_client.lpush(inflight, entry, entry)
-    connection = running.replica.redis.connection_pool.make_connection()
+    connection = running.replica.redis.connection()
     for left in (1, 0):
         running.replica.send_finish(connection, task_id, (protocol.SUCCESS, "42", "", b""), protocol.MARKED)
         assert connection.read_response() == 0  # the task was final already; its entry goes all the same
         assert redis_client.lrange(inflight, 0, -1) == [entry.encode()] * left + [other.encode() for other in others]
-    connection.disconnect()
+    connection.close()
 
 
 def test_a_task_that_expired_in_the_queue_is_not_run(tmp_path, redis_client):

@@ -41,9 +41,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from importlib import import_module
 
-import redis
-
-from workers import allocator, protocol
+from workers import allocator, protocol, redis_wire
 
 
 class BundleLoadError(Exception):
@@ -342,10 +340,10 @@ def run_chunk(predict: Callable, request: dict) -> str:
 class Replica:
     def __init__(self, env: dict[str, str]):
         self.concurrency = max(1, int(env.get("LAUNCH_CONCURRENCY") or 1))
-        # Each task thread holds a connection of its own (work_loop) and uses pooled ones, all
-        # counted against the pool's cap (redis-py's default, 100, stops a replica at ~50).
-        self.redis = redis.Redis.from_url(env["LAUNCH_REDIS_URL"], health_check_interval=30, socket_connect_timeout=5,
-                                          max_connections=2 * self.concurrency + 16)
+        # Each task thread holds a connection of its own (work_loop) and uses pooled ones (the
+        # heartbeat thread too): workers.redis_wire, not redis-py, whose import was 9 of a
+        # replica's 33 MB (BENCHMARKS.md, "A replica without redis-py").
+        self.redis = redis_wire.Client(env["LAUNCH_REDIS_URL"], connect_timeout=5)
         self.keys = protocol.Keys(env["LAUNCH_PREFIX"])
         self.replica_id = env["LAUNCH_REPLICA_ID"]
         self.bundle_url = env.get("LAUNCH_BUNDLE_URL", "")
@@ -356,7 +354,7 @@ class Replica:
         self.inflight = self.keys.inflight(self.replica_id)
         self.stopping = threading.Event()
         self.exit_code = 0
-        self.start_task = self.redis.register_script(protocol.START_SCRIPT)
+        self.start_task = self.redis.script(protocol.START_SCRIPT)
         self.predict: Callable | None = None
         # Request batching (docs/batching.md): 0 is off.
         self.max_batch_size = int(env.get("LAUNCH_MAX_BATCH_SIZE") or 0)
@@ -364,17 +362,18 @@ class Replica:
         self.batch_predict: Callable | None = None
 
     def set_state(self, state: str, **fields) -> None:
-        self.redis.hset(self.keys.replica(self.replica_id), mapping={
+        mapping = {
             "state": state, "pid": os.getpid(), "updated_at": time.time(),
             "python_version": sys.version.split()[0], **fields,
-        })
+        }
+        self.redis.execute("HSET", self.keys.replica(self.replica_id), *(x for pair in mapping.items() for x in pair))
 
     def heartbeat_loop(self) -> None:
         ttl_ms = max(1000, int(self.heartbeat_ttl * 1000))
         while not self.stopping.is_set():
             try:
-                self.redis.set(self.keys.heartbeat(self.replica_id), "1", px=ttl_ms)
-            except redis.RedisError as exc:
+                self.redis.execute("SET", self.keys.heartbeat(self.replica_id), "1", "PX", ttl_ms)
+            except redis_wire.RedisError as exc:
                 print(f"heartbeat failed: {exc!r}", file=sys.stderr, flush=True)
             self.stopping.wait(self.heartbeat_ttl / 5)
 
@@ -385,7 +384,7 @@ class Replica:
         started = time.monotonic()
         try:
             data = fetch_bundle(self.bundle_url)
-            self.redis.hset(self.keys.replica(self.replica_id), "t_downloaded", time.time())
+            self.redis.execute("HSET", self.keys.replica(self.replica_id), "t_downloaded", time.time())
             self.predict = load_predict_fn(self.config, data)
             if is_batch_predict(self.predict):
                 # Requests that are not batched (streams, batch job items) call it with a list of one.
@@ -396,7 +395,7 @@ class Replica:
                     "function is not a batch predict: declare one with `predict.batch = True` (it then takes a list "
                     "of inputs and returns a list of outputs, docs/batching.md), or set max_batch_size to 0"
                 )
-            self.redis.hset(self.keys.replica(self.replica_id), "t_loaded", time.time())
+            self.redis.execute("HSET", self.keys.replica(self.replica_id), "t_loaded", time.time())
         except BaseException:  # noqa: BLE001 - SystemExit from user code is a load failure too
             error = traceback.format_exc()
             print(error, file=sys.stderr, flush=True)
@@ -406,17 +405,13 @@ class Replica:
 
     def work_loop(self) -> None:
         # A connection of this thread's own for the task scripts: a script is sent before the
-        # task runs and its reply read after, which a pooled connection cannot do.
-        connection = self.redis.connection_pool.make_connection()
-        # No health check (a PING before a command when the connection was quiet): it would
-        # read the pending reply of the STARTED mark as the PING's answer once a predict ran
-        # longer than the interval, and lose the thread.
-        connection.health_check_interval = 0
-        # No socket timeout either (redis-py's default is 5 s): every blocking command sent
-        # here carries its own timeout, and a reply given up on after a BLMOVE moved tasks into
-        # the in-flight list would strand them there while this replica lives. A Redis that
-        # stops answering is the heartbeat's to notice.
-        connection.socket_timeout = None
+        # task runs and its reply read after, which a pooled connection cannot do. Nothing is
+        # sent on it between (no health-check PING, which would read the STARTED mark's reply
+        # as its answer). No read timeout: every blocking command sent here carries its own,
+        # and a reply given up on after a BLMOVE moved tasks into the in-flight list would
+        # strand them there while this replica lives. A Redis that stops answering is the
+        # heartbeat's to notice.
+        connection = self.redis.connection(timeout=None)
         # Replies of the last task's scripts not read yet: the next take (BLMOVE) is sent first,
         # so that one round trip carries a task's end and the next one's start (a replica that
         # waited for each in turn spent most of a fast task waiting: BENCHMARKS.md, "The
@@ -437,14 +432,14 @@ class Replica:
                     entry = connection.read_response()
                     if entry is not None:
                         owed = self.run_task(connection, entry)
-                except redis.RedisError as exc:
+                except redis_wire.RedisError as exc:
                     owed = 0  # the connection goes, and what it owed with it
-                    connection.disconnect()
+                    connection.close()
                     print(f"redis error, retrying: {exc!r}", file=sys.stderr, flush=True)
                     time.sleep(0.5)
             self.read_owed(connection, owed)  # the last task's, before the connection closes
         finally:
-            connection.disconnect()
+            connection.close()
 
     def read_owed(self, connection, count: int) -> None:
         """Read the replies of a finished task's scripts. An error reply leaves the connection in
@@ -453,7 +448,7 @@ class Replica:
         for _ in range(count):
             try:
                 connection.read_response()
-            except redis.ResponseError as error:
+            except redis_wire.ResponseError as error:
                 print(f"a task script failed: {error!r}", file=sys.stderr, flush=True)
 
     def run_task(self, connection, entry: bytes) -> int:
@@ -469,7 +464,7 @@ class Replica:
                 return 0
             marking = False  # a batch chunk: marked by START_SCRIPT, never waited on
         elif time.time() > expires_at:
-            self.redis.lrem(self.inflight, 0, entry)  # expired while queued: not run
+            self.redis.execute("LREM", self.inflight, 0, entry)  # expired while queued: not run
             return 0
         else:
             connection.send_command(
@@ -544,7 +539,7 @@ class Replica:
             if request is None or "items" in request or request.get("stream"):
                 alone.append(entry)  # not what an endpoint's gateway queues for batching: as before
             elif now > expires_at:
-                self.redis.lrem(self.inflight, 0, entry)  # expired while queued: not run
+                self.redis.execute("LREM", self.inflight, 0, entry)  # expired while queued: not run
             else:
                 batch.append((task_id, request))
         for task_id, _ in batch:
@@ -575,11 +570,11 @@ class Replica:
         stream_key, cancel_key = self.keys.stream(task_id), self.keys.cancel(task_id)
 
         def emit(index: int, item: object) -> None:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.rpush(stream_key, protocol.stream_item(index, json.dumps(item)))
-                pipe.expire(stream_key, protocol.DONE_LIST_TTL_SECONDS)
-                pipe.exists(cancel_key)
-                cancelled = pipe.execute()[-1]
+            cancelled = self.redis.pipeline(
+                ("RPUSH", stream_key, protocol.stream_item(index, json.dumps(item))),
+                ("EXPIRE", stream_key, protocol.DONE_LIST_TTL_SECONDS),
+                ("EXISTS", cancel_key),
+            )[-1]
             if cancelled:
                 raise StreamCancelled
 
@@ -612,8 +607,8 @@ class Replica:
         self.stopping.set()
         try:
             self.set_state(protocol.REPLICA_STOPPING)
-            self.redis.delete(self.keys.heartbeat(self.replica_id))
-        except redis.RedisError:
+            self.redis.execute("DEL", self.keys.heartbeat(self.replica_id))
+        except redis_wire.RedisError:
             pass
         print(f"replica {self.replica_id} stopped", flush=True)
         return self.exit_code

@@ -47,10 +47,10 @@ ROLE_JOB = "job"
 DERIVED_REPOSITORY = "launch-worker-derived"
 # What the serve loop needs besides the standard library, for images built on a user's
 # custom base image (our own worker images have them already).
-SERVE_REQUIREMENTS = ("redis==8.1.0", "cloudpickle==3.1.2", "orjson==3.13.0")
+SERVE_REQUIREMENTS = ("hiredis==3.5.0", "cloudpickle==3.1.2", "orjson==3.13.0")
 REQUIREMENTS_FILE = "/tmp/launch-requirements.txt"  # in a derived image's build
-SERVE_FILES = ("workers/__init__.py", "workers/allocator.py", "workers/protocol.py", "workers/serve.py",
-               "workers/forwarder.py")
+SERVE_FILES = ("workers/__init__.py", "workers/allocator.py", "workers/protocol.py", "workers/redis_wire.py",
+               "workers/serve.py", "workers/forwarder.py")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ cluster, and Ray, not our host table, places it.
 The actor (`workers.ray_actor.ReplicaActor`, named by the replica id in RAY_NAMESPACE) owns one
 `python -m workers.serve` child: the same serve loop, environment and SIGTERM path as the
 local runtime. The files of SHIPPED_FILES travel to the cluster as the actor's runtime_env
-`py_modules`, so the nodes need only Ray, redis and cloudpickle (see docs/ray.md); a bundle's
+`py_modules`, so the nodes need only Ray, hiredis and cloudpickle (see docs/ray.md); a bundle's
 `requirements` become its runtime_env `pip`.
 
 Resources: `num_cpus`, `memory`, `num_gpus` (Ray sets CUDA_VISIBLE_DEVICES) and the GPU type
@@ -63,8 +63,8 @@ GPU_RESOURCES = {
 }
 # A GPU-type resource is a marker: asking for a sliver of it only picks the node.
 GPU_TYPE_RESOURCE_AMOUNT = 0.001
-SHIPPED_FILES = ("workers/__init__.py", "workers/allocator.py", "workers/protocol.py", "workers/serve.py",
-                 "workers/ray_actor.py")
+SHIPPED_FILES = ("workers/__init__.py", "workers/allocator.py", "workers/protocol.py", "workers/redis_wire.py",
+                 "workers/serve.py", "workers/ray_actor.py")
 PENDING_STATES = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")
 # An alive actor answers poll() in milliseconds; a slower answer is taken as alive (a hung
 # serve loop is caught by its heartbeat), so a tick never waits long on one replica.
