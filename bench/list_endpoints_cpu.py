@@ -18,8 +18,8 @@ Usage: .venv/bin/python bench/list_endpoints_cpu.py [--endpoints 1000] [--reps 5
        [--compare-root PATH] [--check] [--profile FILE]
 
 --compare-root: measure another checkout too (e.g. main before a change), on a copy of the
-same database, and give the ratio. --check: compare the answers (status, Content-Type, Link,
-body) of both checkouts on every endpoint route that reads endpoints, and stop. --profile:
+same database, and give the ratio. --check: compare the answers (status, headers, body) of
+both checkouts on every endpoint route that reads endpoints, and stop. --profile:
 write a cProfile of this checkout's default page (pstats format) to FILE.
 """
 
@@ -41,6 +41,9 @@ FIGURES = {
     "retrieve 404": "/v1/model-endpoints/end_missing",
     "limit=10": "/v1/model-endpoints?limit=10",
     "default page (100)": "/v1/model-endpoints",
+    # As above, with no rendered answer remembered (endpoints.api.views.rendered_answers): every
+    # item changed since the last read. The same as the one above in a checkout without them.
+    "default page (100), every item changed": "/v1/model-endpoints cold",
     "legacy list, default page (100)": "/v1/hosted_inference/endpoints",
     "limit=1000": "/v1/model-endpoints?limit=1000",
 }
@@ -64,15 +67,21 @@ def _child() -> None:
         return
     from launch_site.asgi import application
 
+    from endpoints.api import views
+
     key = os.environ["BENCH_KEY"]
     loop = asyncio.new_event_loop()
+    remembered = getattr(views, "_rendered_answer", None)
+    forget = remembered.cache_clear if remembered is not None else lambda: None
 
     def get(path: str) -> tuple[int, dict, bytes]:
+        path, indent, accept = path.partition(" indent")  # "PATH indent=2": ask for one in Accept
         path, _, query = path.partition("?")
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
-            "headers": [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {key}".encode())],
+            "headers": [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {key}".encode())]
+            + ([(b"accept", f"application/json; indent{accept}".encode())] if indent else []),
             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
         }
         sent, bodies = [], [{"type": "http.request", "body": b"", "more_body": False}]
@@ -93,19 +102,22 @@ def _child() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         if request["do"] == "measure":
+            path, cold, _ = request["path"].partition(" cold")
             for _ in range(5):  # warm up
-                get(request["path"])
+                get(path)
             cpu = []
             for _ in range(request["requests"]):
+                if cold:
+                    forget()
                 started = time.process_time()
-                get(request["path"])
+                get(path)
                 cpu.append((time.process_time() - started) * 1000)
             answer = statistics.median(cpu)
         elif request["do"] == "answers":
             answer = []
             for path in request["paths"]:
                 status, headers, body = get(path)
-                answer.append([path, status, headers.get("content-type"), headers.get("link"), body.decode()])
+                answer.append([path, status, sorted(headers.items()), body.decode()])
         elif request["do"] == "paths":  # every route that shows endpoints, for --check
             answer = _check_paths(get)
         elif request["do"] == "profile":
@@ -136,10 +148,14 @@ def _check_paths(get) -> list[str]:
         "/v1/hosted_inference/endpoints", "/v1/hosted_inference/endpoints?limit=1000",
         "/v1/hosted_inference/endpoints?limit=3&offset=2", "/v1/model-endpoints/end_missing",
         "/v1/hosted_inference/endpoints/nobody",
+        "/v1/model-endpoints?limit=20 indent=2",
+        "/v1/hosted_inference/endpoints?limit=20 indent=4",
+        "/v1/hosted_inference/endpoints/rich indent=1",
     ]
     _, _, body = get("/v1/model-endpoints?limit=1000")
     for item in json.loads(body)["model_endpoints"]:
         paths += [f"/v1/model-endpoints/{item['id']}", f"/v1/hosted_inference/endpoints/{item['name']}"]
+    paths += [f"/v1/model-endpoints/{item['id']} indent=2" for item in json.loads(body)["model_endpoints"][:20]]
     return paths
 
 
