@@ -65,9 +65,8 @@ def _child() -> None:
     if command == "populate":
         _populate(int(sys.argv[3]))
         return
-    from launch_site.asgi import application
-
     from endpoints.api import views
+    from launch_site.asgi import application
 
     key = os.environ["BENCH_KEY"]
     loop = asyncio.new_event_loop()

@@ -4,9 +4,11 @@ its object again (endpoints.api.views.rendered_answers)."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 from rest_framework import renderers
+from rest_framework.compat import LONG_SEPARATORS, SHORT_SEPARATORS
 
 
 class RenderedJSON(bytes):
@@ -20,6 +22,20 @@ def rendered_object(key: str, items: list[RenderedJSON]) -> RenderedJSON:
 
 
 class JSONRenderer(renderers.JSONRenderer):
+    def render_unindented(self, data) -> RenderedJSON:
+        """render(data) when no indent is asked for, the same bytes, with one encoder made for
+        all calls: json.dumps makes one per call, which cost a tenth of rendering an endpoint."""
+        text = self._unindented_encoder.encode(data)
+        return RenderedJSON(text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode())
+
+    @functools.cached_property
+    def _unindented_encoder(self) -> json.JSONEncoder:
+        # As renderers.JSONRenderer.render calls json.dumps with no indent.
+        return self.encoder_class(
+            ensure_ascii=self.ensure_ascii, allow_nan=not self.strict,
+            separators=SHORT_SEPARATORS if self.compact else LONG_SEPARATORS,
+        )
+
     def render(self, data, accepted_media_type=None, renderer_context=None):
         if isinstance(data, RenderedJSON):
             if self.get_indent(accepted_media_type, renderer_context or {}) is None:

@@ -98,14 +98,14 @@ def endpoint_representation(row: dict, queued: int) -> dict:
 # a remembered answer is never stale (any change is another key), and a page whose endpoints
 # did not change since it was last read is sent without converting, building or encoding its
 # items again: about half the CPU time of a page of 100 (BENCHMARKS.md, "A page of
-# endpoints"). At about 3 KB an entry (the row and the answer), a few MB per web worker.
+# endpoints"). About 2 KB an entry (the row and the answer): at most about 2 MB per web worker.
 ANSWERS_REMEMBERED = 1024
 _RENDERER = JSONRenderer()
 
 
 @functools.lru_cache(maxsize=ANSWERS_REMEMBERED)
 def _rendered_answer(represent, row: tuple, queued: int) -> RenderedJSON:
-    return RenderedJSON(_RENDERER.render(represent(selectors.answer_dict(row), queued)))
+    return _RENDERER.render_unindented(represent(selectors.answer_dict(row), queued))
 
 
 def rendered_answers(represent, rows: list[tuple]) -> list[RenderedJSON]:
