@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.contrib.auth import get_user_model
 from rest_framework.renderers import JSONRenderer
 
+from bundles.models import ModelBundle
 from endpoints.models import ModelEndpoint
 from tests.factories import endpoint_body, make_bundle
 from workers import protocol
@@ -257,3 +259,28 @@ def test_an_indent_asked_for_in_accept_indents_lists_and_endpoints(owner):
         assert response.status_code == 200, response.content
         assert response.content.startswith(b'{\n  "') and response["Content-Type"] == "application/json", path
         assert response.content == JSONRenderer().render(response.json(), "application/json; indent=2"), path
+
+
+def test_an_endpoint_listed_before_a_change_reads_changed(owner, redis_client):
+    """Answers are remembered once rendered (endpoints.api.views.rendered_answers); whatever
+    changes after a read shows in the next one, including changes that leave the endpoint's
+    own last_updated_at alone."""
+    _, rich, _ = _varied_endpoints(owner)
+    for path in ("/v1/model-endpoints", f"/v1/model-endpoints/{rich.id}", "/v1/hosted_inference/endpoints"):
+        assert owner.client.get(path).status_code == 200
+    ModelEndpoint.objects.filter(pk=rich.id).update(labels={"owner": "research"})
+    ModelBundle.objects.filter(pk=rich.bundle_id).update(name="renamed-model")
+    get_user_model().objects.filter(pk=owner.user.pk).update(username="olivia-2")
+    Replica.objects.create(owner_kind=Replica.Owner.ENDPOINT, owner_id=rich.id, runtime="local",
+                           state=Replica.State.DRAINING)
+    redis_client.rpush(protocol.Keys(protocol.endpoint_prefix(rich.id)).queue, "task-1")
+    listed = {e["name"]: e for e in owner.client.get("/v1/model-endpoints").json()["model_endpoints"]}
+    for answer in (listed["rich"], owner.client.get(f"/v1/model-endpoints/{rich.id}").json()):
+        assert answer["labels"] == {"owner": "research"}
+        assert (answer["bundle_name"], answer["created_by"], answer["num_queued_items"]) == (
+            "renamed-model", "olivia-2", 1
+        )
+        assert answer["deployment_state"]["unavailable_workers"] == 2
+    legacy = {e["name"]: e for e in owner.client.get("/v1/hosted_inference/endpoints").json()["endpoints"]}
+    assert legacy["rich"]["configs"]["labels"] == {"owner": "research"}
+    assert legacy["rich"]["worker_settings"]["unavailable_workers"] == 2
