@@ -6,7 +6,9 @@ figure is the median of REQUESTS sequential GETs on one keep-alive connection; e
 measures each figure again, and the table gives the median over reps. The baseline, in the
 same run, is the same GET at 10 endpoints (the list whole); a page of the same 10 items at
 1,000 endpoints shows what the total costs a page, and `/healthz` and a 404 of the retrieve
-route show the fixed cost of any request.
+route show the fixed cost of any request. Each figure also has the CPU time (user + system)
+of the stack's web server processes per GET, warm-up GETs included, the median over reps:
+on a shared machine, the figure to trust.
 
 Usage: .venv/bin/python bench/list_endpoints.py [--endpoints 1000] [--reps 3] [--requests 100]
        [--compare-root PATH] [--json PATH]
@@ -31,19 +33,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import Figure, table, write_json  # noqa: E402
 from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
+from sync_latency import web_cpu_seconds  # noqa: E402
 
 BASELINE_ENDPOINTS = 10
 TARGET_PAGE_MS = 10
 
 
-def get_ms(stacks: list[Stack], path: str, requests: int, status: int = 200) -> tuple[list[float], int]:
+def get_ms(stacks: list[Stack], path: str, requests: int, status: int = 200) -> tuple[list[float], int, list[float]]:
     """Median milliseconds of `requests` GETs of `path` on each stack (one keep-alive connection
-    each, the stacks taking turns GET by GET so that both see the same machine load), and how
-    many endpoints one answer held."""
+    each, the stacks taking turns GET by GET so that both see the same machine load), how
+    many endpoints one answer held, and the CPU milliseconds per GET of each stack's web
+    server processes (which the machine's other load moves much less than wall time)."""
     connections = [http.client.HTTPConnection("127.0.0.1", stack.port) for stack in stacks]
     headers = [{"Authorization": "Basic " + base64.b64encode(f"{stack.key}:".encode()).decode()} for stack in stacks]
     timings: list[list[float]] = [[] for _ in stacks]
     count = 0
+    cpu_before = [web_cpu_seconds(stack) for stack in stacks]
     for i in range(requests + 5):
         turn = list(range(len(stacks)))
         for n in turn if i % 2 == 0 else reversed(turn):
@@ -55,9 +60,11 @@ def get_ms(stacks: list[Stack], path: str, requests: int, status: int = 200) -> 
                 timings[n].append((time.perf_counter() - started) * 1000)
             assert response.status == status, body
             count = len(json.loads(body).get("model_endpoints", []))
+    cpu = [(web_cpu_seconds(stack) - before) * 1000 / (requests + 5)
+           for stack, before in zip(stacks, cpu_before, strict=True)]
     for connection in connections:
         connection.close()
-    return [statistics.median(t) for t in timings], count
+    return [statistics.median(t) for t in timings], count, cpu
 
 
 def create_endpoints(stack: Stack, bundle_id: str, first: int, last: int) -> None:
@@ -81,6 +88,7 @@ def main() -> None:
     stacks = [Stack(root=root) for root in roots]
     figures = ("baseline", "healthz", "missing", "same", "page", "whole")
     ms: dict[str, dict[Path, list[float]]] = {figure: {root: [] for root in roots} for figure in figures}
+    cpu: dict[str, dict[Path, list[float]]] = {figure: {root: [] for root in roots} for figure in figures}
     items: dict[str, int] = {}  # figure -> endpoints one answer held
     try:
         bundles = {}
@@ -89,8 +97,10 @@ def main() -> None:
             bundles[root] = stack.bundle(identity_bundle(), "identity")
             create_endpoints(stack, bundles[root], 0, BASELINE_ENDPOINTS)
         for _ in range(args.reps):
-            for root, taken in zip(roots, get_ms(stacks, "/v1/model-endpoints", args.requests)[0], strict=True):
-                ms["baseline"][root].append(taken)
+            taken, _, used = get_ms(stacks, "/v1/model-endpoints", args.requests)
+            for root, each, each_cpu in zip(roots, taken, used, strict=True):
+                ms["baseline"][root].append(each)
+                cpu["baseline"][root].append(each_cpu)
         for root, stack in zip(roots, stacks, strict=True):
             create_endpoints(stack, bundles[root], BASELINE_ENDPOINTS, args.endpoints)
         for rep in range(args.reps):
@@ -102,11 +112,13 @@ def main() -> None:
                 "whole": ("/v1/model-endpoints?limit=1000", max(10, args.requests // 10)),
             }
             for figure, (path, requests) in paths.items():
-                taken, items[figure] = get_ms(stacks, path, requests, status=404 if figure == "missing" else 200)
-                for root, each in zip(roots, taken, strict=True):
+                taken, items[figure], used = get_ms(stacks, path, requests, status=404 if figure == "missing" else 200)
+                for root, each, each_cpu in zip(roots, taken, used, strict=True):
                     ms[figure][root].append(each)
+                    cpu[figure][root].append(each_cpu)
             print(f"rep {rep + 1}: " + "; ".join(
-                f"{root}: " + ", ".join(f"{f} {ms[f][root][-1]:.2f} ms" for f in figures) for root in roots
+                f"{root}: " + ", ".join(f"{f} {ms[f][root][-1]:.2f} ms (CPU {cpu[f][root][-1]:.2f})" for f in figures)
+                for root in roots
             ), file=sys.stderr)
     finally:
         for stack in stacks:
@@ -124,17 +136,17 @@ def main() -> None:
     base = statistics.median(ms["baseline"][ROOT])
     print(f"machine: {machine()}")
     header = f"| GET | median of {args.reps} reps (each the median of {args.requests} GETs) "
-    header += "| ratio to the baseline |"
+    header += "| ratio to the baseline | web CPU per GET |"
     if args.compare_root:
-        header += f" compared checkout ({args.compare_root}) | this / compared |"
+        header += f" compared checkout ({args.compare_root}) | this / compared | its web CPU per GET | this / compared |"
     print(header)
-    print("| --- | --- | --- |" + (" --- | --- |" if args.compare_root else ""))
+    print("| --- | --- | --- | --- |" + (" --- | --- | --- | --- |" if args.compare_root else ""))
     for figure in figures:
-        ours = statistics.median(ms[figure][ROOT])
-        row = f"| {labels[figure]} | {ours:.2f} ms | {ours / base:.2f} |"
+        ours, ours_cpu = statistics.median(ms[figure][ROOT]), statistics.median(cpu[figure][ROOT])
+        row = f"| {labels[figure]} | {ours:.2f} ms | {ours / base:.2f} | {ours_cpu:.2f} ms |"
         if args.compare_root:
-            other = statistics.median(ms[figure][roots[1]])
-            row += f" {other:.2f} ms | {ours / other:.2f} |"
+            other, other_cpu = statistics.median(ms[figure][roots[1]]), statistics.median(cpu[figure][roots[1]])
+            row += f" {other:.2f} ms | {ours / other:.2f} | {other_cpu:.2f} ms | {ours_cpu / other_cpu:.2f} |"
         print(row)
 
     page = f"GET `/v1/model-endpoints`, default page ({items['page']} items), {args.endpoints:,} endpoints"

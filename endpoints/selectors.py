@@ -123,29 +123,36 @@ def _answer_converters(wrapper, expressions: tuple) -> list[tuple[int, list, obj
 _COUNT_PARAMS = (Replica.Owner.ENDPOINT, *AVAILABLE_STATES, Replica.Owner.ENDPOINT, *UNAVAILABLE_STATES)
 
 
-def _answer_rows(where: str, params: list, tail: str = "") -> list[dict]:
-    select, expressions = _answer_select()
-    wrapper = connections[DEFAULT_DB_ALIAS]  # this thread's (`connection` is a proxy to it)
-    with wrapper.cursor() as cursor:
+def _answer_rows(where: str, params: list, tail: str = "") -> list[tuple]:
+    """The rows as read: ANSWER_COLUMNS' values before any conversion, then the two counts."""
+    select, _ = _answer_select()
+    with connection.cursor() as cursor:
         cursor.execute(f"{select} WHERE {where}{tail}", [*_COUNT_PARAMS, *params])
-        rows = cursor.fetchall()
-    converters = _answer_converters(wrapper, expressions)
-    answers = []
-    for row in rows:
-        row = list(row)
-        for i, functions, expression in converters:
-            for function in functions:
-                row[i] = function(row[i], expression, wrapper)
-        answer = dict(zip(ANSWER_COLUMNS, row[:-2], strict=True))
-        answer["available_workers"], answer["unavailable_workers"] = row[-2:]
-        answers.append(answer)
-    return answers
+        return cursor.fetchall()
+
+
+def answer_dict(row: tuple) -> dict:
+    """A row as read (endpoint_answer_rows, endpoint_answer_row) as a dict of ANSWER_COLUMNS,
+    each value converted as the ORM would, and "available_workers" and "unavailable_workers"."""
+    _, expressions = _answer_select()
+    wrapper = connections[DEFAULT_DB_ALIAS]  # this thread's (`connection` is a proxy to it)
+    row = list(row)
+    for i, functions, expression in _answer_converters(wrapper, expressions):
+        for function in functions:
+            row[i] = function(row[i], expression, wrapper)
+    answer = dict(zip(ANSWER_COLUMNS, row[:-2], strict=True))
+    answer["available_workers"], answer["unavailable_workers"] = row[-2:]
+    return answer
+
+
+# Where a row as read holds the endpoint's id.
+ID = ANSWER_COLUMNS.index("id")
 
 
 class EndpointAnswerRows:
-    """A team's endpoints as answer rows (dicts of ANSWER_COLUMNS and the replica counts),
-    newest first (or oldest), sliced as a queryset is (launch_site.pagination.page_of): a slice
-    is one query with LIMIT and OFFSET."""
+    """A team's endpoints as answer rows (as read: answer_dict converts one), newest first (or
+    oldest), sliced as a queryset is (launch_site.pagination.page_of): a slice is one query
+    with LIMIT and OFFSET."""
 
     def __init__(self, *, team: Team, name: str | None = None, order_by: str | None = None):
         self.where = "e.team_id = %s" + (" AND e.name = %s" if name is not None else "")
@@ -153,7 +160,7 @@ class EndpointAnswerRows:
         direction = "" if order_by == "oldest" else " DESC"
         self.order = " ORDER BY " + ", ".join(f"e.{field}{direction}" for field in LIST_ORDER)
 
-    def __getitem__(self, page: slice) -> list[dict]:  # [start:stop], both given
+    def __getitem__(self, page: slice) -> list[tuple]:  # [start:stop], both given
         return _answer_rows(self.where, [*self.params, page.stop - page.start, page.start],
                             f"{self.order} LIMIT %s OFFSET %s")
 
@@ -163,9 +170,9 @@ def endpoint_answer_rows(*, team: Team, name: str | None = None, order_by: str |
     return EndpointAnswerRows(team=team, name=name, order_by=order_by)
 
 
-def endpoint_answer_row(*, team: Team, endpoint_id: str | None = None, name: str | None = None) -> dict:
-    """One endpoint's answer row, by id or by name, for the API's retrieve routes (the same
-    rows as the lists', so that an endpoint reads the same in both)."""
+def endpoint_answer_row(*, team: Team, endpoint_id: str | None = None, name: str | None = None) -> tuple:
+    """One endpoint's answer row (as read), by id or by name, for the API's retrieve routes
+    (the same rows as the lists', so that an endpoint reads the same in both)."""
     rows = _answer_rows("e.team_id = %s AND " + ("e.id = %s" if endpoint_id is not None else "e.name = %s"),
                         [team.id, endpoint_id if endpoint_id is not None else name])
     if not rows:

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from launch_site.errors import query_error
 from launch_site.public_url import absolute_url
+from launch_site.renderers import RenderedJSON, rendered_object
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -55,7 +56,8 @@ def page_of(request, items) -> tuple[list, bool]:
 
 
 def page_response(request, key: str, items: list, more: bool) -> Response:
-    response = Response({key: items})
+    """The answer {key: items}; items may be rendered already (launch_site.renderers), all or none."""
+    response = Response(rendered_object(key, items) if items and isinstance(items[0], RenderedJSON) else {key: items})
     if more:
         limit, offset = page_bounds(request)
         query = request.GET.copy()

@@ -285,7 +285,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["launch_site.renderers.JSONRenderer"],
     # JSON only; the routes that take a file say MultiPartParser themselves. A form body on a
     # JSON route is a 415, never a silently empty update (found by schemathesis).
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],

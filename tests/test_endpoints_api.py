@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.renderers import JSONRenderer
+
+from bundles.models import ModelBundle
 from endpoints.models import ModelEndpoint
 from tests.factories import endpoint_body, make_bundle
 from workers import protocol
@@ -159,8 +164,8 @@ def _varied_endpoints(persona) -> list[ModelEndpoint]:
     plain = ModelEndpoint.objects.create(name="plain", endpoint_type="sync", created_by=persona.user, **common)
     rich = ModelEndpoint.objects.create(
         name="rich", endpoint_type="async", created_by=persona.user, gpus=2, gpu_type="nvidia-ampere-a10",
-        storage="4Gi", storage_bytes=4 * 2**30, labels={"owner": "ml", "tier": "gold"},
-        metadata={"nested": {"list": [1, 2.5, None, "é"]}}, post_inference_hooks=["callback"],
+        storage="4Gi", storage_bytes=4 * 2**30, labels={"owner": "ml", "tier": "gold", "note": "a\u2028b"},
+        metadata={"nested": {"list": [1, 2.5, None, "é", 1e16]}}, post_inference_hooks=["callback"],
         default_callback_url="http://127.0.0.1:9/hook",
         default_callback_auth={"kind": "basic", "username": "hook", "password": "s3cret"},
         billing_tags={"cost_center": "42", "project": {"id": 7}}, high_priority=True, prewarm=True,
@@ -180,19 +185,30 @@ def _varied_endpoints(persona) -> list[ModelEndpoint]:
     return [plain, rich, orphan]
 
 
+def _exact_json(response) -> bytes:
+    """The body, checked to be what DRF's JSONRenderer writes of its content (compact, UTF-8,
+    U+2028 escaped): the answers' bytes stay the same however they are produced."""
+    assert response.status_code == 200, response.content
+    assert response.content == JSONRenderer().render(response.json())
+    return response.content
+
+
 def test_list_items_read_exactly_as_each_endpoint_alone(owner, redis_client):
-    """The list routes and the retrieve routes answer the same object for an endpoint, in both
+    """The list routes and the retrieve routes answer the same bytes for an endpoint, in both
     dialects, whatever its fields hold."""
     _, rich, _ = _varied_endpoints(owner)
     redis_client.rpush(protocol.Keys(protocol.endpoint_prefix(rich.id)).queue, "task-1", "task-2")
-    listed = owner.client.get("/v1/model-endpoints").json()["model_endpoints"]
+    page = _exact_json(owner.client.get("/v1/model-endpoints"))
+    listed = json.loads(page)["model_endpoints"]
     assert len(listed) == 5
-    for item in listed:
-        assert item == owner.client.get(f"/v1/model-endpoints/{item['id']}").json(), item["name"]
-    legacy_listed = owner.client.get("/v1/hosted_inference/endpoints").json()["endpoints"]
+    alone = [_exact_json(owner.client.get(f"/v1/model-endpoints/{item['id']}")) for item in listed]
+    assert page == b'{"model_endpoints":[' + b",".join(alone) + b"]}"
+    legacy_page = _exact_json(owner.client.get("/v1/hosted_inference/endpoints"))
+    legacy_listed = json.loads(legacy_page)["endpoints"]
     assert [e["id"] for e in legacy_listed] == [e["id"] for e in listed]
-    for item in legacy_listed:
-        assert item == owner.client.get(f"/v1/hosted_inference/endpoints/{item['name']}").json(), item["name"]
+    legacy_alone = [_exact_json(owner.client.get(f"/v1/hosted_inference/endpoints/{item['name']}"))
+                    for item in legacy_listed]
+    assert legacy_page == b'{"endpoints":[' + b",".join(legacy_alone) + b"]}"
     # The variants really show (else the comparison above proves little).
     by_name = {item["name"]: item for item in listed}
     assert by_name["rich"]["resource_state"] == {
@@ -204,7 +220,8 @@ def test_list_items_read_exactly_as_each_endpoint_alone(owner, redis_client):
         "available_workers": 2, "unavailable_workers": 1,
     }
     assert by_name["rich"]["num_queued_items"] == 2
-    assert by_name["rich"]["metadata"] == {"nested": {"list": [1, 2.5, None, "é"]}}
+    assert by_name["rich"]["metadata"] == {"nested": {"list": [1, 2.5, None, "é", 1e16]}}
+    assert by_name["rich"]["labels"]["note"] == "a\u2028b" and b'"a\\u2028b"' in page and "é".encode() in page
     assert by_name["rich"]["default_callback_auth"] == {"kind": "basic", "username": "hook", "password": "s3cret"}
     assert (by_name["rich"]["max_batch_size"], by_name["rich"]["max_batch_wait_ms"]) == (8, 20)
     assert by_name["rich"]["billing_tags"] == {"cost_center": "42", "project": {"id": 7}}
@@ -230,3 +247,40 @@ def test_replicas_count_as_available_when_ready_and_unavailable_when_starting_or
         assert (answer["deployment_state"]["available_workers"], answer["deployment_state"]["unavailable_workers"]) == (
             1, 2
         )
+
+
+def test_an_indent_asked_for_in_accept_indents_lists_and_endpoints(owner):
+    """DRF's `Accept: application/json; indent=N`, kept for the answers of both dialects."""
+    _varied_endpoints(owner)
+    endpoint_id = ModelEndpoint.objects.get(name="rich").id
+    for path in ("/v1/model-endpoints", f"/v1/model-endpoints/{endpoint_id}", "/v1/hosted_inference/endpoints",
+                 "/v1/hosted_inference/endpoints/rich"):
+        response = owner.client.get(path, HTTP_ACCEPT="application/json; indent=2")
+        assert response.status_code == 200, response.content
+        assert response.content.startswith(b'{\n  "') and response["Content-Type"] == "application/json", path
+        assert response.content == JSONRenderer().render(response.json(), "application/json; indent=2"), path
+
+
+def test_an_endpoint_listed_before_a_change_reads_changed(owner, redis_client):
+    """Answers are remembered once rendered (endpoints.api.views.rendered_answers); whatever
+    changes after a read shows in the next one, including changes that leave the endpoint's
+    own last_updated_at alone."""
+    _, rich, _ = _varied_endpoints(owner)
+    for path in ("/v1/model-endpoints", f"/v1/model-endpoints/{rich.id}", "/v1/hosted_inference/endpoints"):
+        assert owner.client.get(path).status_code == 200
+    ModelEndpoint.objects.filter(pk=rich.id).update(labels={"owner": "research"})
+    ModelBundle.objects.filter(pk=rich.bundle_id).update(name="renamed-model")
+    get_user_model().objects.filter(pk=owner.user.pk).update(username="olivia-2")
+    Replica.objects.create(owner_kind=Replica.Owner.ENDPOINT, owner_id=rich.id, runtime="local",
+                           state=Replica.State.DRAINING)
+    redis_client.rpush(protocol.Keys(protocol.endpoint_prefix(rich.id)).queue, "task-1")
+    listed = {e["name"]: e for e in owner.client.get("/v1/model-endpoints").json()["model_endpoints"]}
+    for answer in (listed["rich"], owner.client.get(f"/v1/model-endpoints/{rich.id}").json()):
+        assert answer["labels"] == {"owner": "research"}
+        assert (answer["bundle_name"], answer["created_by"], answer["num_queued_items"]) == (
+            "renamed-model", "olivia-2", 1
+        )
+        assert answer["deployment_state"]["unavailable_workers"] == 2
+    legacy = {e["name"]: e for e in owner.client.get("/v1/hosted_inference/endpoints").json()["endpoints"]}
+    assert legacy["rich"]["configs"]["labels"] == {"owner": "research"}
+    assert legacy["rich"]["worker_settings"]["unavailable_workers"] == 2

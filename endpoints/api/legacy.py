@@ -21,7 +21,13 @@ from bundles import selectors as bundle_selectors
 from bundles.models import ModelBundle
 from endpoints import callbacks, gateway, selectors, services
 from endpoints.api.serializers import NAME_HELP, QuantityField
-from endpoints.api.views import SYNC_TIMEOUT_RESPONSE, InferenceView, endpoints_representation, task_result_shape
+from endpoints.api.views import (
+    SYNC_TIMEOUT_RESPONSE,
+    InferenceView,
+    endpoint_representation,
+    rendered_answers,
+    task_result_shape,
+)
 from endpoints.models import GPU_TYPES
 from launch_site.errors import FieldError, NotFoundError
 from launch_site.pagination import page_of, page_response
@@ -83,6 +89,11 @@ def legacy_endpoint(native: dict) -> dict:
     }
 
 
+def legacy_answer(row: dict, queued: int) -> dict:
+    """The old client's endpoint object from an answer row (endpoints.api.views.rendered_answers)."""
+    return legacy_endpoint(endpoint_representation(row, queued))
+
+
 def _renamed_field_error(error: FieldError, renames: dict[str, str]) -> FieldError:
     """Name the legacy field (endpoint_name, bundle_name) in errors the services raise."""
     location, *path = error.errors[0]["loc"]
@@ -130,7 +141,7 @@ class LegacyEndpointListView(APIView):
     @extend_schema(operation_id="v1_hosted_inference_endpoints_list", responses=OpenApiTypes.OBJECT)
     def get(self, request):
         rows, more = page_of(request, selectors.endpoint_answer_rows(team=request_team(request)))
-        return page_response(request, "endpoints", [legacy_endpoint(e) for e in endpoints_representation(rows)], more)
+        return page_response(request, "endpoints", rendered_answers(legacy_answer, rows), more)
 
     @extend_schema(request=LegacyEndpointCreateSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
@@ -152,7 +163,7 @@ class LegacyEndpointDetailView(APIView):
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, name: str):
         row = selectors.endpoint_answer_row(team=request_team(request), name=name)
-        return Response(legacy_endpoint(endpoints_representation([row])[0]))
+        return Response(rendered_answers(legacy_answer, [row])[0])
 
     @extend_schema(request=LegacyEndpointUpdateSerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request, name: str):
