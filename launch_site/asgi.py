@@ -35,9 +35,12 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core import signals  # noqa: E402
+from django.core.cache import close_caches  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured, RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
+from django.core.handlers.base import reset_urlconf  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response, response_for_exception  # noqa: E402
+from django.db import close_old_connections, reset_queries  # noqa: E402
 from django.http import FileResponse  # noqa: E402
 from django.urls import Resolver404, ResolverMatch, resolve, set_script_prefix  # noqa: E402
 from django.utils.deprecation import MiddlewareMixin  # noqa: E402
@@ -113,13 +116,52 @@ def _in_loop(method):
     return run
 
 
+# Django's receivers of request_started and request_finished: they act on the calling thread's
+# database connections (and their query log), caches and URLconf override, none of which the
+# event loop's thread holds (the inference views' database work runs on launch_site.db's
+# threads, which keep their connections up themselves; a request sets its URLconf as it
+# starts). Sending the two signals to them took 14 % of the web worker's CPU for a sync task
+# (BENCHMARKS.md, "The request signals"), so the task routes send them only when some other
+# receiver is connected (an app or a library added later): it then gets them as before.
+# tests/test_asgi_middleware.py holds this set to what the project connects.
+LOOP_THREAD_NO_OP_RECEIVERS = frozenset((reset_queries, close_old_connections, close_caches, reset_urlconf))
+
+
+@functools.cache
+def sends_request_signals(sender: type) -> bool:
+    """Whether a receiver outside LOOP_THREAD_NO_OP_RECEIVERS listens to the request signals
+    that `sender` sends. Read once, at the first task request (every app and the URLconf are
+    imported by then: receivers are connected at import)."""
+    return any(
+        receiver not in LOOP_THREAD_NO_OP_RECEIVERS
+        for signal in (signals.request_started, signals.request_finished)
+        for receiver in connected_receivers(signal, sender)
+    )
+
+
+def connected_receivers(signal, sender: type) -> list:
+    """The functions that `signal` sent by `sender` reaches, weak references resolved."""
+    sync_receivers, async_receivers = signal._live_receivers(sender)  # noqa: SLF001 - Django 5.x
+    return [*sync_receivers, *async_receivers]
+
+
+def _close_without_request_finished(response) -> None:
+    """HttpResponseBase.close() but for its request_finished signal (sends_request_signals)."""
+    for closer in response._resource_closers:  # noqa: SLF001 - what close() runs
+        closer()
+    response._resource_closers.clear()  # noqa: SLF001
+    response.closed = True
+
+
 class InferenceHandler(ASGIHandler):
     """Django's ASGI handler with settings.MIDDLEWARE's hooks run in the event loop (only for
     routes whose middleware hooks do no I/O: see the module's docstring), and without a
     thread per request: Django gives each request a thread of its own for its thread-sensitive
     sync code (the request signals, closing the response), about a millisecond of CPU per
     request on our machine; here nothing needs one (the views' database work runs on
-    launch_site.db's threads), so that code runs in the loop."""
+    launch_site.db's threads), so that code runs in the loop. The request signals go only to
+    receivers other than Django's own (sends_request_signals), and for a stream as Django
+    sends them."""
 
     # Django sends a response body in messages of chunk_size (64 KiB), each a slice (a copy)
     # and an await on the server; an inference answer (a sync result of up to a few MB) goes
@@ -135,9 +177,9 @@ class InferenceHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        # Its receivers (close_old_connections, reset_queries) act on this thread's database
-        # connections: the loop thread has none.
-        signals.request_started.send(sender=self.__class__, scope=scope)
+        signals_sent = sends_request_signals(self.__class__)
+        if signals_sent:
+            signals.request_started.send(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             await self.send_response(error_response, send)
@@ -149,10 +191,14 @@ class InferenceHandler(ASGIHandler):
             # watching saves two tasks per request.
             try:
                 response = await self._respond(request, send)
-            except OSError:
-                signals.request_finished.send(sender=self.__class__)  # the client went away
+            except OSError:  # the client went away
+                if signals_sent:
+                    signals.request_finished.send(sender=self.__class__)
             else:
-                response.close()  # sends request_finished, whose receivers are as above
+                if signals_sent:
+                    response.close()  # sends request_finished
+                else:
+                    _close_without_request_finished(response)
             body_file.close()
             return
         # A stream, as Django does: a client that goes away cancels the view (the stream's

@@ -8,12 +8,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from django.core import signals
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
 from django.utils.deprecation import MiddlewareMixin
 
-from launch_site.asgi import InferenceHandler
+from launch_site.asgi import (
+    LOOP_THREAD_NO_OP_RECEIVERS,
+    InferenceHandler,
+    connected_receivers,
+    sends_request_signals,
+)
 
 CALLS: list[str] = []
 # What each middleware does: {name: "answer" | "raise-request" | "raise-response"}
@@ -127,3 +133,62 @@ def test_a_middleware_with_its_own_call_stays_a_layer():
     assert calls == ["A.request", "B.request", "OwnCall.before", "C.request", "view", "C.response", "OwnCall.after",
                      "B.response", "OnlyResponse.response", "A.response"]
     assert (status, headers) == (200, {"X-C": "seen", "X-OwnCall": "seen", "X-B": "seen", "X-A": "seen"})
+
+
+# --- the request signals ---------------------------------------------------------------------
+
+def _serve_one_task_request(handler_class) -> list[dict]:
+    """One POST /v1/sync-tasks through the handler's whole ASGI call (its view replaced)."""
+    sent: list[dict] = []
+    scope = {"type": "http", "method": "POST", "path": "/v1/sync-tasks", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "server": ("testserver", 80)}
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(handler_class()(scope, receive, send))
+    return sent
+
+
+def test_the_request_signals_reach_only_djangos_receivers_which_the_task_routes_skip():
+    # As served: every app and the URLconf imported. Django's receivers act on the calling
+    # thread's database connections, caches and URLconf override, which the event loop's thread
+    # does not hold; they are all the task routes leave out. Should this fail, a receiver was
+    # added: the task routes send it the signals (next test), and this set is to be looked at.
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018
+    connected = {receiver for signal in (signals.request_started, signals.request_finished)
+                 for receiver in connected_receivers(signal, InferenceHandler)}
+    assert connected == LOOP_THREAD_NO_OP_RECEIVERS
+    sends_request_signals.cache_clear()
+    try:
+        assert not sends_request_signals(OurChain)
+        assert _serve_one_task_request(OurChain)[0]["status"] == 200
+    finally:
+        sends_request_signals.cache_clear()
+
+
+def test_a_receiver_of_the_request_signals_gets_both_for_a_task_request():
+    heard: list[str] = []
+
+    def started(sender, **kwargs):
+        heard.append(f"started by {sender.__name__}")
+
+    def finished(sender, **kwargs):
+        heard.append(f"finished by {sender.__name__}")
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    sends_request_signals.cache_clear()
+    try:
+        sent = _serve_one_task_request(OurChain)
+    finally:
+        signals.request_started.disconnect(started)
+        signals.request_finished.disconnect(finished)
+        sends_request_signals.cache_clear()
+    assert sent[0]["status"] == 200 and sent[-1]["body"] == b"from the view"
+    assert heard == ["started by OurChain", "finished by OurChain"]
