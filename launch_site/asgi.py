@@ -10,8 +10,8 @@ reads (GET, HEAD) run with their middleware in one hop on a long-lived thread
 Django runs a sync middleware hook of an async request in a thread, one hop per hook (about
 16 on our MIDDLEWARE list): more than the whole Redis relay of a sync request. On the
 inference routes those hooks do no I/O (the body is read before the chain runs; the views
-touch no session, user or message), so InferenceHandler runs the same MIDDLEWARE list with
-each hook called in the event loop.
+touch no session, user or message), so InferenceHandler runs the MIDDLEWARE list (less what
+the task routes need not: TASK_ROUTES_LEAVE_OUT) with each hook called in the event loop.
 """
 
 from __future__ import annotations
@@ -120,9 +120,10 @@ def _in_loop(method):
 # database connections (and their query log), caches and URLconf override, none of which the
 # event loop's thread holds (the inference views' database work runs on launch_site.db's
 # threads, which keep their connections up themselves; a request sets its URLconf as it
-# starts). Sending the two signals to them took 14 % of the web worker's CPU for a sync task
-# (BENCHMARKS.md, "The request signals"), so the task routes send them only when some other
-# receiver is connected (an app or a library added later): it then gets them as before.
+# starts). Sending the two signals to them took 10-14 % of the web worker's CPU for a sync
+# task (BENCHMARKS.md, "The request path, fourth pass"), so the task routes send them only
+# when some other receiver is connected (an app or a library added later): it then gets them
+# as before.
 # tests/test_asgi_middleware.py holds this set to what the project connects.
 LOOP_THREAD_NO_OP_RECEIVERS = frozenset((reset_queries, close_old_connections, close_caches, reset_urlconf))
 
@@ -151,6 +152,26 @@ def _close_without_request_finished(response) -> None:
         closer()
     response._resource_closers.clear()  # noqa: SLF001
     response.closed = True
+
+
+# What the task routes leave out of settings.MIDDLEWARE. Their requests carry an API key (no
+# session, no CSRF: the views are csrf_exempt) and their views read no session, user, messages
+# or htmx details: each of these only puts a cookie or header behind a lazy attribute that
+# the task views never read, and adds nothing to an answer that did not read it. A task view
+# that came to read one would fail at once (the attribute is missing), not quietly.
+# tests/test_asgi_middleware.py holds the answers with and without them equal. They cost 6 %
+# of the web worker's CPU for a sync task (BENCHMARKS.md, "The request path, fourth pass").
+TASK_ROUTES_LEAVE_OUT = frozenset((
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+))
+
+
+def task_route_middleware() -> list[str]:
+    return [path for path in settings.MIDDLEWARE if path not in TASK_ROUTES_LEAVE_OUT]
 
 
 class InferenceHandler(ASGIHandler):
@@ -267,7 +288,7 @@ class InferenceHandler(ASGIHandler):
             run.clear()
             return layer
 
-        for path in reversed(settings.MIDDLEWARE):
+        for path in reversed(task_route_middleware()):
             middleware_class = import_string(path)
             flattens = _flattens(middleware_class)
             # A middleware with a call of its own is a layer around what is inside it, as in Django.

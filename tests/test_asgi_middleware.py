@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from django.conf import settings
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpResponse
@@ -16,6 +17,7 @@ from django.utils.deprecation import MiddlewareMixin
 
 from launch_site.asgi import (
     LOOP_THREAD_NO_OP_RECEIVERS,
+    TASK_ROUTES_LEAVE_OUT,
     InferenceHandler,
     connected_receivers,
     sends_request_signals,
@@ -192,3 +194,26 @@ def test_a_receiver_of_the_request_signals_gets_both_for_a_task_request():
         sends_request_signals.cache_clear()
     assert sent[0]["status"] == 200 and sent[-1]["body"] == b"from the view"
     assert heard == ["started by OurChain", "finished by OurChain"]
+
+
+# --- what the task routes leave out of settings.MIDDLEWARE -------------------------------------
+
+@pytest.mark.parametrize("cookies, headers", [
+    ({}, {}),
+    ({"sessionid": "not-a-session", "csrftoken": "x" * 32, "messages": "stale"}, {"HTTP_HX_REQUEST": "true"}),
+    ({}, {"HTTP_AUTHORIZATION": "Bearer some-key", "HTTP_ORIGIN": "https://elsewhere.example"}),
+])
+def test_the_middleware_the_task_routes_leave_out_changes_nothing_in_their_answers(cookies, headers):
+    # The task views read no session, user, messages or htmx details: with them left out the
+    # answer (status, every header, cookies, body) is what the whole settings.MIDDLEWARE gives.
+    assert TASK_ROUTES_LEAVE_OUT <= set(settings.MIDDLEWARE)  # nothing stale in the list
+
+    def answer(handler_class):
+        CALLS.clear()
+        request = RequestFactory().post("/v1/sync-tasks", data=b"{}", content_type="application/json", **headers)
+        request.COOKIES.update(cookies)
+        response = asyncio.run(handler_class()._middleware_chain(request))
+        return response.status_code, sorted(response.items()), response.cookies.output(), response.content
+
+    assert answer(OurChain) == answer(DjangoChain)
+    assert CALLS == ["view"]
