@@ -174,6 +174,7 @@ def test_the_request_signals_reach_only_djangos_receivers_which_the_task_routes_
         sends_request_signals.cache_clear()
 
 
+@pytest.mark.django_db  # Django's receivers, sent here too, check this thread's database connections
 def test_a_receiver_of_the_request_signals_gets_both_for_a_task_request():
     heard: list[str] = []
 
