@@ -38,8 +38,11 @@ def wait_job(api, job_id: str, statuses: tuple[str, ...], timeout: float = 60) -
 
 
 def job_containers(docker_engines, job_id: str) -> list:
+    # sparse: no inspect of each listed container, which a container removed in between (a
+    # finished job's, once its logs are kept) turned into a 404.
     return [c for name in docker_engines.names
-            for c in docker_engines.client(name).containers.list(all=True, filters={"label": f"launch.owner_id={job_id}"})]
+            for c in docker_engines.client(name).containers.list(all=True, sparse=True,
+                                                                 filters={"label": f"launch.owner_id={job_id}"})]
 
 
 def test_a_job_runs_over_its_config_file_to_success_with_logs_and_cancel_stops_one(
