@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -95,6 +96,15 @@ def redis_client():
     from launch_site.redis_client import get_redis
 
     return get_redis()
+
+
+@pytest.fixture
+def key(request, redis_client):
+    """A key prefix of this test's own (`test:<module>:<random>`); its keys are deleted after."""
+    prefix = f"test:{request.module.__name__.rpartition('.')[2]}:{uuid.uuid4().hex}"
+    yield prefix
+    for name in redis_client.scan_iter(f"{prefix}*"):
+        redis_client.delete(name)
 
 
 from tests.docker_harness import docker_engines, docker_hosts  # noqa: E402,F401 - shared fixtures

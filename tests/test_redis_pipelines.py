@@ -19,14 +19,6 @@ def _pool(url: str | None = None, timeout: float = 5.0) -> PipelinePool:
     return PipelinePool(url or settings.REDIS_URL, connect_timeout=2.0, timeout=timeout)
 
 
-@pytest.fixture
-def key(redis_client):
-    prefix = f"test:pipelines:{uuid.uuid4().hex}"
-    yield prefix
-    for name in redis_client.scan_iter(f"{prefix}*"):
-        redis_client.delete(name)
-
-
 def run(coroutine):
     return asyncio.run(coroutine)
 

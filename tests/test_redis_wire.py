@@ -28,14 +28,6 @@ from workers.redis_wire import Address, parse_url
 MB = 1024 * 1024
 
 
-@pytest.fixture
-def key(redis_client):
-    prefix = f"test:wire:{uuid.uuid4().hex}"
-    yield prefix
-    for name in redis_client.scan_iter(f"{prefix}*"):
-        redis_client.delete(name)
-
-
 def client(url: str | None = None, **options) -> redis_wire.Client:
     return redis_wire.Client(url or settings.REDIS_URL, **{"connect_timeout": 2, **options})
 
