@@ -64,10 +64,10 @@ def task_payload(data: dict) -> dict:
     return payload
 
 
-def payload_json(payload: dict, body: dict, body_text: str | None) -> str:
+def payload_json(payload: dict, body: dict, body_text: bytes | None) -> str | bytes:
     """The payload as the replica reads it. A request body that holds nothing but the fields
-    of a task goes as it came (no second encoding of a large `args`): the replica reads
-    args/url/return_pickled from it just the same."""
+    of a task goes as it came, as bytes (no second encoding of a large `args`, no decoding):
+    the replica reads args/url/return_pickled from it just the same."""
     if body_text is not None and isinstance(body, dict) and body.keys() <= BODY_FIELDS_AS_IS:
         return body_text
     return json.dumps(payload)
@@ -97,7 +97,7 @@ class Submission:
     endpoint_id: str
     endpoint_name: str
     task_id: str
-    payload: str
+    payload: str | bytes  # JSON text; bytes when it is the request body as it came (payload_json)
     kind: str
     ttl_seconds: int
     wake: bool
@@ -113,7 +113,7 @@ class Submission:
         return protocol.Keys(protocol.endpoint_prefix(self.endpoint_id))
 
 
-def _submission(endpoint: ModelEndpoint, payload: str, *, kind: str, wait_seconds: float | None = None,
+def _submission(endpoint: ModelEndpoint, payload: str | bytes, *, kind: str, wait_seconds: float | None = None,
                 callback: tuple[str, dict | None] | None = None, rate_key: str | None = None) -> Submission:
     return Submission(
         endpoint_id=endpoint.id, endpoint_name=endpoint.name, task_id=protocol.task_id_for(endpoint.id, uuid.uuid4().hex),
@@ -123,7 +123,7 @@ def _submission(endpoint: ModelEndpoint, payload: str, *, kind: str, wait_second
 
 
 def prepare_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, dict | None] | None = None,
-                   payload_text: str | None = None, rate_key: str | None = None) -> Submission:
+                   payload_text: str | bytes | None = None, rate_key: str | None = None) -> Submission:
     """An async task (submit_async queues it)."""
     throttling.check_key_rate(rate_key)
     _check_not_deleting(endpoint)
@@ -132,7 +132,7 @@ def prepare_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[st
 
 
 def prepare_sync(*, endpoint: ModelEndpoint, payload: dict, timeout_seconds: float | None,
-                 payload_text: str | None = None, rate_key: str | None = None) -> Submission:
+                 payload_text: str | bytes | None = None, rate_key: str | None = None) -> Submission:
     """A sync task (run_sync_async queues it and waits): up to SYNC_TASK_TIMEOUT_SECONDS, or
     less when the request asks. An endpoint that cannot serve answers at once (503)."""
     throttling.check_key_rate(rate_key)

@@ -264,7 +264,7 @@ def test_try_it_queues_a_task_and_its_status_polls_until_done(browser, endpoint)
     [entry] = redis.lrange(keys.queue, 0, -1)
     queued_id, _, payload = protocol.parse_entry(entry)
     assert queued_id == task_id
-    assert json.loads(payload) == {"args": {"x": 21}, "return_pickled": False}
+    assert json.loads(bytes(payload)) == {"args": {"x": 21}, "return_pickled": False}
     # Stored once, in the queue entry; the hash keeps the start of it for the task page.
     assert redis.hget(keys.task(task_id), "payload") is None
     assert json.loads(redis.hget(keys.task(task_id), "payload_preview")) == {"args": {"x": 21}, "return_pickled": False}

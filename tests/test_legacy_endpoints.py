@@ -163,7 +163,7 @@ def test_async_task_defaults_to_pickled_result_and_prefers_url_over_args(owner, 
     entry = redis_client.lindex(protocol.Keys(protocol.endpoint_prefix(endpoint.id)).queue, 0)
     queued_id, _, stored = protocol.parse_entry(entry)
     assert queued_id == task_id
-    assert json.loads(stored) == {"return_pickled": True, "url": "http://x/1"}
+    assert json.loads(bytes(stored)) == {"return_pickled": True, "url": "http://x/1"}
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,9 @@ class RunningReplica:
 
     def __enter__(self):
         self.replica.load()
-        self.threads = [threading.Thread(target=self.replica.work_loop, daemon=True)]
+        # One worker thread per task it runs at once, as the replica's main does.
+        self.threads = [threading.Thread(target=self.replica.work_loop, daemon=True)
+                        for _ in range(self.replica.concurrency)]
         for thread in self.threads:
             thread.start()
         return self
@@ -115,11 +117,11 @@ def test_a_task_runs_once_and_its_record_says_so(tmp_path, redis_client, inline)
 
 @pytest.mark.parametrize("inline", [True, False], ids=["payload-in-entry", "bare-id"])
 def test_a_finished_task_takes_its_own_entry_out_of_flight_and_no_other(tmp_path, redis_client, inline):
-    """The finish finds the task's in-flight entry by its id (the replica does not send the
-    entry, payload and all, back): the entries of tasks that other threads of the replica run
-    stay, ids that start with this one's included, and a task taken twice (requeued while
-    its replica still ran it) leaves one entry per finish."""
-    running = RunningReplica(bundle_file(tmp_path, doubler()))
+    """In a replica that runs tasks in several threads, the finish finds the task's in-flight
+    entry by its id (the replica does not send the entry, payload and all, back): the entries
+    of tasks that other threads run stay, ids that start with this one's included, and a task
+    taken twice (requeued while its replica still ran it) leaves one entry per finish."""
+    running = RunningReplica(bundle_file(tmp_path, doubler()), concurrency=2)
     task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
     others = [
         protocol.queue_entry(task_id + "0", expires_at=time.time() + 60, payload='{"args": 1}'), task_id + "1",
@@ -140,6 +142,24 @@ def test_a_finished_task_takes_its_own_entry_out_of_flight_and_no_other(tmp_path
         assert connection.read_response() == 0  # the task was final already; its entry goes all the same
         assert redis_client.lrange(inflight, 0, -1) == [entry.encode()] * left + [other.encode() for other in others]
     connection.close()
+
+
+def test_a_task_that_ends_while_another_thread_runs_one_leaves_that_ones_entry_in_flight(tmp_path, redis_client):
+    """A replica running one task at a time empties its in-flight list when a task ends (it
+    holds that task's entry alone); with two at a time the slow task's entry must stay there
+    while the fast one ends, or a replica killed now would leave the slow task to no one."""
+    with RunningReplica(bundle_file(tmp_path, sleepy_doubler()), concurrency=2) as running:
+        inflight = running.keys.inflight("rep_test")
+        slow = running.submit(redis_client, {"args": {"x": 1, "pause": 2.0}})
+        deadline = time.monotonic() + 10
+        while redis_client.llen(inflight) != 1 and time.monotonic() < deadline:  # the slow one taken
+            time.sleep(0.01)
+        fast = running.submit(redis_client, {"args": {"x": 2}})
+        assert running.record(redis_client, fast)["result"] == "4"
+        [entry] = redis_client.lrange(inflight, 0, -1)
+        assert protocol.parse_entry(entry)[0] == slow
+        assert running.record(redis_client, slow)["result"] == "2"
+        assert redis_client.llen(inflight) == 0
 
 
 def test_a_task_that_expired_in_the_queue_is_not_run(tmp_path, redis_client):
@@ -310,7 +330,40 @@ def test_a_result_reads_back_as_the_output_did_through_json_dumps(output):
     text = serve.encode_output(output, {})[1]
     assert json.dumps(json.loads(text)) == json.dumps(json.loads(json.dumps(output)))
     literal = protocol.parse_final_record(protocol.final_record(protocol.SUCCESS, result=text))["result_literal"]
-    assert json.loads(literal) == text
+    assert json.loads(bytes(literal)) == text
+
+
+# Documents that orjson reads differently from json.loads, or refuses, next to ones it reads
+# the same: protocol.load_json must give json.loads's value (or its error) for every one.
+_PAYLOADS = [
+    b'{"args": {"x": 18446744073709551616}}', b'[-9223372036854775809, 9223372036854775808, 18446744073709551615]',
+    b'{"a": [1, [2, {"b": 123456789012345678901234567890}]]}', b'[1.5, 1e19, -1e19, "x"]', b'{"k": 1e400}',
+    b'[NaN, Infinity, -Infinity]', b'"\\ud800"', b'{"a": 1, "a": 2}', b'[-0, -0.0, 1.0000000000000000000001]',
+    b'[2.2250738585072011e-308, 5e-324, 1.7976931348623157e308, 0.1, 0.30000000000000004]',
+    b"[" * 1100 + b"]" * 1100, b' {"args": "\\u00e9\\n"} ', '{"args": "é😀"}'.encode(),
+    b'{"args": 1} x', b'{"args": 1', b"", b"\xef\xbb\xbf{}", b'"\xff"', b'{"args": tru}',
+    json.dumps([i / 7 for i in range(10_000)] + [2.0**63]).encode(),
+]
+
+
+@pytest.mark.parametrize("data", _PAYLOADS)
+def test_a_payload_reads_as_json_loads_read_it(data):
+    try:
+        expected = repr(json.loads(data.decode()))
+    except (ValueError, RecursionError) as error:
+        expected = f"{type(error).__name__}: {error}"
+    for given in (data, memoryview(b"id 1.0 " + data)[7:]):  # a body; a queue entry's payload
+        try:
+            got = repr(protocol.load_json(given))
+        except (ValueError, RecursionError) as error:
+            got = f"{type(error).__name__}: {error}"
+        assert got == expected
+
+
+def test_a_payload_of_many_floats_is_checked_in_full_for_integers_orjson_cannot_read():
+    # A large integer deep in a long list of floats (past min/max's fast path: mixed types).
+    data = json.dumps({"args": [[i / 7 for i in range(1000)], ["x", 0.5, {"n": 2**70}]]}).encode()
+    assert protocol.load_json(data)["args"][1][2]["n"] == 2**70
 
 
 @pytest.mark.parametrize("output", [

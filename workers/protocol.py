@@ -177,22 +177,92 @@ class Keys:
         return f"{self.prefix}cancel:{task_id}"
 
 
-def queue_entry(task_id: str, *, expires_at: float | None = None, payload: str | None = None) -> str:
+def queue_entry(task_id: str, *, expires_at: float | None = None, payload: str | bytes | None = None) -> str | bytes:
     """`<task_id>` alone (the replica reads the payload from the task hash), or
-    `<task_id> <expires_at> <payload JSON>`. Task ids hold no spaces."""
+    `<task_id> <expires_at> <payload JSON>`. Task ids hold no spaces. A payload given as bytes
+    (the request body as it came) gives bytes: the body is copied once, into the entry."""
     if payload is None:
         return task_id
+    if isinstance(payload, bytes):
+        return b"%b %.3f %b" % (task_id.encode(), expires_at, payload)
     return f"{task_id} {expires_at:.3f} {payload}"
 
 
-def parse_entry(entry: bytes | str) -> tuple[str, float | None, str | None]:
-    """(task id, expires_at, payload) of a queue entry; the last two are None for a bare id."""
-    text = entry.decode() if isinstance(entry, bytes) else entry
-    task_id, _, rest = text.partition(" ")
-    if not rest:
-        return task_id, None, None
-    expires_at, _, payload = rest.partition(" ")
-    return task_id, float(expires_at), payload
+def parse_entry(entry: bytes | str) -> tuple[str, float | None, memoryview | str | None]:
+    """(task id, expires_at, payload) of a queue entry; the last two are None for a bare id.
+    The payload of an entry read from Redis (bytes) is a view into it, not a copy (load_json
+    reads it as it is)."""
+    if isinstance(entry, str):
+        task_id, _, rest = entry.partition(" ")
+        if not rest:
+            return task_id, None, None
+        expires_at, _, payload = rest.partition(" ")
+        return task_id, float(expires_at), payload
+    id_end = entry.find(b" ")
+    if id_end < 0:
+        return entry.decode(), None, None
+    expiry_end = entry.index(b" ", id_end + 1)
+    return entry[:id_end].decode(), float(entry[id_end + 1:expiry_end]), memoryview(entry)[expiry_end + 1:]
+
+
+# orjson reads an integer outside [-2**63, 2**64) as a float, without an error; any such float
+# has a magnitude of at least this (a genuine float that large is read again too: same value).
+_ORJSON_EXACT_BELOW = 2.0**63
+
+
+def load_json(data: bytes | memoryview | str):
+    """What json.loads reads from a request body or a task's payload (UTF-8 JSON), at
+    orjson's speed (2x on a 1 MB string, 10x on a list of floats: BENCHMARKS.md, "Fifth
+    pass"). json.loads reads it again wherever orjson would read it differently or refuses
+    it, so a value is read as it always was and a bad one fails as it did, with json's
+    message: an integer orjson would turn into a float (see _ORJSON_EXACT_BELOW), and what
+    orjson refuses and json.loads takes (NaN, Infinity, 1e400, lone surrogates, nesting
+    past 1,024) or refuses too. Raises ValueError (json.JSONDecodeError, UnicodeDecodeError)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data if isinstance(data, str) else bytes(data).decode())
+    if _holds_float_past_exact(value):
+        return json.loads(data if isinstance(data, str) else bytes(data).decode())
+    return value
+
+
+def _holds_float_past_exact(value) -> bool:
+    """Whether a value orjson read holds a float of magnitude _ORJSON_EXACT_BELOW or more. A
+    list of numbers is checked by min and max (C speed); anything else item by item: 100,000
+    floats in 1 ms, 10,000 small objects in 6 ms (json.loads reads them in 36 and 24 ms,
+    orjson in 4 and 10)."""
+    limit = _ORJSON_EXACT_BELOW
+    pending = [value]
+    while pending:
+        container = pending.pop()
+        kind = type(container)
+        if kind is float:
+            if not -limit < container < limit:
+                return True
+            continue
+        if kind is list:
+            if not container:
+                continue
+            if type(container[0]) in (float, int):
+                try:
+                    if not (-limit < min(container) and max(container) < limit):
+                        return True
+                    continue
+                except TypeError:  # not numbers only: item by item below
+                    pass
+        elif kind is dict:
+            container = container.values()
+        else:
+            continue
+        for item in container:
+            kind = type(item)
+            if kind is float:
+                if not -limit < item < limit:
+                    return True
+            elif kind is list or kind is dict:
+                pending.append(item)
+    return False
 
 
 def task_id_for(endpoint_id: str, unique: str) -> str:
@@ -253,12 +323,12 @@ def _not_plain_json(value):
 
 def parse_final_record(raw: bytes) -> dict:
     """The done-list record as {status, traceback, result_pickled, result_literal}: the last
-    is the result's JSON string literal as bytes (json.loads of it gives the result text), or
-    None. Records the controller writes (failures) have no literal."""
-    header, _, literal = raw.partition(b"\n")
-    record = json.loads(header)
+    is the result's JSON string literal as a view into `raw` (json.loads of its bytes gives
+    the result text), or None. Records the controller writes (failures) have no literal."""
+    end = raw.find(b"\n")
+    record = json.loads(raw if end < 0 else raw[:end])
     record.pop("result", None)
-    record["result_literal"] = literal or None
+    record["result_literal"] = memoryview(raw)[end + 1:] if 0 <= end < len(raw) - 1 else None
     return record
 
 
@@ -266,7 +336,7 @@ def final_record_with_text(raw: bytes) -> dict:
     """parse_final_record, with the result text decoded into `result` (None without one)."""
     record = parse_final_record(raw)
     literal = record.pop("result_literal")
-    record["result"] = json.loads(literal) if literal is not None else None
+    record["result"] = json.loads(bytes(literal)) if literal is not None else None
     return record
 
 
@@ -302,7 +372,7 @@ return 1
 STALE_ROUTE = b"stale-route"
 
 
-def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: int, now: float,
+def add_task(pipe, keys: Keys, task_id: str, payload_json: str | bytes, *, ttl_seconds: int, now: float,
              inline: bool = True, extra: dict | None = None, history_length: int = 0,
              route_generation: bytes | None = None, waiter: bool = False) -> None:
     """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry; its reply is
@@ -314,7 +384,7 @@ def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: 
     the id in the owner's capped list of recent tasks."""
     fields = {"status": PENDING, "attempts": 0, "created_at": now, **(extra or {})}
     if inline:
-        fields["payload_preview"] = payload_json[: PAYLOAD_PREVIEW_CHARS + 1]  # +1: says it was cut
+        fields["payload_preview"] = _preview(payload_json)
     else:
         fields["payload"] = payload_json
     entry = queue_entry(task_id, expires_at=now + ttl_seconds, payload=payload_json) if inline else task_id
@@ -323,6 +393,15 @@ def add_task(pipe, keys: Keys, task_id: str, payload_json: str, *, ttl_seconds: 
         route_generation or "", ttl_seconds, entry, task_id, history_length, "1" if waiter else "",
         *[part for pair in fields.items() for part in pair],
     )
+
+
+def _preview(payload_json: str | bytes) -> str:
+    """The first PAYLOAD_PREVIEW_CHARS characters and one more (which says it was cut); of a
+    body given as bytes (UTF-8, at most 4 bytes a character), only its start is decoded, and
+    a character cut at that end is left out."""
+    if isinstance(payload_json, bytes):
+        payload_json = payload_json[: 4 * (PAYLOAD_PREVIEW_CHARS + 1)].decode(errors="ignore")
+    return payload_json[: PAYLOAD_PREVIEW_CHARS + 1]
 
 
 # Redis turns a blocking timeout into whole milliseconds, truncating, and 0 blocks forever:
@@ -607,7 +686,10 @@ end
 
 # KEYS: task, inflight, done, stats, running, callbacks. ARGV: status, result (or ''),
 # traceback, pickled (or ''), now, done_record, done_ttl, counter, task_id, sync_answered_ttl,
-# literal_at (or ''). See finish_arguments for where the result travels.
+# literal_at (or ''), sole ('1' when the in-flight list can hold nothing but this task's entry:
+# a replica that takes one task at a time; the list is then deleted instead of searched, which
+# would copy the entry, payload and all, into Lua). See finish_arguments for where the result
+# travels.
 # The task hash is only written while it exists (an expired task must not come back without
 # a TTL) and is not final yet (the first outcome wins). The done list is filled either way
 # so a sync waiter is answered. The latency hash sits next to stats (same prefix). An
@@ -628,7 +710,11 @@ end
 # sure on a 6.2 configured otherwise, before the first write as it must be.)
 FINISH_SCRIPT = _OBSERVE_FUNCTION + _DROP_INFLIGHT_FUNCTION + """
 redis.replicate_commands()
-drop_inflight(KEYS[2], ARGV[9])
+if ARGV[12] == '1' then
+  redis.call('DEL', KEYS[2])
+else
+  drop_inflight(KEYS[2], ARGV[9])
+end
 redis.call('ZREM', KEYS[5], ARGV[9])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'SUCCESS' or status == 'FAILURE' then

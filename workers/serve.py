@@ -431,7 +431,7 @@ class Replica:
                     owed = 0
                     entry = connection.read_response()
                     if entry is not None:
-                        owed = self.run_task(connection, entry)
+                        owed = self.run_task(connection, entry, sole=self.concurrency == 1)
                 except redis_wire.RedisError as exc:
                     owed = 0  # the connection goes, and what it owed with it
                     connection.close()
@@ -451,9 +451,11 @@ class Replica:
             except redis_wire.ResponseError as error:
                 print(f"a task script failed: {error!r}", file=sys.stderr, flush=True)
 
-    def run_task(self, connection, entry: bytes) -> int:
+    def run_task(self, connection, entry: bytes, *, sole: bool = False) -> int:
         """Run one task taken from the queue and send its outcome; returns how many replies of
-        its scripts are still to be read (work_loop reads them after sending the next take)."""
+        its scripts are still to be read (work_loop reads them after sending the next take).
+        `sole`: the in-flight list holds this task's entry alone (one work_loop, which takes one
+        task at a time), so FINISH_SCRIPT empties it instead of searching it."""
         task_id, expires_at, payload = protocol.parse_entry(entry)
         task_key = self.keys.task(task_id)
         if payload is None:
@@ -472,7 +474,7 @@ class Replica:
                 task_id,
             )
             marking = True
-        request = json.loads(payload)
+        request = protocol.load_json(payload)
         if "items" in request:
             status, result, error, pickled = protocol.SUCCESS, run_chunk(self.predict, request), "", b""
         else:
@@ -484,10 +486,10 @@ class Replica:
             mark, marking = connection.read_response(), False  # read now: the result goes once
         else:
             mark = None  # read after: a small result goes both ways (protocol.finish_arguments)
-        self.send_finish(connection, task_id, (status, result, error, pickled), mark)
+        self.send_finish(connection, task_id, (status, result, error, pickled), mark, sole=sole)
         return 2 if marking else 1
 
-    def send_finish(self, connection, task_id: str, outcome: Outcome, mark: int | None) -> None:
+    def send_finish(self, connection, task_id: str, outcome: Outcome, mark: int | None, *, sole: bool = False) -> None:
         """Send (not read) the script that records a task's outcome, takes its entry out of the
         in-flight list (by its id: the entry, payload and all, is not sent back) and answers its
         waiter; `mark`: MARK_STARTED_SCRIPT's answer (protocol.finish_arguments)."""
@@ -503,7 +505,7 @@ class Replica:
             "EVAL", protocol.FINISH_SCRIPT, 6, self.keys.task(task_id), self.inflight, self.keys.done(task_id),
             self.keys.stats, self.keys.running, self.keys.callbacks, status, result_for_hash, error, pickled,
             time.time(), record, protocol.DONE_LIST_TTL_SECONDS, counter, task_id,
-            protocol.SYNC_ANSWERED_TTL_SECONDS, literal_at,
+            protocol.SYNC_ANSWERED_TTL_SECONDS, literal_at, "1" if sole else "",
         )
 
     def take_batch(self, connection) -> list[bytes]:
@@ -535,7 +537,7 @@ class Replica:
         now = time.time()
         for entry in entries:
             task_id, expires_at, payload = protocol.parse_entry(entry)
-            request = json.loads(payload) if payload is not None else None
+            request = protocol.load_json(payload) if payload is not None else None
             if request is None or "items" in request or request.get("stream"):
                 alone.append(entry)  # not what an endpoint's gateway queues for batching: as before
             elif now > expires_at:

@@ -198,15 +198,16 @@ def task_result_shape(request, task_id: str, record: dict) -> dict | None:
     if record.get("result_pickled"):
         return {"result_url": absolute_url(request, f"/v1/task-results/{task_id}")}
     if record.get("result_literal") is not None:
-        return {"result": json.loads(record["result_literal"])}
+        return {"result": json.loads(bytes(record["result_literal"]))}
     return {"result": record.get("result")}
 
 
-def sync_success_response(literal: bytes) -> HttpResponse:
-    """A sync SUCCESS answer built around the replica's JSON literal of the result, so a large
-    result is neither decoded nor encoded again here. Same bytes as JsonResponse would give."""
+def sync_success_response(literal: memoryview) -> HttpResponse:
+    """A sync SUCCESS answer built around the replica's JSON literal of the result (a view
+    into the record as Redis sent it), so a large result is neither decoded nor encoded again
+    here, and copied once. Same bytes as JsonResponse would give."""
     return HttpResponse(
-        b'{"status": "SUCCESS", "result": {"result": ' + literal + b'}, "traceback": null, "status_code": null}',
+        b"".join((b'{"status": "SUCCESS", "result": {"result": ', literal, b'}, "traceback": null, "status_code": null}')),
         content_type="application/json",
     )
 
@@ -312,13 +313,14 @@ class InferenceView(APIView):
         raise NotImplementedError
 
 
-def _json_body(request) -> tuple[object, str]:
-    """The body parsed, and its text (UTF-8, as JSON over HTTP is): the gateway may pass the
-    text on to the replica as it is, so a large body is parsed once and never re-encoded."""
+def _json_body(request) -> tuple[object, bytes]:
+    """The body parsed (as json.loads reads it: protocol.load_json), and the body itself: the
+    gateway may pass it on to the replica as it is, so a large body is parsed once and never
+    re-encoded."""
+    raw = request.body or b"null"
     try:
-        text = (request.body or b"null").decode()
-        return json.loads(text), text
-    except (ValueError, UnicodeDecodeError) as exc:
+        return protocol.load_json(raw), raw
+    except ValueError as exc:  # UnicodeDecodeError is one
         raise ParseError(f"JSON parse error - {exc}") from None
 
 
