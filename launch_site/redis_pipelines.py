@@ -70,17 +70,29 @@ def _encode(value) -> bytes:
                                      "int or float first.")
 
 
-def pack(commands: list[tuple]) -> bytes:
-    """The commands in RESP, one buffer."""
-    parts = []
+# An argument this long (a large request body in its queue entry) is sent from its own buffer
+# (the transport writes the buffers with one writev) instead of being copied into the packed one.
+OWN_BUFFER_BYTES = 64 * 1024
+
+
+def pack(commands: list[tuple]) -> list[bytes]:
+    """The commands in RESP: one buffer, or several where an argument is OWN_BUFFER_BYTES or
+    longer (the transport writes them in order)."""
+    buffers, parts = [], []
     for args in commands:
         parts.append(b"*%d\r\n" % len(args))
         for arg in args:
             # str and bytes inline: a task's pipeline has some 35 arguments.
             kind = type(arg)
             data = arg.encode() if kind is str else arg if kind is bytes else _encode(arg)
-            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return b"".join(parts)
+            if len(data) < OWN_BUFFER_BYTES:
+                parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+                continue
+            parts.append(b"$%d\r\n" % len(data))
+            buffers += (b"".join(parts), data)
+            parts = [b"\r\n"]
+    buffers.append(b"".join(parts))
+    return buffers
 
 
 class _Connection(asyncio.Protocol):
@@ -113,11 +125,11 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.closed and not self.transport.is_closing()
 
-    async def round_trip(self, data: bytes, count: int) -> list:
-        """Send `count` packed commands and wait for their replies."""
+    async def round_trip(self, buffers: list[bytes], count: int) -> list:
+        """Send `count` packed commands (pack's buffers) and wait for their replies."""
         self.replies, self.expected = [], count
         self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
+        self.transport.writelines(buffers)
         await self.waiter
         self.waiter = None
         return self.replies

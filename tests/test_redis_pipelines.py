@@ -12,6 +12,7 @@ import pytest
 import redis.exceptions
 from django.conf import settings
 
+from launch_site import redis_pipelines
 from launch_site.redis_pipelines import MAX_IDLE_CONNECTIONS, PipelinePool
 
 
@@ -43,18 +44,25 @@ def test_replies_come_in_order_with_redis_py_arguments(key):
 
 
 def test_a_megabyte_goes_and_comes_back_whole(key):
+    # Large arguments go from buffers of their own (redis_pipelines.OWN_BUFFER_BYTES): several
+    # in one round trip, next to small ones, one exactly at the threshold, one a str.
     value = uuid.uuid4().bytes * (1024 * 1024 // 16)
+    at_threshold = "é" * (redis_pipelines.OWN_BUFFER_BYTES // 2)
 
     async def go():
         pool = _pool()
         pipe = pool.pipeline()
         pipe.set(f"{key}:big", value)
+        pipe.rpush(f"{key}:list", "a", value[: redis_pipelines.OWN_BUFFER_BYTES - 1], at_threshold, "b", value)
         pipe.get(f"{key}:big")
+        pipe.lrange(f"{key}:list", 0, -1)
         replies = await pool.execute(pipe)
         pool.close()
         return replies
 
-    assert run(go())[1] == value
+    replies = run(go())
+    assert replies[2] == value
+    assert replies[3] == [b"a", value[: redis_pipelines.OWN_BUFFER_BYTES - 1], at_threshold.encode(), b"b", value]
 
 
 def test_an_error_reply_is_raised_and_the_connection_stays_good(key):
