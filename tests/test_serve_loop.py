@@ -343,6 +343,9 @@ _PAYLOADS = [
     b"[" * 1100 + b"]" * 1100, b' {"args": "\\u00e9\\n"} ', '{"args": "é😀"}'.encode(),
     b'{"args": 1} x', b'{"args": 1', b"", b"\xef\xbb\xbf{}", b'"\xff"', b'{"args": tru}',
     json.dumps([i / 7 for i in range(10_000)] + [2.0**63]).encode(),
+    # Past the item-by-item budget: the text's digits tell (a long run also inside a string).
+    json.dumps([{"k": i} for i in range(2_000)] + [{"n": -(2**63) - 1}]).encode(),
+    json.dumps([{"id": "1234567890123456789012", "x": 0.5} for _ in range(2_000)]).encode(),
 ]
 
 

@@ -208,31 +208,41 @@ def parse_entry(entry: bytes | str) -> tuple[str, float | None, memoryview | str
 # orjson reads an integer outside [-2**63, 2**64) as a float, without an error; any such float
 # has a magnitude of at least this (a genuine float that large is read again too: same value).
 _ORJSON_EXACT_BELOW = 2.0**63
+# Items _floats_past_exact looks at one by one before it gives up for the text's digits.
+_WALK_BUDGET = 1000
+# The digits of such an integer: at least 19 in a row (-9223372036854775809 is the shortest).
+_DIGITS_ONLY = bytes(ord("1") if chr(byte).isdigit() and byte < 128 else ord("0") for byte in range(256))
+_LONG_DIGIT_RUN = b"1" * 19
 
 
 def load_json(data: bytes | memoryview | str):
     """What json.loads reads from a request body or a task's payload (UTF-8 JSON), at
-    orjson's speed (2x on a 1 MB string, 10x on a list of floats: BENCHMARKS.md, "Fifth
-    pass"). json.loads reads it again wherever orjson would read it differently or refuses
-    it, so a value is read as it always was and a bad one fails as it did, with json's
-    message: an integer orjson would turn into a float (see _ORJSON_EXACT_BELOW), and what
-    orjson refuses and json.loads takes (NaN, Infinity, 1e400, lone surrogates, nesting
-    past 1,024) or refuses too. Raises ValueError (json.JSONDecodeError, UnicodeDecodeError)."""
+    orjson's speed (2x on a 1 MB string, 5x on a list of floats: bench/payload_reading.py).
+    json.loads reads it again wherever orjson would read it differently or refuses it, so a
+    value is read as it always was and a bad one fails as it did, with json's message: an
+    integer orjson would turn into a float (see _ORJSON_EXACT_BELOW), and what orjson refuses
+    and json.loads takes (NaN, Infinity, 1e400, lone surrogates, nesting past 1,024) or
+    refuses too. Raises ValueError (json.JSONDecodeError, UnicodeDecodeError)."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data if isinstance(data, str) else bytes(data).decode())
-    if _holds_float_past_exact(value):
+    found = _floats_past_exact(value)
+    if found is None:  # too many items to look at one by one: the text tells (a 1 MB in ~0.7 ms)
+        text = data.encode() if isinstance(data, str) else bytes(data)
+        found = _LONG_DIGIT_RUN in text.translate(_DIGITS_ONLY)
+    if found:
         return json.loads(data if isinstance(data, str) else bytes(data).decode())
     return value
 
 
-def _holds_float_past_exact(value) -> bool:
-    """Whether a value orjson read holds a float of magnitude _ORJSON_EXACT_BELOW or more. A
-    list of numbers is checked by min and max (C speed); anything else item by item: 100,000
-    floats in 1 ms, 10,000 small objects in 6 ms (json.loads reads them in 36 and 24 ms,
-    orjson in 4 and 10)."""
+def _floats_past_exact(value) -> bool | None:
+    """Whether a value orjson read holds a float of magnitude _ORJSON_EXACT_BELOW or more; None
+    past _WALK_BUDGET items (a Python loop costs ~100 ns an item, more than json.loads saves on
+    many small objects). A list of numbers is checked by min and max (C speed: 100,000 floats
+    in ~1 ms) and counts as one item."""
     limit = _ORJSON_EXACT_BELOW
+    budget = _WALK_BUDGET
     pending = [value]
     while pending:
         container = pending.pop()
@@ -255,6 +265,9 @@ def _holds_float_past_exact(value) -> bool:
             container = container.values()
         else:
             continue
+        budget -= len(container)
+        if budget < 0:
+            return None
         for item in container:
             kind = type(item)
             if kind is float:
