@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -83,9 +83,11 @@ def task_submit(*, endpoint: ModelEndpoint, payload: dict, callback: tuple[str, 
     submission = prepare_submit(endpoint=endpoint, payload=payload, callback=callback, payload_text=payload_text,
                                 rate_key=rate_key)
     with get_redis().pipeline(transaction=False) as pipe:
-        _queue(pipe, submission)
-        _count(submission, pipe.execute())
-    return submission.task_id  # no route_generation: always added
+        added = _queue(pipe, submission)
+        replies = pipe.execute()
+    added(replies)  # no route_generation: always added (an error in its transaction is raised)
+    _count(submission, replies)
+    return submission.task_id
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ async def submit_async(clients: AsyncRedis, submission: Submission) -> str:
     pipe = clients.pipelines.pipeline()
     added = _queue(pipe, submission)
     replies = await clients.pipelines.execute(pipe)
-    _check_added(replies[added])
+    _check_added(added(replies))
     _count(submission, replies)
     return submission.task_id
 
@@ -177,7 +179,7 @@ async def run_sync_async(clients: AsyncRedis, submission: Submission) -> tuple[s
     # replica pushes the final record (or the timeout; at once when nothing was added).
     protocol.wait_final(pipe, submission.keys, submission.task_id, timeout_seconds=submission.wait_seconds)
     replies = await clients.pipelines.execute(pipe, timeout=submission.wait_seconds + WAIT_MARGIN_SECONDS)
-    _check_added(replies[added])
+    _check_added(added(replies))
     _count(submission, replies)
     task_id, answer = submission.task_id, replies[-1]
     if answer is None:
@@ -278,10 +280,10 @@ def _ttl(endpoint: ModelEndpoint) -> int:
     return endpoint.task_expires_seconds or settings.TASK_EXPIRES_SECONDS
 
 
-def _queue(pipe, submission: Submission) -> int:
+def _queue(pipe, submission: Submission) -> Callable[[list], int]:
     """Put the task's writes on a pipeline (redis-py's, or launch_site.redis_pipelines'
-    Commands: both record commands the same way); returns the index of protocol.add_task's reply. The rate count goes first, so
-    that its reply is replies[0] (_count)."""
+    Commands: both record commands the same way); returns what reads protocol.add_task's answer
+    from the replies. The rate count goes first, so that its reply is replies[0] (_count)."""
     throttling.count_key_request(pipe, submission.rate_key)
     keys, task_id, ttl = submission.keys, submission.task_id, submission.ttl_seconds
     extra = {"kind": submission.kind}
@@ -293,8 +295,7 @@ def _queue(pipe, submission: Submission) -> int:
             pipe, endpoint_id=submission.endpoint_id, task_id=task_id, url=submission.callback[0],
             auth=submission.callback[1], ttl_seconds=ttl,
         )
-    added = len(pipe)  # the index of add_task's reply, whatever came before it
-    protocol.add_task(
+    added = protocol.add_task(
         pipe, keys, task_id, submission.payload, ttl_seconds=ttl, now=time.time(), extra=extra,
         history_length=settings.REQUEST_HISTORY_LENGTH, route_generation=submission.route_generation,
         waiter=submission.wait_seconds is not None,

@@ -126,17 +126,33 @@ def _queued(endpoint) -> int:
     return get_redis().llen(protocol.Keys(protocol.endpoint_prefix(endpoint.id)).queue)
 
 
-def test_a_route_that_moved_between_lookup_and_queueing_queues_the_task_once(owner, endpoint):
-    assert _task(owner, endpoint).status_code == 200
+# A large body's queue entry is pushed apart from the script (protocol.PUSHED_APART_BYTES):
+# a stale submit must take it back too.
+LARGE_ARGS = {"x": "y" * protocol.PUSHED_APART_BYTES}
+
+
+@pytest.mark.parametrize("args", [{"x": 1}, LARGE_ARGS], ids=["small", "large"])
+def test_a_route_that_moved_between_lookup_and_queueing_queues_the_task_once(owner, endpoint, args):
+    send = lambda: owner.client.post(f"/v1/async-tasks?model_endpoint_id={endpoint.id}", {"args": args},  # noqa: E731
+                                     format="json")
+    assert send().status_code == 200
     get_redis().incr(protocol.ROUTE_GENERATION_KEY)  # some write elsewhere, after this process cached the route
     with CaptureQueriesContext(connection) as captured:
-        response = _task(owner, endpoint)
+        response = send()
     assert response.status_code == 200
     assert len(captured) == 2  # looked up again
-    assert _queued(endpoint) == 2  # the stale attempt queued nothing
+    keys = protocol.Keys(protocol.endpoint_prefix(endpoint.id))
+    entries = get_redis().lrange(keys.queue, 0, -1)
+    assert len(entries) == 2  # the stale attempt queued nothing
+    assert protocol.parse_entry(entries[0])[0] == response.json()["task_id"]
+    for entry in entries:
+        task_id, _, payload = protocol.parse_entry(entry)
+        assert protocol.load_json(payload)["args"] == args
+        assert get_redis().hget(keys.task(task_id), "status") == b"PENDING"
 
 
-def test_a_stale_sync_submit_does_not_wait_for_its_answer(owner, endpoint):
+@pytest.mark.parametrize("args", [{}, LARGE_ARGS], ids=["small", "large"])
+def test_a_stale_sync_submit_does_not_wait_for_its_answer(owner, endpoint, args):
     import asyncio
 
     from endpoints import gateway
@@ -144,7 +160,7 @@ def test_a_stale_sync_submit_does_not_wait_for_its_answer(owner, endpoint):
 
     ModelEndpoint.objects.filter(pk=endpoint.pk).update(endpoint_type="sync")
     endpoint.refresh_from_db()
-    submission = gateway.prepare_sync(endpoint=endpoint, payload={"args": {}}, timeout_seconds=60)
+    submission = gateway.prepare_sync(endpoint=endpoint, payload={"args": args}, timeout_seconds=60)
     stale = type(submission)(**{**submission.__dict__, "route_generation": b"not-the-current-one"})
 
     async def submit():

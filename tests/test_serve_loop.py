@@ -457,3 +457,19 @@ def test_a_task_script_that_fails_does_not_strand_the_task_taken_with_its_reply(
         in_flight = redis_client.lrange(running.keys.inflight("rep_test"), 0, -1)
     assert record is not None and record["status"] == "SUCCESS" and record["result"] == "42"
     assert in_flight == []
+
+
+@pytest.mark.parametrize("size", [10, protocol.PUSHED_APART_BYTES], ids=["in-the-script", "pushed-apart"])
+def test_a_task_that_cannot_be_written_is_an_error_not_queued(redis_client, size):
+    # The task's hash key holds a string (WRONGTYPE for the script's HSET): inside a transaction
+    # the error is one of EXEC's replies, and must still be raised, with nothing left queued.
+    keys = protocol.Keys(f"launch:ep:end_{uuid.uuid4().hex[:8]}:")
+    task_id = protocol.task_id_for("end_x", uuid.uuid4().hex)
+    redis_client.set(keys.task(task_id), "not a hash", ex=60)
+    with redis_client.pipeline(transaction=False) as pipe:
+        added = protocol.add_task(pipe, keys, task_id, json.dumps({"args": "x" * size}), ttl_seconds=60,
+                                  now=time.time())
+        replies = pipe.execute(raise_on_error=False)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        added(replies)
+    assert redis_client.llen(keys.queue) == 0

@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -362,19 +363,32 @@ def final_record_with_text(raw: bytes) -> dict:
 # STALE_ROUTE onto the task's done list, so that its BLPOP in the same round trip returns at
 # once); the caller looks the route up again and submits anew.
 # KEYS: task, queue, history, generation, done. ARGV: expected generation ('' for none),
-# ttl_seconds, queue entry, task_id, history_length, signal the waiter ('1' or ''), then the
-# hash's fields and values.
+# ttl_seconds, queue entry ('' when it was pushed just before, in the same transaction: see
+# add_task), task_id, history_length, signal the waiter ('1' or ''), then the hash's fields
+# and values.
 ADD_TASK_SCRIPT = """
+local pushed = ARGV[3] == ''
 if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then
+  if pushed then
+    redis.call('LTRIM', KEYS[2], 1, -1)  -- the entry pushed just before: taken back unread
+  end
   if ARGV[6] == '1' then
     redis.call('RPUSH', KEYS[5], 'stale-route')
     redis.call('EXPIRE', KEYS[5], 60)
   end
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local written = redis.pcall('HSET', KEYS[1], unpack(ARGV, 7))
+if type(written) == 'table' and written.err then
+  if pushed then
+    redis.call('LTRIM', KEYS[2], 1, -1)  -- refused whole: no entry without its hash
+  end
+  return written
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('LPUSH', KEYS[2], ARGV[3])
+if ARGV[3] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[3])
+end
 local history_length = tonumber(ARGV[5])
 if history_length > 0 then
   redis.call('LPUSH', KEYS[3], ARGV[4])
@@ -383,29 +397,53 @@ end
 return 1
 """
 STALE_ROUTE = b"stale-route"
+# A queue entry this long is pushed by a plain LPUSH ahead of the script, in one transaction
+# with it (MULTI/EXEC: no replica takes it before the script has run; the script takes it back
+# when it writes nothing: a stale route, a hash it cannot write), not passed through the
+# script: Lua copies an argument in and back out, and interns it (comparing it with an equal
+# string still alive, byte by byte): 1.3 ms of Redis's CPU per 1 MB task (BENCHMARKS.md,
+# "Fifth pass").
+PUSHED_APART_BYTES = 64 * 1024
 
 
 def add_task(pipe, keys: Keys, task_id: str, payload_json: str | bytes, *, ttl_seconds: int, now: float,
              inline: bool = True, extra: dict | None = None, history_length: int = 0,
-             route_generation: bytes | None = None, waiter: bool = False) -> None:
-    """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry; its reply is
-    1, or 0 when `route_generation` is given and no longer current (nothing written; with
-    `waiter`, STALE_ROUTE is pushed for the sync waiter, see ADD_TASK_SCRIPT). `inline` puts
-    the payload in the entry instead of the hash, so it is stored once and a replica runs the
-    task without reading the hash (a requeue moves the entry, payload and all); the hash keeps
-    only its first PAYLOAD_PREVIEW_CHARS for the dashboard. `history_length` > 0 also records
-    the id in the owner's capped list of recent tasks."""
+             route_generation: bytes | None = None, waiter: bool = False) -> Callable[[list], int]:
+    """Queue a new task on a pipeline: the hash (with its TTL) and the queue entry. Returns what
+    reads its answer from the pipeline's replies: 1, or 0 when `route_generation` is given and
+    no longer current (nothing written; with `waiter`, STALE_ROUTE is pushed for the sync
+    waiter, see ADD_TASK_SCRIPT). `inline` puts the payload in the entry instead of the hash,
+    so it is stored once and a replica runs the task without reading the hash (a requeue
+    moves the entry, payload and all); the hash keeps only its first PAYLOAD_PREVIEW_CHARS for
+    the dashboard. `history_length` > 0 also records the id in the owner's capped list of
+    recent tasks."""
     fields = {"status": PENDING, "attempts": 0, "created_at": now, **(extra or {})}
     if inline:
         fields["payload_preview"] = _preview(payload_json)
     else:
         fields["payload"] = payload_json
     entry = queue_entry(task_id, expires_at=now + ttl_seconds, payload=payload_json) if inline else task_id
+    start, apart = len(pipe), len(entry) >= PUSHED_APART_BYTES
+    if apart:
+        pipe.execute_command("MULTI")
+        pipe.lpush(keys.queue, entry)
     pipe.eval(
         ADD_TASK_SCRIPT, 5, keys.task(task_id), keys.queue, keys.history, ROUTE_GENERATION_KEY, keys.done(task_id),
-        route_generation or "", ttl_seconds, entry, task_id, history_length, "1" if waiter else "",
+        route_generation or "", ttl_seconds, "" if apart else entry, task_id, history_length, "1" if waiter else "",
         *[part for pair in fields.items() for part in pair],
     )
+    if not apart:
+        return lambda replies: _answer(replies[start])
+    pipe.execute_command("EXEC")
+    return lambda replies: _answer(replies[start + 3][1])
+
+
+def _answer(reply):
+    """A script's reply; an error reply is raised (one in EXEC's replies, or from a pipeline
+    that does not raise them itself)."""
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 def _preview(payload_json: str | bytes) -> str:
