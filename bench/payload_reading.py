@@ -10,16 +10,13 @@ Usage: .venv/bin/python bench/payload_reading.py [--reps 5] [--runs 30]
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import machine  # noqa: E402
-from result_encoding import OUTPUTS, median_seconds  # noqa: E402
+from result_encoding import OUTPUTS, compare  # noqa: E402
 
 from workers import protocol  # noqa: E402
 
@@ -35,21 +32,10 @@ def before(payload: bytes):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=30)
-    args = parser.parse_args()
-    print(f"# {machine()}; median of {args.reps} reps, each the median of {args.runs} timings")
-    print("| payload ({\"args\": ...}) | before: decode + json.loads | after: load_json | after / before |")
-    print("| --- | ---: | ---: | ---: |")
-    for label, payload in PAYLOADS.items():
+    for payload in PAYLOADS.values():
         assert protocol.load_json(payload) == before(payload)
-        old, new = [], []
-        for _ in range(args.reps):
-            old.append(median_seconds(before, payload, args.runs))
-            new.append(median_seconds(protocol.load_json, payload, args.runs))
-        old_ms, new_ms = statistics.median(old) * 1000, statistics.median(new) * 1000
-        print(f"| {label} | {old_ms:.3f} ms | {new_ms:.3f} ms | {new_ms / old_ms:.2f} |")
+    compare(PAYLOADS, before, protocol.load_json,
+            '| payload ({"args": ...}) | before: decode + json.loads | after: load_json | after / before |')
 
 
 if __name__ == "__main__":

@@ -52,21 +52,28 @@ def median_seconds(function, output, runs: int) -> float:
     return statistics.median(timings)
 
 
-def main() -> None:
+def compare(cases: dict, before, after, header: str) -> None:
+    """For each case, the median time of `before` and of `after` on it (the two alternate, so
+    both see the same machine), printed as a table under `header` (its first line)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     print(f"# {machine()}; median of {args.reps} reps, each the median of {args.runs} timings")
-    print("| output | before: json.dumps + literal | after: result_json + literal | after / before |")
+    print(header)
     print("| --- | ---: | ---: | ---: |")
-    for label, output in OUTPUTS.items():
+    for label, case in cases.items():
         old, new = [], []
-        for _ in range(args.reps):  # the two alternate, so both see the same machine
-            old.append(median_seconds(before, output, args.runs))
-            new.append(median_seconds(after, output, args.runs))
+        for _ in range(args.reps):
+            old.append(median_seconds(before, case, args.runs))
+            new.append(median_seconds(after, case, args.runs))
         old_ms, new_ms = statistics.median(old) * 1000, statistics.median(new) * 1000
         print(f"| {label} | {old_ms:.3f} ms | {new_ms:.3f} ms | {new_ms / old_ms:.2f} |")
+
+
+def main() -> None:
+    compare(OUTPUTS, before, after,
+            "| output | before: json.dumps + literal | after: result_json + literal | after / before |")
 
 
 if __name__ == "__main__":
