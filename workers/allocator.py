@@ -29,11 +29,11 @@ def keep_freed_memory() -> bool:
     """Apply the settings to this process's malloc; False where it is not glibc's (nothing
     changed). Call it early: it concerns allocations from then on."""
     import ctypes  # here: the supervisor imports this module for child_environment only
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The symbols already loaded (libc's among them): ctypes.util.find_library would import
+        # subprocess and friends and run `ldconfig -p` in every process that calls this.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     return (bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))

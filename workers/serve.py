@@ -31,15 +31,14 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
-import urllib.request
-import zipfile
 from collections.abc import Callable, Iterator
 from importlib import import_module
+from urllib.parse import urlsplit
 
 from workers import allocator, protocol, redis_wire
 
@@ -51,19 +50,80 @@ class BundleLoadError(Exception):
 # --- loading the bundle -------------------------------------------------------------------
 
 
-def fetch_bundle(url: str) -> bytes:
+def fetch_bundle(url: str) -> bytes | bytearray:
     if url.startswith("file://"):
         with open(url[len("file://"):], "rb") as f:
             return f.read()
     last_error: Exception | None = None
     for attempt in range(5):  # the web server may be restarting; a cold start must not fail on a blip
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                return response.read()
+            data = _plain_http_get(url)
+            return data if data is not None else _urlopen_read(url)
         except OSError as exc:
             last_error = exc
             time.sleep(0.2 * 2**attempt)
     raise BundleLoadError(f"could not download the bundle: {last_error}")
+
+
+def _urlopen_read(url: str) -> bytes:
+    # Imported here: urllib.request brings http.client, email and ssl, about 2 MB of a
+    # replica's memory, for what _plain_http_get usually does (BENCHMARKS.md, "Fifth pass").
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()
+
+
+def _plain_http_get(url: str) -> bytearray | None:
+    """The body of a GET of an http:// URL when the answer is a plain 200 with a Content-Length
+    (what the web server's bundle download gives), over a socket of our own; None for anything
+    else (https, credentials in the URL, a proxy in the environment, another status, a
+    redirect, a chunked or cut-short body, a connection that fails or times out, a port that
+    is not a number): urllib then makes the request again, so every other case and every error
+    stays urllib's (a server that times out is waited for twice)."""
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if (parts.scheme != "http" or not parts.hostname or "@" in parts.netloc or not url.isascii()
+            or any(name.lower().endswith("_proxy") for name in os.environ)):
+        return None
+    try:
+        address = (parts.hostname, parts.port or 80)
+    except ValueError:
+        return None
+    # urllib.request's own request line and headers: the server sees no difference.
+    request = (f"GET {target} HTTP/1.1\r\nAccept-Encoding: identity\r\nHost: {parts.netloc}\r\n"
+               f"User-Agent: Python-urllib/{sys.version_info.major}.{sys.version_info.minor}\r\n"
+               "Connection: close\r\n\r\n").encode()
+    try:
+        with socket.create_connection(address, timeout=60) as sock:
+            sock.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                if not chunk or len(head) > 65536:
+                    return None
+                head += chunk
+            head, _, body = head.partition(b"\r\n\r\n")
+            status, *lines = head.decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = headers.get("content-length", "")
+            if status.split(" ", 2)[1:2] != ["200"] or "transfer-encoding" in headers or not length.isdigit():
+                return None
+            data = bytearray(int(length))  # filled in place: no second copy of a large bundle
+            view = memoryview(data)
+            received = min(len(body), len(data))
+            view[:received] = body[:received]
+            while received < len(data):
+                count = sock.recv_into(view[received:])
+                if not count:
+                    return None
+                received += count
+            return data
+    except OSError:
+        return None
 
 
 def _import_path(path: str):
@@ -96,6 +156,9 @@ def predict_fn_from_object(bundle, app_config) -> Callable:
 
 def predict_fn_from_zip(data: bytes, config: dict) -> Callable:
     """The client's zip of directories: extracted, put on sys.path, the module paths imported."""
+    import tempfile  # here: a pickled bundle needs neither (with what they import, 1 MB of a replica)
+    import zipfile
+
     workdir = tempfile.mkdtemp(prefix="launch-bundle-")
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         archive.extractall(workdir)
@@ -186,13 +249,8 @@ def one_at_a_time(batch_predict: Callable) -> Callable:
 
 def _input(request: dict):
     if request.get("url") is not None:
-        return fetch_input(request["url"])
+        return _urlopen_read(request["url"])
     return request.get("args")
-
-
-def fetch_input(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as response:
-        return response.read()
 
 
 def call(predict: Callable, value):
