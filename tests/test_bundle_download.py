@@ -142,13 +142,13 @@ def test_a_proxy_in_the_environment_goes_to_urllib(server, monkeypatch):
     assert serve._plain_http_get(f"{server}/plain") is None
 
 
-def test_a_replica_loads_no_http_client_ssl_zip_or_ctypes_util():
+def test_a_replica_loads_no_http_client_ssl_zip_hashlib_or_ctypes_util():
     code = (
         "import sys, workers.serve\n"
         "from workers import allocator\n"
         "assert allocator.keep_freed_memory()\n"
         "print(' '.join(sorted(m for m in ('urllib.request', 'http.client', 'email', 'ssl', 'zipfile', "
-        "'tempfile', 'ctypes.util', 'subprocess') if m in sys.modules)))"
+        "'tempfile', 'ctypes.util', 'subprocess', 'hashlib') if m in sys.modules)))"
     )
     root = Path(serve.__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},

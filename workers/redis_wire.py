@@ -36,7 +36,6 @@ What differs, on purpose:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import select
 import socket
@@ -386,6 +385,8 @@ class Script:
     def __init__(self, client: Client, source: str):
         self.client = client
         self.source = source
+        import hashlib  # here: it loads OpenSSL's libcrypto, 3.6 MB, for the few processes that run a Script
+
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     def __call__(self, keys=(), args=()):
