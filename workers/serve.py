@@ -67,7 +67,7 @@ def fetch_bundle(url: str) -> bytes | bytearray:
 
 def _urlopen_read(url: str) -> bytes:
     # Imported here: urllib.request brings http.client, email and ssl, about 2 MB of a
-    # replica's memory, for what _plain_http_get usually does (BENCHMARKS.md, "Fifth pass").
+    # replica's memory, for what _plain_http_get usually does (BENCHMARKS.md, "Fifth pass: what a replica loads").
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=60) as response:
