@@ -62,7 +62,7 @@ def test_a_replica_can_finish_a_task_it_took(granted, redis_client):
     result, record, literal_at = protocol.finish_arguments(protocol.SUCCESS, "1", "", b"", mark=None)
     assert replica.eval(
         protocol.FINISH_SCRIPT, 6, keys.task(task_id), keys.inflight(replica_id), keys.done(task_id), keys.stats,
-        keys.running, keys.callbacks, protocol.SUCCESS, result, "", b"", 3, record, 60, "completed", task_id, 60,
+        keys.running, keys.callbacks, protocol.SUCCESS, result, "", b"", 3, b"".join(record), 60, "completed", task_id, 60,
         literal_at,
     ) == 1
     assert replica.llen(keys.inflight(replica_id)) == 0

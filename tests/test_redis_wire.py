@@ -302,6 +302,40 @@ def test_a_megabyte_goes_both_ways_on_pooled_and_own_connections(key):
     connection.close()
 
 
+def test_a_value_sent_in_pieces_arrives_whole_between_other_arguments(key):
+    # A tuple argument is one value sent from its pieces (sendmsg, several calls for a megabyte
+    # over a unix socket's ~200 KB buffer), among arguments of every kind hiredis packs.
+    pieces = (b"head\n", bytes(range(256)) * (4 * 1024) + b"\r\n$-1\r\n", b"", b"tail")
+    connection = client().connection()
+    connection.send_command("EVAL", "redis.call('SET', KEYS[1], ARGV[2]) return {ARGV[1], ARGV[3], ARGV[4]}", 1,
+                            f"{key}:p", "é", pieces, 2.5, 7)
+    assert connection.read_response() == ["é".encode(), b"2.5", b"7"]
+    connection.send_command("GET", f"{key}:p")
+    assert connection.read_response() == b"".join(pieces)
+    connection.close()
+
+
+def test_buffers_sent_in_part_are_sent_on_from_where_the_kernel_stopped():
+    # With a timeout the socket is non-blocking underneath: each sendmsg takes what the
+    # socket's buffer holds, often stopping inside a buffer.
+    buffers = [b"a" * 100, bytes(range(256)) * 8192, b"", b"b" * 70_000, bytes(range(255, -1, -1)) * 4096]
+    sender, receiver = socket.socketpair()
+    sender.settimeout(10)
+    received = bytearray()
+
+    def read():
+        while chunk := receiver.recv(65536):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    redis_wire._send_buffers(sender, buffers)
+    sender.close()
+    reader.join(10)
+    receiver.close()
+    assert bytes(received) == b"".join(buffers)
+
+
 def test_an_error_reply_in_a_pipeline_is_raised_after_every_reply_was_read(key):
     wire = client()
     with pytest.raises(redis_wire.ResponseError, match="WRONGTYPE"):
@@ -461,6 +495,11 @@ def test_rediss_checks_the_certificate_unless_told_not_to(tls_redis, key):
     with pytest.raises(redis_wire.ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED"):
         client(f"{url}/{db}", connect_retries=0).execute("PING")  # self-signed: not trusted by default
     assert client(f"{url}/{db}?ssl_cert_reqs=none").execute("GET", key) == value
+    connection = trusted.connection()  # a value in pieces over TLS (no sendmsg there)
+    connection.send_command("SET", key, (value, b"!"))
+    assert connection.read_response() == b"OK"
+    connection.close()
+    assert trusted.execute("GET", key) == value + b"!"
 
 
 def _dockerfile_files() -> list[str]:

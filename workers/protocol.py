@@ -304,8 +304,16 @@ def final_record(status: str, *, result: str | None = None, traceback: str | Non
     as it is (the contract's `{"result": "<json text>"}`), never decoding and re-encoding a
     large result. Neither part holds a raw newline (JSON without indent escapes them).
     `result`: result_json's text."""
+    return b"".join(final_record_parts(status, result=result, traceback=traceback, result_pickled=result_pickled))
+
+
+def final_record_parts(status: str, *, result: str | None = None, traceback: str | None = None,
+                       result_pickled: bool = False) -> tuple[bytes, ...]:
+    """final_record in pieces (the header and its newline; the literal), for a replica, which
+    sends them as one value without joining them (workers.redis_wire: a tuple argument), so a
+    large literal is not copied again."""
     header = json.dumps({"status": status, "traceback": traceback, "result_pickled": result_pickled}).encode()
-    return header if result is None else b"".join((header, b"\n", orjson.dumps(result)))
+    return (header,) if result is None else (header + b"\n", orjson.dumps(result))
 
 
 def result_json(output) -> str:
@@ -823,8 +831,8 @@ ONE_COPY_MIN_CHARS = 64 * 1024
 
 
 def finish_arguments(status: str, result: str, traceback: str, pickled: bytes, *,
-                     mark: int | None) -> tuple[str, str, str]:
-    """(result, done record, literal_at) of FINISH_SCRIPT. `mark` is MARK_STARTED_SCRIPT's
+                     mark: int | None) -> tuple[str, tuple[bytes, ...], str]:
+    """(result, done record in pieces (final_record_parts), literal_at) of FINISH_SCRIPT. `mark` is MARK_STARTED_SCRIPT's
     answer, None when the replica did not wait for it (a result under ONE_COPY_MIN_CHARS):
     then the result goes both ways, as text for the hash and inside the done record, and the
     script keeps what the task needs. Otherwise it crosses to Redis once. A task a sync waiter
@@ -836,13 +844,13 @@ def finish_arguments(status: str, result: str, traceback: str, pickled: bytes, *
     and a done record without it (no waiter reads it: a stream's reader needs only its
     status)."""
     text_result = result if status == SUCCESS and not pickled else None
-    header_only = final_record(status, traceback=traceback or None, result_pickled=bool(pickled))
+    header_only = final_record_parts(status, traceback=traceback or None, result_pickled=bool(pickled))
     if text_result is None or mark == MARKED:
         return text_result or "", header_only, ""
-    record = final_record(status, result=text_result, traceback=traceback or None, result_pickled=bool(pickled))
+    record = final_record_parts(status, result=text_result, traceback=traceback or None, result_pickled=bool(pickled))
     if mark is None:
         return text_result, record, ""
-    return "", record, str(len(header_only) + 2)
+    return "", record, str(len(header_only[0]) + 2)
 
 
 # --- taking tasks back (controller) ----------------------------------------------------------

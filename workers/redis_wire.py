@@ -47,6 +47,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import hiredis
 
 READ_SIZE = 64 * 1024  # one recv_into; a 1 MB reply takes 16 (redis-py reads the same)
+_MAX_BUFFERS_PER_SEND = 1024  # IOV_MAX on Linux: sendmsg refuses more
 CONNECT_RETRIES = 10
 BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS = 0.01, 1.0
 TLS_CERT_REQS = ("none", "optional", "required")
@@ -156,6 +157,19 @@ def pack_command(args: tuple) -> bytes:
         raise DataError(f"{error} (a {args[0]!r} command)") from None
 
 
+def pack_command_in_pieces(args: tuple) -> list:
+    """One command as pack_command writes it, but in buffers: an argument given as a tuple of
+    bytes is one value made of them, sent as they are (a large result is not joined and then
+    copied again into the packed command: workers.protocol.final_record_parts)."""
+    buffers = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is tuple:
+            buffers += (b"$%d\r\n" % sum(map(len, arg)), *arg, b"\r\n")
+        else:
+            buffers.append(pack_command((arg,))[len(b"*1\r\n"):])  # the value as hiredis writes it
+    return buffers
+
+
 def backoff(failures: int) -> float:
     """The pause before try number `failures` + 1 (redis-py's ExponentialWithJitterBackoff)."""
     return min(BACKOFF_CAP_SECONDS, random.random() * BACKOFF_BASE_SECONDS * 2**failures)
@@ -226,14 +240,24 @@ class Connection:
         sock.settimeout(self.timeout)
 
     def send_command(self, *args) -> None:
-        self.send(pack_command(args))
+        """Send one command (not read its reply); an argument may be a tuple of bytes, sent as
+        one value (pack_command_in_pieces)."""
+        if any(type(arg) is tuple for arg in args):
+            self.send(pack_command_in_pieces(args))
+        else:
+            self.send(pack_command(args))
 
-    def send(self, data: bytes) -> None:
-        """Send packed commands (connecting first if need be)."""
+    def send(self, data: bytes | list) -> None:
+        """Send packed commands, as one buffer or a list of them (connecting first if need be)."""
         if self.sock is None:
             self.connect()
         try:
-            self.sock.sendall(data)
+            if type(data) is not list:
+                self.sock.sendall(data)
+            elif self.address.tls:  # an SSL socket has no sendmsg: one buffer
+                self.sock.sendall(b"".join(data))
+            else:
+                _send_buffers(self.sock, data)
         except TimeoutError:
             self.close()
             raise TimedOut("timed out writing to Redis") from None
@@ -292,6 +316,17 @@ class Connection:
                 self.sock.close()
             finally:
                 self.sock = None
+
+
+def _send_buffers(sock: socket.socket, buffers: list) -> None:
+    """sendall for several buffers, written from where they are (sendmsg: one writev a call)."""
+    views = [memoryview(buffer) for buffer in buffers if len(buffer)]
+    while views:
+        sent = sock.sendmsg(views[:_MAX_BUFFERS_PER_SEND])
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if sent:
+            views[0] = views[0][sent:]
 
 
 def _reader() -> hiredis.Reader:
