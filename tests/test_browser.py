@@ -298,14 +298,16 @@ def test_async_endpoint_page_stays_live_and_everything_is_measured(live_stack, p
 
     # Cold-start phases add up to the measured start (placed -> seen ready by the controller).
     # The phases end when the replica reports itself ready; the controller sees that at its
-    # next tick, so the measured start is longer by up to one tick (TICK_SECONDS), never shorter.
+    # next tick, so the measured start is longer, never shorter: by up to a tick, or two when
+    # a loaded machine (the suite's workers on 2 cores) starts that tick late (0.63 s seen
+    # against 0.2 + 10 %). A phase left out would be seconds (the load alone is 3 s).
     replica = Replica.objects.filter(owner_id=endpoint_id, ready_at__isnull=False).order_by("created_at").first()
     phases = dict(replica.cold_start_phases)
     assert set(phases) == {"started", "downloaded", "loaded", "ready"}
     assert phases["loaded"] >= 2.9  # the bundle's 3 s load
     measured = (replica.ready_at - replica.created_at).total_seconds()
     noticed_after = measured - sum(phases.values())
-    assert -0.05 <= noticed_after <= settings.TICK_SECONDS + 0.1 * measured, (phases, measured)
+    assert -0.05 <= noticed_after <= 2 * settings.TICK_SECONDS + 0.1 * measured, (phases, measured)
 
     # Phones: no main page overflows horizontally at 390x844.
     page.set_viewport_size({"width": 390, "height": 844})
