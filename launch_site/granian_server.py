@@ -16,13 +16,16 @@ needs the web server started again, as it did under `launch up` anyway (no --rel
 Nothing opens a connection at import (the database connections and Redis pools open on first
 use, in a worker), so no socket is shared across the fork.
 
-Usage (launch_site/supervisor.py): python -m launch_site.granian_server GRANIAN_ARGS... APP
+Usage (the web image, docker/web.Dockerfile): python -m launch_site.granian_server GRANIAN_ARGS... APP
+`launch up` calls main() in a process its supervisor forks, where the app (and the controller's
+code) is imported already, so that the controller shares it too (launch_site/supervisor.py).
 """
 
 from __future__ import annotations
 
 import gc
 import sys
+from pathlib import Path
 
 from granian._internal import load_target
 from granian.cli import cli
@@ -41,7 +44,13 @@ def preload(args: list[str]) -> None:
         params = dict(context.params)
     if params["reload"] or params["workers"] < 2:
         return
-    load_target(params["app"], wd=params["working_dir"])
+    import_app(params["app"], working_dir=params["working_dir"])
+
+
+def import_app(target: str, working_dir: Path | None = None) -> None:
+    """Import the ASGI target and its URLconf as a worker would on its first request (also the
+    supervisor's preload, launch_site/supervisor.py)."""
+    load_target(target, wd=working_dir)
     if "django" in sys.modules:
         from django.urls import get_resolver
 

