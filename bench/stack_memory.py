@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import statistics
 import sys
 import time
@@ -42,23 +43,50 @@ def role_of(pid: int, root: int, cmd: str, granian_main: int | None) -> str | No
     return None
 
 
-def memory_by_role(root: int) -> dict[str, tuple[float, float]]:
-    """{role: (RSS MB, PSS MB)} of the stack's processes (replicas may be re-parented to the
-    supervisor's session, so they are looked for among its descendants)."""
-    found: dict[str, list[float]] = {role: [0.0, 0.0] for role in ROLES}
-    pids = descendants(root)
+def roles_of(root: int) -> dict[int, str]:
+    """{pid: role} of the stack's processes (replicas may be re-parented to the supervisor's
+    session, so they are looked for among its descendants)."""
     commands = {}
-    for pid in pids:
+    for pid in descendants(root):
         try:
             commands[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
     granian = [pid for pid, cmd in commands.items() if "granian" in cmd]
     granian_main = min(granian) if granian else None
-    for pid, cmd in commands.items():
-        role = role_of(pid, root, cmd, granian_main)
-        if role is None:
+    found = {pid: role_of(pid, root, cmd, granian_main) for pid, cmd in commands.items()}
+    return {pid: role for pid, role in found.items() if role is not None}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_with_cpu(root: int, port: int, request: bytes, connections: int, seconds: float) -> dict:
+    """load()'s figures, and the share of one core each role used meanwhile ("cpu": {role: %}),
+    the load generator (this process) included: where the machine's two cores went."""
+    roles = roles_of(root)
+    before = {pid: cpu_seconds(pid) for pid in roles}
+    started, client_before = time.monotonic(), time.process_time()
+    out = load(port, request, connections=connections, seconds=seconds)
+    elapsed = time.monotonic() - started
+    cpu = {role: 0.0 for role in ROLES}
+    for pid, role in roles.items():
+        try:
+            cpu[role] += (cpu_seconds(pid) - before[pid]) / elapsed * 100
+        except OSError:
             continue
+    cpu["load generator"] = (time.process_time() - client_before) / elapsed * 100
+    out["cpu"] = cpu
+    return out
+
+
+def memory_by_role(root: int) -> dict[str, tuple[float, float]]:
+    """{role: (RSS MB, PSS MB)} of the stack's processes."""
+    found: dict[str, list[float]] = {role: [0.0, 0.0] for role in ROLES}
+    for pid, role in roles_of(root).items():
         try:
             text = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
@@ -81,7 +109,7 @@ def measure(root: Path, workers: int, seconds: float) -> dict:
         time.sleep(1)
         started = memory_by_role(stack.process.pid)  # what bench/peers.py reads: after start-up, before load
         load(stack.port, request, connections=8, count=50)  # warm-up
-        out = {f"{c} conn": load(stack.port, request, connections=c, seconds=seconds) for c in (8, 32)}
+        out = {f"{c} conn": load_with_cpu(stack.process.pid, stack.port, request, c, seconds) for c in (8, 32)}
         time.sleep(1)
         out["memory"] = memory_by_role(stack.process.pid)
         out["memory after start-up"] = started
@@ -134,6 +162,9 @@ def main() -> None:
         p99 = [med(c, lambda r, conn=conn: r[conn]["p99"]) for c in configs]
         print(f"| {conn}: requests/s (ratio to {label(base)}) | " + " | ".join(f"{x:.0f} ({x / rps[0]:.2f})" for x in rps) + " |")
         print(f"| {conn}: p99 ms | " + " | ".join(f"{x:.1f}" for x in p99) + " |")
+        for role in (*ROLES[1:4], "redis", "replica", "load generator"):
+            cells = [f"{med(c, lambda r, conn=conn, role=role: r[conn]['cpu'][role]):.0f} %" for c in configs]
+            print(f"| {conn}: CPU of {role} (% of a core) | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,19 @@ def external_redis_url() -> str | None:
     return env_str("REDIS_URL") or None
 
 
+def default_web_workers() -> int:
+    """Web server processes when nobody says: half the CPUs this process may run on, at least
+    one. A sync request's path costs the web worker about as much CPU as Redis, the replica and
+    the client together, so past half the cores a worker more buys nothing; on 2 cores one
+    worker served as many requests/s as two, and two took 15-25 MB more (BENCHMARKS.md,
+    "One copy of the app for the web and the controller")."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # a container's cpuset, not the host's count
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":

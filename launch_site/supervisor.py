@@ -200,7 +200,6 @@ class Supervisor:
             from launch_site import granian_server
 
             granian_server.import_app(WEB_APP, working_dir=BASE_DIR)
-            import django.core.management  # noqa: F401 - what runs the controller's command
             import launch_site.management.commands.controller  # noqa: F401
         except Exception as error:  # noqa: BLE001 - reported, then the stack stops
             traceback.print_exc()
@@ -219,10 +218,12 @@ class Supervisor:
         return _fork(title, lambda: granian_server.main(args))
 
     def _fork_controller(self) -> ForkedProcess:
-        from django.core.management import execute_from_command_line
+        from launch_site.management.commands.controller import Command
 
+        # The command itself, not execute_from_command_line: Django is set up here already
+        # (logging included), and setting it up again in the child only copies pages (1 MB).
         argv = [self.manage, "controller"]
-        return _fork("launch controller: manage.py controller", lambda: execute_from_command_line(argv))
+        return _fork("launch controller: manage.py controller", lambda: Command().run_from_argv(argv))
 
     def _web_args(self) -> list[str]:
         # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference

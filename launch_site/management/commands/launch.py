@@ -7,6 +7,7 @@ supervisor's steps that need Django; it runs them as children.
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import sys
@@ -17,6 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.services import api_key_create, team_get_or_create_for_user
+from launch_site.env import default_web_workers
 
 ADMIN_USERNAME = "admin"
 
@@ -27,9 +29,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["up", "prepare", "stop-replicas"])
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        # 2: on a 2-core machine 1.45x the requests/s of 1 for about 90 MB more (BENCHMARKS.md,
-        # "Memory of the stack and web workers"); no thread count: waits hold no thread (ASGI).
-        parser.add_argument("--web-workers", type=int, default=2)
+        # No thread count: waits hold no thread (ASGI).
+        parser.add_argument("--web-workers", type=_positive_int, default=default_web_workers(),
+                            help="web server processes (default: half the CPUs, at least 1)")
         parser.add_argument("--url", help="prepare: where the supervisor serves the dashboard")
 
     def handle(self, *args, action: str, host: str, web_workers: int, url: str | None, **options):
@@ -74,6 +76,16 @@ class Command(BaseCommand):
         elif settings.LAUNCH_RUNTIME == "local":
             lines.append(f"  Replicas:  each under a uid of its own ({replica_isolation()} isolation, SECURITY.md)")
         self.stdout.write("\n".join(lines))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _exec_supervisor(host: str, web_workers: int) -> None:
