@@ -7,9 +7,12 @@ import signal
 import threading
 
 import django_rq
+import redis
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from rq import SimpleWorker
 
+from launch_site.redis_client import NO_CLIENT_SETINFO
 from workers.tick import run_tick_loop
 
 logger = logging.getLogger(__name__)
@@ -36,8 +39,12 @@ class Command(BaseCommand):
         ticker.start()
         # Control-plane jobs are short and run our own code only, so no fork per job:
         # SimpleWorker keeps the local runtime's child processes in this process.
-        queues = [django_rq.get_queue(name) for name in ("control", "callbacks")]
-        worker = SimpleWorker(queues, connection=queues[0].connection)
+        # A connection of the worker's own (RQ raises its socket timeout above its blocking
+        # wait), without redis-py's CLIENT SETINFO (launch_site/redis_client.py).
+        connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
+                                          **NO_CLIENT_SETINFO)
+        queues = [django_rq.get_queue(name, connection=connection) for name in ("control", "callbacks")]
+        worker = SimpleWorker(queues, connection=connection)
         try:
             worker.work(with_scheduler=False, logging_level="WARNING")
         finally:
