@@ -374,6 +374,7 @@ def _fork(title: str, run: Callable[[], object]) -> ForkedProcess:
     `ps` in place of the supervisor's command line."""
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return ForkedProcess(pid)
@@ -382,6 +383,8 @@ def _fork(title: str, run: Callable[[], object]) -> ForkedProcess:
         atexit._clear()  # the supervisor's exit handlers are about its resources, not this child's
         os.setsid()
         _die_with_parent()
+        if os.getppid() != parent:  # it died before the line above could ask for the signal
+            return
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
         devnull = os.open(os.devnull, os.O_RDONLY)
