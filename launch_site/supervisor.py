@@ -207,7 +207,8 @@ class Supervisor:
         finally:
             gc.freeze()
             gc.enable()
-        if threading.active_count() != 1:  # a thread would be copied into no child, its locks would
+        # A thread is not copied into a forked child, but the locks it holds are: held there forever.
+        if threading.active_count() != 1:
             raise StartFailed(f"importing the app started threads: {threading.enumerate()}")
 
     def _fork_web(self) -> ForkedProcess:
