@@ -43,15 +43,16 @@ WAIT_MARGIN_SECONDS = 10.0
 NO_CLIENT_SETINFO = {"driver_info": None}
 
 
+def new_client(url: str, **options) -> redis.Redis:
+    """A redis-py client of its own, with what every client of ours has: the short connect
+    timeout and no CLIENT SETINFO."""
+    return redis.Redis.from_url(url, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
+                                **NO_CLIENT_SETINFO, **options)
+
+
 @functools.cache
 def _client(url: str, socket_timeout: float) -> redis.Redis:
-    return redis.Redis.from_url(
-        url,
-        health_check_interval=30,
-        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=socket_timeout,
-        **NO_CLIENT_SETINFO,
-    )
+    return new_client(url, health_check_interval=30, socket_timeout=socket_timeout)
 
 
 def get_redis() -> redis.Redis:

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import redis
 from django.conf import settings
 
-from launch_site.redis_client import NO_CLIENT_SETINFO, get_redis
+from launch_site.redis_client import get_redis, new_client
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def default_user_is_open() -> bool:
     (a Redis without `requirepass`): then bundle code can leave its ACL user with `AUTH
     default x` and everything above is moot. The controller warns about it at start."""
     url = with_credentials(settings.REDIS_URL, "default", secrets.token_hex(16))
-    client = redis.Redis.from_url(url, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS, **NO_CLIENT_SETINFO)
+    client = new_client(url)
     try:
         return bool(client.ping())
     except redis.exceptions.ConnectionError:  # AuthenticationError included: the door is shut

@@ -7,12 +7,11 @@ import signal
 import threading
 
 import django_rq
-import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from rq import SimpleWorker
 
-from launch_site.redis_client import NO_CLIENT_SETINFO
+from launch_site.redis_client import new_client
 from workers.tick import run_tick_loop
 
 logger = logging.getLogger(__name__)
@@ -41,8 +40,7 @@ class Command(BaseCommand):
         # SimpleWorker keeps the local runtime's child processes in this process.
         # A connection of the worker's own (RQ raises its socket timeout above its blocking
         # wait), without redis-py's CLIENT SETINFO (launch_site/redis_client.py).
-        connection = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
-                                          **NO_CLIENT_SETINFO)
+        connection = new_client(settings.REDIS_URL)
         queues = [django_rq.get_queue(name, connection=connection) for name in ("control", "callbacks")]
         worker = SimpleWorker(queues, connection=connection)
         try:
