@@ -28,12 +28,12 @@ from peers import descendants, load  # noqa: E402
 ROLES = ("supervisor", "web (granian main)", "web workers", "controller", "redis", "replica")
 
 
-def role_of(pid: int, root: int, cmd: str, granian_main: int | None) -> str | None:
+def role_of(pid: int, root: int, cmd: str, granian_mains: set[int]) -> str | None:
     # The pid started as `manage.py launch up` (it exec()s `python -m launch_site.supervisor`).
     if pid == root:
         return "supervisor"
     if "granian" in cmd:
-        return "web (granian main)" if pid == granian_main else "web workers"
+        return "web (granian main)" if pid in granian_mains else "web workers"
     if "manage.py controller" in cmd:
         return "controller"
     if "redis-server" in cmd:
@@ -52,10 +52,19 @@ def roles_of(root: int) -> dict[int, str]:
             commands[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-    granian = [pid for pid, cmd in commands.items() if "granian" in cmd]
-    granian_main = min(granian) if granian else None
-    found = {pid: role_of(pid, root, cmd, granian_main) for pid, cmd in commands.items()}
+    granian = {pid for pid, cmd in commands.items() if "granian" in cmd}
+    # Granian's process manager forks its workers (a checkout before the supervisor served
+    # with granian's embedded server in each worker it forks).
+    granian_mains = {parent_of(pid) for pid in granian} & granian
+    found = {pid: role_of(pid, root, cmd, granian_mains) for pid, cmd in commands.items()}
     return {pid: role for pid, role in found.items() if role is not None}
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except OSError:
+        return 0
 
 
 def cpu_seconds(pid: int) -> float:

@@ -17,15 +17,22 @@ Nothing opens a connection at import (the database connections and Redis pools o
 use, in a worker), so no socket is shared across the fork.
 
 Usage (the web image, docker/web.Dockerfile): python -m launch_site.granian_server GRANIAN_ARGS... APP
-`launch up` calls main() in a process its supervisor forks, where the app (and the controller's
-code) is imported already, so that the controller shares it too (launch_site/supervisor.py).
+
+`launch up` does not use granian's process manager: its supervisor, which imported the app
+already, forks each web worker itself and each runs serve_embedded(), granian's embedded server
+in that process (launch_site/supervisor.py). Granian's main process, idle between respawns, is
+then not there to hold 6 MB of its own, and the supervisor heals the workers as it heals the
+controller.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from granian._internal import load_target
 from granian.cli import cli
@@ -55,6 +62,66 @@ def import_app(target: str, working_dir: Path | None = None) -> None:
         from django.urls import get_resolver
 
         get_resolver().url_patterns  # noqa: B018 - imports the URLconf and every view module
+
+
+def serve_embedded(app: Any, *, kill_timeout: int, **options: Any) -> None:
+    """Serve the ASGI `app` with granian's embedded server in this process, on uvloop, until
+    SIGTERM or SIGINT; then stop as a granian worker does: no new connections, requests in
+    flight answered for up to `kill_timeout` seconds, the lifespan shutdown. `options` are
+    granian.server.embed.Server's. Several such processes can serve one port: granian binds it
+    with SO_REUSEPORT on Linux and the kernel spreads connections across them."""
+    import uvloop
+    from granian.server.embed import Server
+
+    server = Server(app, **options)
+    server.workers_kill_timeout = kill_timeout
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, server.stop)
+        await server.serve(_asgi_worker_target())
+
+    uvloop.run(run())
+    if server.interrupt_children:  # the worker's task ended without being asked to
+        raise SystemExit("the web server stopped unexpectedly; see above")
+
+
+def _asgi_worker_target():
+    """Granian's embedded ASGI worker (granian.server.embed.Server._spawn_asgi_lifespan_worker,
+    granian 2.8.7) with one change: the Rust side runs on a runtime thread of its own
+    (serve_mtr, what granian's worker processes use for ASGI), not on the event loop's
+    thread (serve_async, the embedded default), which served 20 % fewer requests/s
+    (BENCHMARKS.md, "Granian's process manager, gone")."""
+    from granian._futures import _future_watcher_wrapper, _new_cbscheduler
+    from granian._granian import ASGIWorker
+    from granian.asgi import LifespanProtocol, _callback_wrapper
+    from granian.errors import FatalError
+    from granian.server.common import TaskImpl
+    from granian.server.embed import AsyncWorker
+
+    @AsyncWorker.wrap_target
+    async def worker(worker_id, shutdown_event, callback, sock, loop, runtime_threads, runtime_blocking_threads,
+                     blocking_threads, blocking_threads_idle_timeout, backpressure, task_impl, http_mode,
+                     http1_settings, http2_settings, websockets, static_path, log_access_fmt, ssl_ctx, scope_opts):
+        lifespan = LifespanProtocol(callback)
+        wcallback = _future_watcher_wrapper(_callback_wrapper(callback, scope_opts, lifespan.state, log_access_fmt))
+        await lifespan.startup()
+        if lifespan.interrupt:
+            raise FatalError("ASGI lifespan startup")
+        stopped = loop.create_future()
+        shutdown_event.add_cb(lambda: loop.call_soon_threadsafe(stopped.set_result, None))
+        server = ASGIWorker(
+            worker_id, sock, None, runtime_threads, runtime_blocking_threads, blocking_threads,
+            blocking_threads_idle_timeout, backpressure, http_mode, http1_settings, http2_settings, websockets,
+            static_path, *ssl_ctx, (None, None),
+        )
+        serve = server.serve_mtr_uds if (sock[0] or sock[1]).is_uds() else server.serve_mtr
+        serve(_new_cbscheduler(loop, wcallback, impl_asyncio=task_impl == TaskImpl.asyncio), loop, shutdown_event)
+        await stopped
+        await lifespan.shutdown()
+
+    return worker
 
 
 def main(args: list[str] | None = None) -> None:

@@ -18,7 +18,9 @@ first-start credentials, the text to print), as does `manage.py launch stop-repl
 shutdown, so that nothing of it (migration modules, the database connection) stays here.
 
 Then it imports the app once, the web server's and the controller's code (about 60 MB), and
-forks the web server and the controller from itself, each a process of its own as before.
+forks each web worker (granian's embedded server; they share the port through SO_REUSEPORT) and
+the controller from itself, each a process of its own, with no process manager of granian's
+between it and the web workers.
 They share those pages with this process and each other copy-on-write instead of each
 importing its own copy (BENCHMARKS.md, "One copy of the app for the web and the controller").
 This process stays single-threaded and opens no connection, so a fork hands nothing down but
@@ -37,6 +39,7 @@ import argparse
 import atexit
 import ctypes
 import fcntl
+import functools
 import gc
 import logging
 import os
@@ -69,6 +72,9 @@ POLL_SECONDS = 0.2
 # listen backlog.
 WEB_BACKPRESSURE = 1024
 WEB_START_SECONDS = 30
+# How long a stopping web worker answers the requests it has (a sync request waits up to its
+# timeout); then they are cut.
+WEB_KILL_TIMEOUT_SECONDS = 20
 WEB_APP = "launch_site.asgi:application"
 
 
@@ -153,6 +159,7 @@ class Supervisor:
         self.stopping = True
 
     def _up(self) -> None:
+        _refuse_a_port_in_use(self.host, self.port)
         if external_redis_url() is None:
             redis = Child("redis", self._start_redis)
             try:
@@ -175,7 +182,9 @@ class Supervisor:
             raise StartFailed(f"`manage.py launch prepare` failed (exit status {prepared.returncode}); see above")
 
         self._import_app()
-        for child in (Child("web", self._fork_web), Child("controller", self._fork_controller)):
+        web = [Child("web" if self.web_workers == 1 else f"web {n}", functools.partial(self._fork_web, n))
+               for n in range(1, self.web_workers + 1)]
+        for child in (*web, Child("controller", self._fork_controller)):
             self._start(child)
             self.children.append(child)
         self._wait_for_web()
@@ -200,6 +209,9 @@ class Supervisor:
             from launch_site import granian_server
 
             granian_server.import_app(WEB_APP, working_dir=BASE_DIR)
+            import granian.server.embed  # noqa: F401 - what each web worker serves with
+            import uvloop  # noqa: F401
+
             import launch_site.management.commands.controller  # noqa: F401
         except Exception as error:  # noqa: BLE001 - reported, then the stack stops
             traceback.print_exc()
@@ -211,12 +223,34 @@ class Supervisor:
         if threading.active_count() != 1:
             raise StartFailed(f"importing the app started threads: {threading.enumerate()}")
 
-    def _fork_web(self) -> ForkedProcess:
-        from launch_site import granian_server
+    def _fork_web(self, worker: int) -> ForkedProcess:
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
 
-        args = self._web_args()
-        title = f"launch web: granian --interface asgi --port {self.port} --workers {self.web_workers}"
-        return _fork(title, lambda: granian_server.main(args))
+        from launch_site import granian_server
+        from launch_site.asgi import application
+
+        # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference
+        # routes are async views, so a sync request waiting for its replica holds no thread;
+        # the other routes run in Django's threads. Each worker is a process forked from this
+        # one, so it shares the app imported here, with granian's embedded server on uvloop
+        # (it halves what granian's ASGI bridge costs per request: BENCHMARKS.md, "The event
+        # loop"); the workers share the port through SO_REUSEPORT. Worker count: BENCHMARKS.md
+        # ("Web workers").
+        options = dict(
+            address=self.host, port=self.port, interface=Interfaces.ASGI,
+            # Concurrent requests per worker: waits are cheap, let replicas be the bound.
+            backpressure=WEB_BACKPRESSURE, backlog=WEB_BACKPRESSURE,
+            kill_timeout=WEB_KILL_TIMEOUT_SECONDS,
+        )
+        if self.access_log:
+            # Off by default (it costs a tenth of a sync request). Never the Authorization header.
+            options.update(log_level=LogLevels.info, log_access=True,
+                           log_access_format='%(addr)s "%(method)s %(path)s" %(status)d %(dt_ms).1fms')
+        else:
+            options.update(log_level=LogLevels.error)
+        title = f"launch web: granian --interface asgi --port {self.port} (worker {worker} of {self.web_workers})"
+        return _fork(title, lambda: granian_server.serve_embedded(application, **options))
 
     def _fork_controller(self) -> ForkedProcess:
         from launch_site.management.commands.controller import Command
@@ -225,33 +259,6 @@ class Supervisor:
         # (logging included), and setting it up again in the child only copies pages (1 MB).
         argv = [self.manage, "controller"]
         return _fork("launch controller: manage.py controller", lambda: Command().run_from_argv(argv))
-
-    def _web_args(self) -> list[str]:
-        # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference
-        # routes are async views, so a sync request waiting for its replica holds no thread;
-        # the other routes run in Django's threads. Worker count: BENCHMARKS.md ("Web workers").
-        # Granian's own command line (launch_site.granian_server), in a process forked from
-        # this one: granian forks its workers in turn, so they share the app imported here.
-        args = [
-            "--interface", "asgi",
-            "--host", self.host, "--port", str(self.port),
-            "--workers", str(self.web_workers),
-            # uvloop, not asyncio's own loop: it halves what granian's ASGI bridge costs per
-            # request (BENCHMARKS.md, "The event loop").
-            "--loop", "uvloop",
-            # Concurrent requests per worker (default backlog/workers): waits are cheap, let
-            # replicas be the bound.
-            "--backpressure", str(WEB_BACKPRESSURE), "--backlog", str(WEB_BACKPRESSURE * self.web_workers),
-            "--workers-kill-timeout", "20",
-            "--working-dir", str(BASE_DIR),
-        ]
-        if self.access_log:
-            # Off by default (it costs a tenth of a sync request). Never the Authorization header.
-            args += ["--log-level", "info", "--access-log",
-                     "--access-log-fmt", '%(addr)s "%(method)s %(path)s" %(status)d %(dt_ms).1fms']
-        else:
-            args += ["--log-level", "error"]
-        return [*args, WEB_APP]
 
     def _start_redis(self) -> subprocess.Popen:
         # Same directory, so the same socket path and append-only file: clients reconnect
@@ -317,6 +324,22 @@ class Supervisor:
             if child.name == "redis" and child.process is not None:
                 stop_process(child.process)
         print("Launch stopped.", flush=True)
+
+
+def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """StartFailed if something listens on host:port already. Granian binds with SO_REUSEPORT,
+    which the kernel lets a second server of the same user share: a second `launch up` on
+    another LAUNCH_HOME, or any granian, would silently take half of the requests. A bind
+    without SO_REUSEPORT fails on any listener (SO_REUSEADDR only passes a closed one's
+    TIME_WAIT)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        raise StartFailed(f"cannot serve on {host}:{port}: {error.strerror or error}; stop what uses it, "
+                          "or pass another --port") from None
 
 
 def _answers_healthz(host: str, port: int) -> bool:

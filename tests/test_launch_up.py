@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -25,11 +26,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(home: Path, port: int) -> tuple[subprocess.Popen, str]:
+def _start(home: Path, port: int, *args: str, **environ: str) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
-    env.update(LAUNCH_HOME=str(home), PORT=str(port))
+    env.update(LAUNCH_HOME=str(home), PORT=str(port), **environ)
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "launch", "up"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        [sys.executable, "manage.py", "launch", "up", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     output = []
@@ -365,6 +366,137 @@ def test_second_launch_up_on_the_same_home_refuses_and_the_first_keeps_serving(t
     finally:
         _stop(process)
     assert process.returncode == 0
+
+
+def test_a_port_another_server_listens_on_is_refused_before_anything_starts(tmp_path):
+    """Granian binds with SO_REUSEPORT, so a second server of the same user on the same port
+    (another `launch up` on another home, any granian) would silently take half the requests."""
+    home = tmp_path / "home"
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as granian binds
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+        env.update(LAUNCH_HOME=str(home), PORT=str(port))
+        started = subprocess.run([sys.executable, "manage.py", "launch", "up"], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=30)
+    assert started.returncode == 1
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in started.stderr, started.stderr
+    assert not (home / "run" / "redis.sock").exists()  # refused before Redis started
+
+
+def test_two_web_workers_share_the_port_and_one_killed_leaves_the_other_serving(tmp_path):
+    port = _free_port()
+    process, output = _start(tmp_path / "home", port, "--web-workers", "2")
+    try:
+        assert "Press Ctrl-C" in output, output
+        web = _web_workers(process.pid)
+        assert len(web) == 2, web
+        titles = sorted(Path(f"/proc/{pid}/cmdline").read_bytes() for pid in web)
+        assert [title.split(b"(")[1].split(b")")[0] for title in titles] == [b"worker 1 of 2", b"worker 2 of 2"]
+        # Both accept: each new connection lands on one of them (the kernel hashes the ports).
+        before = {pid: _cpu_ticks(pid) for pid in web}
+        for _ in range(200):
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert all(_cpu_ticks(pid) > before[pid] for pid in web), "a worker took no connection"
+
+        os.kill(web[0], signal.SIGKILL)
+        _wait_for(lambda: not _running(web[0]), 10, "the killed worker to be gone")
+        # The other keeps the port: every new connection is answered while the first is away.
+        for _ in range(50):
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        healed = _wait_for(lambda: len(now := _web_workers(process.pid)) == 2 and web[0] not in now and now, 15,
+                           "a new first worker")
+        assert web[1] in healed
+    finally:
+        rest = _stop(process)
+    assert process.returncode == 0, rest
+    assert re.search(rf"web 1 \(pid {web[0]}\) was killed by SIGKILL", rest + output), rest
+
+
+def _slow_bundle():
+    def load_predict_fn(model):
+        def predict(x):
+            import time
+
+            time.sleep(3)
+            return x
+
+        return predict
+
+    return {"model": None, "load_predict_fn": load_predict_fn}
+
+
+def test_a_sync_request_in_flight_when_the_stack_stops_gets_its_answer(tmp_path):
+    """Ctrl-C while a sync request waits for a 3 s predict: the web worker stops taking
+    connections but answers it before it exits, and the replica is stopped only after that."""
+    import cloudpickle
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    process, output = _start(tmp_path / "home", port)
+    api = requests.Session()
+    api.auth = (re.search(r"API key:\s+(lk_\S+)", output).group(1), "")
+    answers = []
+    try:
+        uploaded = api.post(f"{base}/v1/model-bundles/upload", files={"file": ("b.pkl", cloudpickle.dumps(_slow_bundle()))},
+                            data={"name": "slow"}, timeout=10)
+        created = api.post(f"{base}/v1/model-endpoints", timeout=10, json={
+            "name": "slow", "model_bundle_id": uploaded.json()["id"], "endpoint_type": "sync", "metadata": {},
+            "cpus": 1, "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": 1, "max_workers": 1,
+            "per_worker": 1, "labels": {},
+        })
+        assert created.status_code == 200, created.text
+        endpoint_id = created.json()["endpoint_creation_task_id"]
+        _wait_for(lambda: api.get(f"{base}/v1/model-endpoints/{endpoint_id}", timeout=5).json()["status"] == "READY",
+                  60, "the endpoint READY")
+        request = threading.Thread(target=lambda: answers.append(
+            api.post(f"{base}/v1/sync-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": 7}}, timeout=30)))
+        request.start()
+        time.sleep(1)  # taken by the replica, 2 s from its answer
+    finally:
+        started = time.monotonic()
+        rest = _stop(process)
+    request.join(30)
+    assert process.returncode == 0, rest
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    assert answers[0].json()["result"] == {"result": "7"}, answers[0].text
+    assert time.monotonic() - started < 20
+
+
+def test_the_access_log_names_method_path_and_status_and_never_the_key(tmp_path):
+    port = _free_port()
+    process, output = _start(tmp_path / "home", port, LAUNCH_ACCESS_LOG="1")
+    try:
+        key = re.search(r"API key:\s+(lk_\S+)", output).group(1)
+        assert requests.get(f"http://127.0.0.1:{port}/v1/model-endpoints", auth=(key, ""), timeout=10).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/v1/nowhere", auth=(key, ""), timeout=10).status_code == 404
+        time.sleep(0.5)
+    finally:
+        rest = _stop(process)
+    assert re.search(r'"GET /v1/model-endpoints" 200 [\d.]+ms', rest), rest
+    assert '"GET /v1/nowhere" 404' in rest
+    assert key not in rest and key.split("_", 1)[1][:12] not in rest
+
+
+def _web_workers(supervisor_pid: int) -> list[int]:
+    """The supervisor's web worker processes, in the order of their worker number."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    found = []
+    for pid, ppid in (map(int, line.split()) for line in out.splitlines()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == supervisor_pid and _running(pid) and cmdline.startswith(b"launch web: granian"):
+            found.append((cmdline, pid))
+    return [pid for _, pid in sorted(found)]
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def test_a_killed_supervisor_takes_its_children_along_and_leaves_no_stale_lock(tmp_path):
