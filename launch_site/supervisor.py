@@ -225,6 +225,7 @@ class Supervisor:
 
     def _fork_web(self, worker: int) -> ForkedProcess:
         from granian.constants import Interfaces
+        from granian.http import HTTP1Settings
         from granian.log import LogLevels
 
         from launch_site import granian_server
@@ -239,6 +240,7 @@ class Supervisor:
         # ("Web workers").
         options = dict(
             address=self.host, port=self.port, interface=Interfaces.ASGI,
+            http1_settings=HTTP1Settings(),  # what granian's command line passes (None: the Rust side's own)
             # Concurrent requests per worker: waits are cheap, let replicas be the bound.
             backpressure=WEB_BACKPRESSURE, backlog=WEB_BACKPRESSURE,
             kill_timeout=WEB_KILL_TIMEOUT_SECONDS,

@@ -261,6 +261,22 @@ def _wait_for_new_child(supervisor_pid: int, name: str, old_pid: int) -> dict[st
     return _wait_for(replaced, 15, f"a new {name} process")
 
 
+def _deploy(api: requests.Session, base: str, bundle: dict, name: str, endpoint_type: str, min_workers: int) -> str:
+    """Upload `bundle` and create an endpoint of it with one replica at most: its id."""
+    import cloudpickle
+
+    uploaded = api.post(f"{base}/v1/model-bundles/upload", files={"file": ("b.pkl", cloudpickle.dumps(bundle))},
+                        data={"name": name}, timeout=10)
+    assert uploaded.status_code == 200, uploaded.text
+    created = api.post(f"{base}/v1/model-endpoints", timeout=10, json={
+        "name": name, "model_bundle_id": uploaded.json()["id"], "endpoint_type": endpoint_type, "metadata": {},
+        "cpus": 1, "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": min_workers, "max_workers": 1,
+        "per_worker": 1, "labels": {},
+    })
+    assert created.status_code == 200, created.text
+    return created.json()["endpoint_creation_task_id"]
+
+
 def _doubler_bundle():
     def load_predict_fn(model):
         def predict(x):
@@ -272,8 +288,6 @@ def _doubler_bundle():
 
 
 def test_killed_children_come_back_one_at_a_time_and_keep_the_data(tmp_path):
-    import cloudpickle
-
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     process, output = _start(tmp_path / "home", port)
@@ -282,16 +296,7 @@ def test_killed_children_come_back_one_at_a_time_and_keep_the_data(tmp_path):
         assert key, output
         api = requests.Session()
         api.auth = (key.group(1), "")
-        uploaded = api.post(f"{base}/v1/model-bundles/upload", files={"file": ("b.pkl", cloudpickle.dumps(_doubler_bundle()))},
-                            data={"name": "doubler"}, timeout=10)
-        assert uploaded.status_code == 200, uploaded.text
-        created = api.post(f"{base}/v1/model-endpoints", timeout=10, json={
-            "name": "doubler", "model_bundle_id": uploaded.json()["id"], "endpoint_type": "async", "metadata": {},
-            "cpus": 1, "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": 0, "max_workers": 1,
-            "per_worker": 1, "labels": {},
-        })
-        assert created.status_code == 200, created.text
-        endpoint_id = created.json()["endpoint_creation_task_id"]
+        endpoint_id = _deploy(api, base, _doubler_bundle(), "doubler", "async", min_workers=0)
 
         def submit(x: int) -> str:
             response = api.post(f"{base}/v1/async-tasks?model_endpoint_id={endpoint_id}", json={"args": {"x": x}}, timeout=10)
@@ -431,8 +436,6 @@ def _slow_bundle():
 def test_a_sync_request_in_flight_when_the_stack_stops_gets_its_answer(tmp_path):
     """Ctrl-C while a sync request waits for a 3 s predict: the web worker stops taking
     connections but answers it before it exits, and the replica is stopped only after that."""
-    import cloudpickle
-
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     process, output = _start(tmp_path / "home", port)
@@ -440,15 +443,7 @@ def test_a_sync_request_in_flight_when_the_stack_stops_gets_its_answer(tmp_path)
     api.auth = (re.search(r"API key:\s+(lk_\S+)", output).group(1), "")
     answers = []
     try:
-        uploaded = api.post(f"{base}/v1/model-bundles/upload", files={"file": ("b.pkl", cloudpickle.dumps(_slow_bundle()))},
-                            data={"name": "slow"}, timeout=10)
-        created = api.post(f"{base}/v1/model-endpoints", timeout=10, json={
-            "name": "slow", "model_bundle_id": uploaded.json()["id"], "endpoint_type": "sync", "metadata": {},
-            "cpus": 1, "gpus": 0, "memory": "1Gi", "storage": None, "min_workers": 1, "max_workers": 1,
-            "per_worker": 1, "labels": {},
-        })
-        assert created.status_code == 200, created.text
-        endpoint_id = created.json()["endpoint_creation_task_id"]
+        endpoint_id = _deploy(api, base, _slow_bundle(), "slow", "sync", min_workers=1)
         _wait_for(lambda: api.get(f"{base}/v1/model-endpoints/{endpoint_id}", timeout=5).json()["status"] == "READY",
                   60, "the endpoint READY")
         request = threading.Thread(target=lambda: answers.append(
