@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import sys
 from pathlib import Path
@@ -64,22 +65,36 @@ def import_app(target: str, working_dir: Path | None = None) -> None:
         get_resolver().url_patterns  # noqa: B018 - imports the URLconf and every view module
 
 
-def serve_embedded(app: Any, *, kill_timeout: int, **options: Any) -> None:
+def serve_embedded(app: Any, *, kill_timeout: float, **options: Any) -> None:
     """Serve the ASGI `app` with granian's embedded server in this process, on uvloop, until
-    SIGTERM or SIGINT; then stop as a granian worker does: no new connections, requests in
-    flight answered for up to `kill_timeout` seconds, the lifespan shutdown. `options` are
-    granian.server.embed.Server's. Several such processes can serve one port: granian binds it
-    with SO_REUSEPORT on Linux and the kernel spreads connections across them."""
+    SIGTERM or SIGINT; then stop as a worker under granian's process manager does: no new
+    connections, the requests in flight answered, the lifespan shutdown; and, like that
+    manager, end the process at once if requests are still in flight `kill_timeout` seconds
+    after the signal (their connections close). `options` are granian.server.embed.Server's.
+    Several such processes can serve one port: granian binds it with SO_REUSEPORT on Linux and
+    the kernel spreads connections across them."""
     import uvloop
     from granian.server.embed import Server
 
     server = Server(app, **options)
-    server.workers_kill_timeout = kill_timeout
+    # Our deadline, not the embedded server's: on expiry it raises out of its shutdown.
+    server.workers_kill_timeout = None
+
+    def cut() -> None:
+        print(f"web worker: requests still in flight {kill_timeout:g} s after the stop signal; "
+              "closing their connections", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
+
+    def stop() -> None:
+        if not server.interrupt_signal:
+            server.stop()
+            asyncio.get_running_loop().call_later(kill_timeout, cut)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, server.stop)
+            loop.add_signal_handler(signum, stop)
         await server.serve(_asgi_worker_target())
 
     uvloop.run(run())
@@ -109,8 +124,9 @@ def _asgi_worker_target():
         await lifespan.startup()
         if lifespan.interrupt:
             raise FatalError("ASGI lifespan startup")
+        # Called from the Rust side once its connections are drained.
         stopped = loop.create_future()
-        shutdown_event.add_cb(lambda: loop.call_soon_threadsafe(stopped.set_result, None))
+        shutdown_event.add_cb(lambda: loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None)))
         server = ASGIWorker(
             worker_id, sock, None, runtime_threads, runtime_blocking_threads, blocking_threads,
             blocking_threads_idle_timeout, backpressure, http_mode, http1_settings, http2_settings, websockets,

@@ -74,7 +74,7 @@ WEB_BACKPRESSURE = 1024
 WEB_START_SECONDS = 30
 # How long a stopping web worker answers the requests it has (a sync request waits up to its
 # timeout); then they are cut.
-WEB_KILL_TIMEOUT_SECONDS = 20
+WEB_KILL_TIMEOUT_SECONDS = 20.0
 WEB_APP = "launch_site.asgi:application"
 
 
