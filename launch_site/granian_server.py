@@ -1,28 +1,25 @@
-"""The web server of `launch up`: granian's own command line (same flags, same behaviour), with
-the application imported in granian's main process before it forks its workers.
+"""The web server, two ways.
 
-Granian starts its workers with multiprocessing's fork and each worker then imports the
-target; imported here first, the target is in sys.modules already when a worker looks it up,
-so the workers share Django, DRF and our apps (about 60 MB) copy-on-write with the main
-process and each other instead of each building its own copy (BENCHMARKS.md, "Web workers
-that share the app"). gc.freeze() keeps the collector from writing to those shared objects,
-so that it does not copy their pages into every worker; the collector is off while
-importing, so that no freed objects leave holes that the workers' allocations would then
-write into (the recipe of the gc module's documentation).
+`launch up`: serve_web_worker(), one web worker, granian's embedded server in the calling
+process. The supervisor, which imported the app already, forks each web worker itself
+(launch_site/supervisor.py), so that they share it; granian's process manager, idle between
+respawns, is then not there to hold 6 MB of its own, and the supervisor heals the workers as it
+heals the controller. The tests' live web server runs the same function (tests/stack.py).
 
-Granian's respawns (a crashed worker, SIGHUP) fork from the same imported code: a code change
-needs the web server started again, as it did under `launch up` anyway (no --reload).
+The web image (docker/web.Dockerfile): python -m launch_site.granian_server GRANIAN_ARGS... APP,
+granian's own command line (same flags, same behaviour) with the application imported in
+granian's main process before it forks its workers. Each worker would otherwise import the
+target itself; imported first, it is in sys.modules already when a worker looks it up, so the
+workers share Django, DRF and our apps (about 60 MB) copy-on-write with the main process and
+each other (BENCHMARKS.md, "Web workers that share the app"). gc.freeze() keeps the collector
+from writing to those shared objects, so that it does not copy their pages into every worker;
+the collector is off while importing, so that no freed objects leave holes that the workers'
+allocations would then write into (the recipe of the gc module's documentation). Granian's
+respawns (a crashed worker, SIGHUP) fork from the same imported code: a code change needs the
+web server started again (no --reload).
 
-Nothing opens a connection at import (the database connections and Redis pools open on first
-use, in a worker), so no socket is shared across the fork.
-
-Usage (the web image, docker/web.Dockerfile): python -m launch_site.granian_server GRANIAN_ARGS... APP
-
-`launch up` does not use granian's process manager: its supervisor, which imported the app
-already, forks each web worker itself and each runs serve_embedded(), granian's embedded server
-in that process (launch_site/supervisor.py). Granian's main process, idle between respawns, is
-then not there to hold 6 MB of its own, and the supervisor heals the workers as it heals the
-controller.
+Either way nothing opens a connection at import (the database connections and Redis pools open
+on first use, in a worker), so no socket is shared across a fork.
 """
 
 from __future__ import annotations
@@ -40,6 +37,14 @@ from granian.cli import cli
 
 # What granian's `granian` script passes (GRANIAN_WORKERS and the like set defaults).
 ENVVAR_PREFIX = "GRANIAN"
+WEB_APP = "launch_site.asgi:application"
+# Requests one web worker serves at once (granian's backpressure). A waiting sync request
+# costs a coroutine and a Redis connection, not a thread; past this, requests queue in the
+# listen backlog.
+WEB_BACKPRESSURE = 1024
+# How long a stopping web worker answers the requests it holds; then they are cut.
+WEB_KILL_TIMEOUT_SECONDS = 20.0
+ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s" %(status)d %(dt_ms).1fms'  # never the Authorization header
 
 
 def preload(args: list[str]) -> None:
@@ -63,6 +68,30 @@ def import_app(target: str, working_dir: Path | None = None) -> None:
         from django.urls import get_resolver
 
         get_resolver().url_patterns  # noqa: B018 - imports the URLconf and every view module
+
+
+def serve_web_worker(host: str, port: int, *, access_log: bool = False) -> None:
+    """One web worker of `launch up` (and of the tests' live web server, tests/stack.py):
+    granian running the ASGI app (launch_site/asgi.py) in this process, on uvloop (it halves
+    what granian's ASGI bridge costs per request: BENCHMARKS.md, "The event loop"). The
+    inference routes are async views, so a sync request waiting for its replica holds no
+    thread; the other routes run in Django's threads."""
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+
+    from launch_site.asgi import application
+
+    logging = dict(log_level=LogLevels.info, log_access=True, log_access_format=ACCESS_LOG_FORMAT) if access_log \
+        else dict(log_level=LogLevels.error)  # the access log costs a tenth of a sync request
+    serve_embedded(
+        application, kill_timeout=WEB_KILL_TIMEOUT_SECONDS,
+        address=host, port=port, interface=Interfaces.ASGI,
+        http1_settings=HTTP1Settings(),  # what granian's command line passes (None: the Rust side's own)
+        # Waits are cheap: let replicas be the bound.
+        backpressure=WEB_BACKPRESSURE, backlog=WEB_BACKPRESSURE,
+        **logging,
+    )
 
 
 def serve_embedded(app: Any, *, kill_timeout: float, **options: Any) -> None:

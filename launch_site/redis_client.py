@@ -67,7 +67,7 @@ def get_waiting_redis() -> redis.Redis:
 
 # redis-py caps a pool at 100 connections by default. A waiting request holds one of the
 # waiting pool's for its whole wait, and under ASGI a worker has up to its backpressure
-# (launch.WEB_BACKPRESSURE) requests in flight; past the cap it would answer 503.
+# (granian_server.WEB_BACKPRESSURE) requests in flight; past the cap it would answer 503.
 ASYNC_POOL_MAX_CONNECTIONS = 4096
 
 

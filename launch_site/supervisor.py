@@ -67,15 +67,7 @@ BACKOFF_INITIAL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 10.0
 STABLE_SECONDS = 30.0
 POLL_SECONDS = 0.2
-# Requests one web worker serves at once (granian --backpressure). A waiting sync request
-# costs a coroutine and a Redis connection, not a thread; past this, requests queue in the
-# listen backlog.
-WEB_BACKPRESSURE = 1024
 WEB_START_SECONDS = 30
-# How long a stopping web worker answers the requests it has (a sync request waits up to its
-# timeout); then they are cut.
-WEB_KILL_TIMEOUT_SECONDS = 20.0
-WEB_APP = "launch_site.asgi:application"
 
 
 class StartFailed(Exception):
@@ -208,7 +200,7 @@ class Supervisor:
             os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launch_site.settings")
             from launch_site import granian_server
 
-            granian_server.import_app(WEB_APP, working_dir=BASE_DIR)
+            granian_server.import_app(granian_server.WEB_APP, working_dir=BASE_DIR)
             import granian.server.embed  # noqa: F401 - what each web worker serves with
             import uvloop  # noqa: F401
 
@@ -224,35 +216,13 @@ class Supervisor:
             raise StartFailed(f"importing the app started threads: {threading.enumerate()}")
 
     def _fork_web(self, worker: int) -> ForkedProcess:
-        from granian.constants import Interfaces
-        from granian.http import HTTP1Settings
-        from granian.log import LogLevels
-
         from launch_site import granian_server
-        from launch_site.asgi import application
 
-        # Granian (a Rust HTTP server) running the ASGI app (launch_site/asgi.py): the inference
-        # routes are async views, so a sync request waiting for its replica holds no thread;
-        # the other routes run in Django's threads. Each worker is a process forked from this
-        # one, so it shares the app imported here, with granian's embedded server on uvloop
-        # (it halves what granian's ASGI bridge costs per request: BENCHMARKS.md, "The event
-        # loop"); the workers share the port through SO_REUSEPORT. Worker count: BENCHMARKS.md
+        # Each web worker is a process forked from this one, so it shares the app imported
+        # here; the workers share the port through SO_REUSEPORT. Worker count: BENCHMARKS.md
         # ("Web workers").
-        options = dict(
-            address=self.host, port=self.port, interface=Interfaces.ASGI,
-            http1_settings=HTTP1Settings(),  # what granian's command line passes (None: the Rust side's own)
-            # Concurrent requests per worker: waits are cheap, let replicas be the bound.
-            backpressure=WEB_BACKPRESSURE, backlog=WEB_BACKPRESSURE,
-            kill_timeout=WEB_KILL_TIMEOUT_SECONDS,
-        )
-        if self.access_log:
-            # Off by default (it costs a tenth of a sync request). Never the Authorization header.
-            options.update(log_level=LogLevels.info, log_access=True,
-                           log_access_format='%(addr)s "%(method)s %(path)s" %(status)d %(dt_ms).1fms')
-        else:
-            options.update(log_level=LogLevels.error)
         title = f"launch web: granian --interface asgi --port {self.port} (worker {worker} of {self.web_workers})"
-        return _fork(title, lambda: granian_server.serve_embedded(application, **options))
+        return _fork(title, lambda: granian_server.serve_web_worker(self.host, self.port, access_log=self.access_log))
 
     def _fork_controller(self) -> ForkedProcess:
         from launch_site.management.commands.controller import Command

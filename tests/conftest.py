@@ -58,6 +58,25 @@ def pytest_unconfigure(config):
         stop_process(_redis_process)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's, with one step before it drops the test database: closing the
+    connections that threads of this process opened and never closed (a test's racing client,
+    a server's request thread), which would otherwise keep PostgreSQL from dropping it ("being
+    accessed by other users")."""
+    yield
+    import gc
+
+    from django.db import connections
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    gc.collect()  # a dead thread's connection that only a reference cycle still holds
+    own = {id(connections[alias]) for alias in connections}
+    for wrapper in [obj for obj in gc.get_objects() if isinstance(obj, BaseDatabaseWrapper)]:
+        if id(wrapper) not in own and wrapper.connection is not None:
+            wrapper.connection.close()  # the driver's: Django's close() refuses another thread's connection
+
+
 @dataclass
 class Persona:
     user: object

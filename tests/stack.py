@@ -109,7 +109,15 @@ class ControllerThread:
         from workers.tick import run_tick_loop
 
         self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=run_tick_loop, args=(self.stop_event,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(run_tick_loop,), daemon=True)
+
+    def _run(self, run_tick_loop):
+        from django.db import connections
+
+        try:
+            run_tick_loop(self.stop_event)
+        finally:
+            connections.close_all()  # this thread's: the controller process would exit here
 
     def start(self):
         self.thread.start()
@@ -165,8 +173,8 @@ def _database_url() -> str:
 
 @pytest.fixture
 def asgi_server(live_stack):
-    """The web server as `launch up` runs it (granian, ASGI, one worker) on the test's database
-    and Redis; the live stack's controller and replicas serve its tasks."""
+    """A web worker as `launch up` runs it (granian_server.serve_web_worker) on the test's
+    database and Redis; the live stack's controller and replicas serve its tasks."""
     from django.conf import settings
 
     with socket.socket() as sock:
@@ -177,10 +185,9 @@ def asgi_server(live_stack):
         ALLOWED_HOSTS="*", BUNDLE_STORE_DIR=str(settings.BUNDLE_STORE_DIR),
         LAUNCH_INTERNAL_URL=settings.LAUNCH_INTERNAL_URL,  # a stored bundle's URL: the live stack serves it
     )
+    serve = "import sys; from launch_site.granian_server import serve_web_worker; serve_web_worker('127.0.0.1', int(sys.argv[1]))"
     process = subprocess.Popen(
-        [sys.executable, "-m", "launch_site.granian_server", "--interface", "asgi", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--backpressure", "1024", "--log-level", "error",
-         "launch_site.asgi:application"],
+        [sys.executable, "-c", serve, str(port)],
         cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
