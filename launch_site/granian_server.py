@@ -133,12 +133,10 @@ def serve_embedded(app: Any, *, kill_timeout: float, **options: Any) -> None:
 
 def _asgi_worker_target():
     """Granian's embedded ASGI worker (granian.server.embed.Server._spawn_asgi_lifespan_worker,
-    granian 2.8.7) with one change: the Rust side runs on a runtime thread of its own, not on
-    the event loop's thread (serve_async, the embedded default, which served 20 % fewer
-    requests/s). That runtime is tokio's single-threaded one (serve_str, what granian's worker
-    processes use for RSGI), not its multi-threaded one with one thread (serve_mtr, theirs for
-    ASGI): the same requests/s, and 0.84-0.90x the sequential latency (BENCHMARKS.md,
-    "Granian's process manager, gone")."""
+    granian 2.8.7) with one change: the Rust side runs on a runtime thread of its own
+    (serve_mtr, what granian's worker processes use for ASGI), not on the event loop's
+    thread (serve_async, the embedded default), which served 20 % fewer requests/s
+    (BENCHMARKS.md, "Granian's process manager, gone")."""
     from granian._futures import _future_watcher_wrapper, _new_cbscheduler
     from granian._granian import ASGIWorker
     from granian.asgi import LifespanProtocol, _callback_wrapper
@@ -163,7 +161,7 @@ def _asgi_worker_target():
             blocking_threads_idle_timeout, backpressure, http_mode, http1_settings, http2_settings, websockets,
             static_path, *ssl_ctx, (None, None),
         )
-        serve = server.serve_str_uds if (sock[0] or sock[1]).is_uds() else server.serve_str
+        serve = server.serve_mtr_uds if (sock[0] or sock[1]).is_uds() else server.serve_mtr
         serve(_new_cbscheduler(loop, wcallback, impl_asyncio=task_impl == TaskImpl.asyncio), loop, shutdown_event)
         await stopped
         await lifespan.shutdown()
