@@ -241,8 +241,11 @@ def test_a_thousand_tasks_survive_replicas_killed_at_every_phase(live_stack, own
             assert "gave up after 3 attempts" in record["traceback"], record
         else:
             assert record["result"] == str(n + 1)
+    # Each failure took three kills while it was the replica's one task in flight (per_worker 1),
+    # so a task that failed with fewer (an attempt counted without a kill) shows here. A fixed cap
+    # (5) was about the machine's speed: a slower run lasts longer and sees more kill rounds.
     failures = sum(protocol.read_task(get_redis(), keys, t)["status"] == "FAILURE" for t in task_ids)
-    assert failures <= 5, failures
+    assert failures * 3 <= sum(killer.kills.values()), (failures, killer.kills)
     api.wait_endpoint(endpoint_id, "READY", timeout=30)
 
 
