@@ -5,7 +5,7 @@ RequestsClient, a test client) and `django.contrib.postgres` (its ModelSerialize
 postgres fields), which imports psycopg2 with the libssl, libcrypto and libkrb5 that
 psycopg2-binary bundles. Nothing of ours uses either on the request path: the test client is
 not ours, and on SQLite no postgres field exists. Imported before the web server and
-controller fork, they cost about 6 MB of the embedded stack's memory (BENCHMARKS.md, "What
+controller fork, they cost about 9 MB of the embedded stack's memory (BENCHMARKS.md, "What
 DRF imports in case").
 
 So settings import rest_framework.compat once, first, with those two reported missing, which

@@ -319,5 +319,5 @@ LOGGING = {
 }
 
 # Before anything imports DRF: its optional imports of requests and psycopg2 (via
-# django.contrib.postgres) cost the stack 6 MB and serve no request (launch_site/lean_imports.py).
+# django.contrib.postgres) cost the stack 9 MB and serve no request (launch_site/lean_imports.py).
 import_drf_compat(DATABASES["default"]["ENGINE"])
