@@ -18,6 +18,13 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def is_web_worker(cmdline: str | bytes) -> bool:
+    """A web worker of a stack, from its command line: "launch web: ..." (the title the
+    supervisor gives it), or granian's (a checkout from before uvicorn, for --compare-root)."""
+    text = cmdline.decode(errors="replace") if isinstance(cmdline, bytes) else cmdline
+    return text.startswith("launch web:") or "granian" in text
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import Figure, table, write_json  # noqa: E402
-from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
+from _stack import ROOT, Stack, identity_bundle, is_web_worker, machine  # noqa: E402
 from peers import _read_response, body_of, descendants, load  # noqa: E402
 
 SIZES = ((1024, "1 KB"), (100 * 1024, "100 KB"), (1024 * 1024, "1 MB"))
@@ -71,14 +71,14 @@ class Target:
         ).encode() + body
 
     def processes(self) -> dict[str, list[int]]:
-        """The stack's processes by part: web (granian), replica (workers.serve), redis."""
+        """The stack's processes by part: web, replica (workers.serve), redis."""
         parts: dict[str, list[int]] = collections.defaultdict(list)
         for pid in descendants(self.stack.process.pid):
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"granian" in cmd:
+            if is_web_worker(cmd):
                 parts["web"].append(pid)
             elif b"workers.serve" in cmd:
                 parts["replica"].append(pid)

@@ -12,7 +12,7 @@ checkout runs in a process of its own, and the two take turns, figure by figure,
 Each request goes through the ASGI application that `launch up` serves (launch_site.asgi;
 a GET: its middleware chain and view in one hop on a thread of their own), called in the
 process's own event loop without a socket, so what is left out is only the HTTP server
-(granian) and the client.
+(uvicorn) and the client.
 
 Usage: .venv/bin/python bench/list_endpoints_cpu.py [--endpoints 1000] [--reps 5] [--requests 100]
        [--compare-root PATH] [--check] [--profile FILE]

@@ -215,7 +215,7 @@ def memory(pids: list[int]) -> tuple[float, float, list[tuple[str, float]]]:
 
 
 def process_label(cmd: str) -> str:
-    """`granian --interface`, `manage.py controller`, `ray::ProxyActor`: short enough for a table."""
+    """`launch web:`, `manage.py controller`, `ray::ProxyActor`: short enough for a table."""
     words = [w.rsplit("/", 1)[-1] for w in cmd.split() if not w.startswith("-")]
     words = [w for w in words if not re.fullmatch(r"python[\d.]*", w)]
     return " ".join(words[:2])[:48]

@@ -22,18 +22,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
+from _stack import ROOT, Stack, identity_bundle, is_web_worker, machine  # noqa: E402
 from peers import descendants, load  # noqa: E402
 
-ROLES = ("supervisor", "web (granian main)", "web workers", "controller", "redis", "replica")
+ROLES = ("supervisor", "web workers", "controller", "redis", "replica")
 
 
-def role_of(pid: int, root: int, cmd: str, granian_mains: set[int]) -> str | None:
+def role_of(pid: int, root: int, cmd: str) -> str | None:
     # The pid started as `manage.py launch up` (it exec()s `python -m launch_site.supervisor`).
     if pid == root:
         return "supervisor"
-    if "granian" in cmd:
-        return "web (granian main)" if pid in granian_mains else "web workers"
+    if is_web_worker(cmd):
+        return "web workers"
     if "manage.py controller" in cmd:
         return "controller"
     if "redis-server" in cmd:
@@ -52,19 +52,8 @@ def roles_of(root: int) -> dict[int, str]:
             commands[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-    granian = {pid for pid, cmd in commands.items() if "granian" in cmd}
-    # Granian's process manager forks its workers (a checkout before the supervisor served
-    # with granian's embedded server in each worker it forks).
-    granian_mains = {parent_of(pid) for pid in granian} & granian
-    found = {pid: role_of(pid, root, cmd, granian_mains) for pid, cmd in commands.items()}
+    found = {pid: role_of(pid, root, cmd) for pid, cmd in commands.items()}
     return {pid: role for pid, role in found.items() if role is not None}
-
-
-def parent_of(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except OSError:
-        return 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -161,7 +150,7 @@ def main() -> None:
     totals = [(med(c, lambda r: sum(v[0] for v in r["memory"].values())),
                med(c, lambda r: sum(v[1] for v in r["memory"].values()))) for c in configs]
     print("| whole stack: RSS / PSS MB | " + " | ".join(f"{rss:.0f} / {pss:.0f}" for rss, pss in totals) + " |")
-    for what, roles in (("web (main + workers)", ("web (granian main)", "web workers")), ("whole stack", ROLES)):
+    for what, roles in (("web workers", ("web workers",)), ("whole stack", ROLES)):
         cells = [f"{med(c, lambda r, roles=roles: sum(r['memory after start-up'][role][0] for role in roles)):.0f} / "
                  f"{med(c, lambda r, roles=roles: sum(r['memory after start-up'][role][1] for role in roles)):.0f}"
                  for c in configs]

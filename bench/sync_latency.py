@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import ROOT, Stack, identity_bundle, machine  # noqa: E402
+from _stack import ROOT, Stack, identity_bundle, is_web_worker, machine  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -37,7 +37,7 @@ def web_cpu_seconds(stack: Stack) -> float:
     total = 0.0
     for pid in descendants(stack.process.pid):
         try:
-            if b"granian" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if not is_web_worker(Path(f"/proc/{pid}/cmdline").read_bytes()):
                 continue
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:

@@ -22,4 +22,6 @@ COPY . /app
 
 USER launch
 EXPOSE 8000
-CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py collectstatic --noinput && exec python -m launch_site.granian_server --interface asgi --host 0.0.0.0 --port ${PORT:-8000} --workers ${WEB_WORKERS:-$(python -c 'from launch_site.env import default_web_workers; print(default_web_workers())')} --loop uvloop --backpressure 1024 --backlog 2048 --workers-kill-timeout 30 --access-log launch_site.asgi:application"]
+# The supervisor with --web-only: it imports the app once, forks the web workers (which share it)
+# and heals them (launch_site/supervisor.py).
+CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py collectstatic --noinput && exec python -m launch_site.supervisor --web-only --home /data --host 0.0.0.0 --port ${PORT:-8000} --web-workers ${WEB_WORKERS:-$(python -c 'from launch_site.env import default_web_workers; print(default_web_workers())')} --access-log"]

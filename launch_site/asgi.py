@@ -1,4 +1,4 @@
-"""The ASGI entry point that `launch up` and the web image serve (granian --interface asgi).
+"""The ASGI entry point that `launch up` and the web image serve (launch_site/web_server.py).
 
 The inference routes (endpoints.api.views.InferenceView: sync, async and streaming task
 creation, and the old dialect's) are async views: a sync request waiting for its replica
@@ -186,7 +186,7 @@ class InferenceHandler(ASGIHandler):
 
     # Django sends a response body in messages of chunk_size (64 KiB), each a slice (a copy)
     # and an await on the server; an inference answer (a sync result of up to a few MB) goes
-    # in one message, which granian writes out in its own steps.
+    # in one message, which the server writes out as the socket takes it.
     chunk_size = 16 * 1024**2
 
     async def __call__(self, scope, receive, send):

@@ -66,8 +66,8 @@ def get_waiting_redis() -> redis.Redis:
 
 
 # redis-py caps a pool at 100 connections by default. A waiting request holds one of the
-# waiting pool's for its whole wait, and under ASGI a worker has up to its backpressure
-# (granian_server.WEB_BACKPRESSURE) requests in flight; past the cap it would answer 503.
+# waiting pool's for its whole wait, and under ASGI a worker holds as many requests as come
+# (web_server: no concurrency cap); past the pool's cap it would answer 503.
 ASYNC_POOL_MAX_CONNECTIONS = 4096
 
 

@@ -18,19 +18,22 @@ first-start credentials, the text to print), as does `manage.py launch stop-repl
 shutdown, so that nothing of it (migration modules, the database connection) stays here.
 
 Then it imports the app once, the web server's and the controller's code (about 60 MB), and
-forks each web worker (granian's embedded server; they share the port through SO_REUSEPORT) and
-the controller from itself, each a process of its own, with no process manager of granian's
-between it and the web workers.
+forks each web worker (launch_site.web_server; they share the port through SO_REUSEPORT) and
+the controller from itself, each a process of its own.
 They share those pages with this process and each other copy-on-write instead of each
 importing its own copy (BENCHMARKS.md, "One copy of the app for the web and the controller").
 This process stays single-threaded and opens no connection, so a fork hands nothing down but
 the imported code; a child that dies is forked again from the same pristine state, and
-starts faster than an interpreter would (no imports). As with granian's respawns, a code
-change needs `launch up` started again.
+starts faster than an interpreter would (no imports). A code change needs `launch up` started
+again.
+
+With --web-only (the web image, docker/web.Dockerfile), it runs and heals the web workers
+alone: no embedded Redis (REDIS_URL must be set), no first-start preparation (the image's
+command migrates and collects static files first), no controller and no replicas to stop.
 
 Usage (from launch_site/management/commands/launch.py, not by hand):
     python -m launch_site.supervisor --home DIR --port N --host H --web-workers N [--access-log]
-        [--log-level LEVEL]
+        [--log-level LEVEL] [--web-only]
 """
 
 from __future__ import annotations
@@ -116,12 +119,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, *, home: Path, port: int, host: str, web_workers: int, access_log: bool):
+    def __init__(self, *, home: Path, port: int, host: str, web_workers: int, access_log: bool,
+                 web_only: bool = False):
         self.home = home
         self.port = port
         self.host = host
         self.web_workers = web_workers
         self.access_log = access_log
+        self.web_only = web_only
         self.python = sys.executable
         self.manage = str(BASE_DIR / "manage.py")
         self.env = dict(os.environ, LAUNCH_HOME=str(home), PORT=str(port))
@@ -152,6 +157,29 @@ class Supervisor:
 
     def _up(self) -> None:
         _refuse_a_port_in_use(self.host, self.port)
+        greeting = self._prepare_web_only() if self.web_only else self._prepare()
+        if self.stopping:
+            return
+        self._import_app()
+        web = [Child("web" if self.web_workers == 1 else f"web {n}", functools.partial(self._fork_web, n))
+               for n in range(1, self.web_workers + 1)]
+        controller = [] if self.web_only else [Child("controller", self._fork_controller)]
+        for child in (*web, *controller):
+            self._start(child)
+            self.children.append(child)
+        self._wait_for_web()
+        sys.stdout.write(f"{greeting}Press Ctrl-C to stop.\n\n")
+        sys.stdout.flush()
+
+        while not self.stopping:
+            for child in self.children:
+                self._heal(child)
+            time.sleep(POLL_SECONDS)
+
+    def _prepare(self) -> str:
+        """The embedded Redis (unless REDIS_URL is set) and `manage.py launch prepare`; returns
+        what to print once the web server answers (the login, and the password and key on the
+        first start)."""
         if external_redis_url() is None:
             redis = Child("redis", self._start_redis)
             try:
@@ -161,36 +189,23 @@ class Supervisor:
             self.children.append(redis)
             # No REDIS_URL in the children's environment: settings read the password from
             # LAUNCH_HOME, so it is in no process's environ.
-        # Its output (the login, and the password and key on the first start) comes through a
-        # pipe and is printed once the web server answers.
         prepared = subprocess.run(
             [self.python, self.manage, "launch", "prepare", "--url", self.url],
             env=self.env, cwd=BASE_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
             preexec_fn=_die_with_parent, check=False,
         )
-        if self.stopping:
-            return
-        if prepared.returncode != 0:
+        if prepared.returncode != 0 and not self.stopping:
             raise StartFailed(f"`manage.py launch prepare` failed (exit status {prepared.returncode}); see above")
+        return prepared.stdout
 
-        self._import_app()
-        web = [Child("web" if self.web_workers == 1 else f"web {n}", functools.partial(self._fork_web, n))
-               for n in range(1, self.web_workers + 1)]
-        for child in (*web, Child("controller", self._fork_controller)):
-            self._start(child)
-            self.children.append(child)
-        self._wait_for_web()
-        sys.stdout.write(f"{prepared.stdout}Press Ctrl-C to stop.\n\n")
-        sys.stdout.flush()
-
-        while not self.stopping:
-            for child in self.children:
-                self._heal(child)
-            time.sleep(POLL_SECONDS)
+    def _prepare_web_only(self) -> str:
+        if external_redis_url() is None:
+            raise StartFailed("--web-only serves with the Redis of a stack that runs elsewhere: set REDIS_URL")
+        return f"Launch's web server is at {self.url}\n"
 
     def _import_app(self) -> None:
         """Import, before forking them, what the web server and the controller run: the ASGI app
-        with its URLconf (every view), granian, and the controller's command (django_rq, rq,
+        with its URLconf (every view), the web server, and the controller's command (django_rq, rq,
         the tick). The collector is off while importing, so that no freed objects leave holes
         that the children's allocations would write into, and gc.freeze() keeps it from
         writing to the shared objects later (the gc module's recipe for forking servers)."""
@@ -198,13 +213,11 @@ class Supervisor:
         try:
             os.environ.update(LAUNCH_HOME=self.env["LAUNCH_HOME"], PORT=self.env["PORT"])  # what settings read
             os.environ.setdefault("DJANGO_SETTINGS_MODULE", "launch_site.settings")
-            from launch_site import granian_server
+            from launch_site import web_server
 
-            granian_server.import_app(granian_server.WEB_APP, working_dir=BASE_DIR)
-            import granian.server.embed  # noqa: F401 - what each web worker serves with
-            import uvloop  # noqa: F401
-
-            import launch_site.management.commands.controller  # noqa: F401
+            web_server.import_app()
+            if not self.web_only:
+                import launch_site.management.commands.controller  # noqa: F401
         except Exception as error:  # noqa: BLE001 - reported, then the stack stops
             traceback.print_exc()
             raise StartFailed(f"importing the app failed: {error}") from None
@@ -216,13 +229,13 @@ class Supervisor:
             raise StartFailed(f"importing the app started threads: {threading.enumerate()}")
 
     def _fork_web(self, worker: int) -> ForkedProcess:
-        from launch_site import granian_server
+        from launch_site import web_server
 
         # Each web worker is a process forked from this one, so it shares the app imported
         # here; the workers share the port through SO_REUSEPORT. Worker count: BENCHMARKS.md
         # ("Web workers").
-        title = f"launch web: granian --interface asgi --port {self.port} (worker {worker} of {self.web_workers})"
-        return _fork(title, lambda: granian_server.serve_web_worker(self.host, self.port, access_log=self.access_log))
+        title = f"launch web: uvicorn --port {self.port} (worker {worker} of {self.web_workers})"
+        return _fork(title, lambda: web_server.serve_web_worker(self.host, self.port, access_log=self.access_log))
 
     def _fork_controller(self) -> ForkedProcess:
         from launch_site.management.commands.controller import Command
@@ -286,6 +299,9 @@ class Supervisor:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             _kill_leftovers(process)
+        if self.web_only:
+            print("Launch's web server stopped.", flush=True)
+            return
         # A session of its own: a second Ctrl-C must not cut it short.
         stopped = subprocess.run([self.python, self.manage, "launch", "stop-replicas"], env=self.env, cwd=BASE_DIR,
                                  stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
@@ -299,9 +315,10 @@ class Supervisor:
 
 
 def _refuse_a_port_in_use(host: str, port: int) -> None:
-    """StartFailed if something listens on host:port already. Granian binds with SO_REUSEPORT,
-    which the kernel lets a second server of the same user share: a second `launch up` on
-    another LAUNCH_HOME, or any granian, would silently take half of the requests. A bind
+    """StartFailed if something listens on host:port already. The web workers bind with
+    SO_REUSEPORT, which the kernel lets a second server of the same user share: a second
+    `launch up` on another LAUNCH_HOME, or any server binding so, would silently take half of
+    the requests. A bind
     without SO_REUSEPORT fails on any listener (SO_REUSEADDR only passes a closed one's
     TIME_WAIT)."""
     try:
@@ -427,7 +444,7 @@ def _set_process_title(title: str) -> None:
 
 def _kill_leftovers(process: Process) -> None:
     """A child leads a process group of its own (start_new_session): kill what is left of the
-    group, e.g. granian's workers, which outlive a SIGKILLed granian and keep the port.
+    group, e.g. processes a child started, which would outlive it and keep what it held.
     Replicas are in sessions of their own, so a dead controller's replicas keep running (a
     new controller adopts them by their rows)."""
     try:
@@ -453,11 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-workers", type=int, required=True)
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--web-only", action="store_true", help="the web workers alone (the web image)")
     args = parser.parse_args(argv)
     # The format of settings.LOGGING, so that the stack's log reads as one.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=args.log_level)
     return Supervisor(home=args.home, port=args.port, host=args.host, web_workers=args.web_workers,
-                      access_log=args.access_log).run()
+                      access_log=args.access_log, web_only=args.web_only).run()
 
 
 if __name__ == "__main__":

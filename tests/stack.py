@@ -173,7 +173,7 @@ def _database_url() -> str:
 
 @pytest.fixture
 def asgi_server(live_stack):
-    """A web worker as `launch up` runs it (granian_server.serve_web_worker) on the test's
+    """A web worker as `launch up` runs it (web_server.serve_web_worker) on the test's
     database and Redis; the live stack's controller and replicas serve its tasks."""
     from django.conf import settings
 
@@ -185,7 +185,7 @@ def asgi_server(live_stack):
         ALLOWED_HOSTS="*", BUNDLE_STORE_DIR=str(settings.BUNDLE_STORE_DIR),
         LAUNCH_INTERNAL_URL=settings.LAUNCH_INTERNAL_URL,  # a stored bundle's URL: the live stack serves it
     )
-    serve = "import sys; from launch_site.granian_server import serve_web_worker; serve_web_worker('127.0.0.1', int(sys.argv[1]))"
+    serve = "import sys; from launch_site.web_server import serve_web_worker; serve_web_worker('127.0.0.1', int(sys.argv[1]))"
     process = subprocess.Popen(
         [sys.executable, "-c", serve, str(port)],
         cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -199,7 +199,7 @@ def asgi_server(live_stack):
         except requests.ConnectionError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise AssertionError(f"granian did not start: {process.communicate()[0]}") from None
+                raise AssertionError(f"the web server did not start: {process.communicate()[0]}") from None
             time.sleep(0.2)
     try:
         yield url

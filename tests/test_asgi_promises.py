@@ -1,4 +1,4 @@
-"""The serving promises, kept by the web server `make run` starts (granian, ASGI, the task
+"""The serving promises, kept by the web server `make run` starts (uvicorn, ASGI, the task
 routes as async views) and not only by the test live server: a wait past redis-py's 5 s
 default answers, a wait past its timeout is a 504 naming the task, an oversized body is a JSON
 413 with the limit, a missing key a JSON 401."""

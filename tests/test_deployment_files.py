@@ -39,8 +39,8 @@ def test_the_web_image_runs_as_many_web_workers_as_launch_up_when_nobody_says():
     from launch_site.env import default_web_workers
 
     dockerfile = (ROOT / "docker" / "web.Dockerfile").read_text()
-    default = re.search(r"--workers \$\{WEB_WORKERS:-(\$\(python -c '[^']*'\))\}", dockerfile)
-    assert default, "the web image's --workers default"
+    default = re.search(r"--web-workers \$\{WEB_WORKERS:-(\$\(python -c '[^']*'\))\}", dockerfile)
+    assert default, "the web image's --web-workers default"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     printed = subprocess.run(["sh", "-c", f"echo {default.group(1)}"], cwd=ROOT, env=env, capture_output=True,
                              text=True, check=True).stdout.strip()

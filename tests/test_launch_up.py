@@ -81,7 +81,7 @@ def test_launch_up_prints_url_login_and_a_working_key_then_stops_cleanly(tmp_pat
         assert api.get(f"http://127.0.0.1:{port}/v1/model-endpoints", timeout=10).json() == {"model_endpoints": []}
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["status"] == "ok"
         children = _descendants(process.pid)
-        assert len(children) >= 3, children  # redis, web (granian and its workers), controller
+        assert len(children) >= 3, children  # redis, web, controller
         # What `ps` shows for the pid the user started: the supervisor, not `manage.py launch up`.
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
         assert cmdline[1:3] == [b"-m", b"launch_site.supervisor"], cmdline
@@ -111,7 +111,7 @@ def _assert_forked_from_the_supervisor(supervisor_pid: int, home: Path) -> None:
     on LAUNCH_HOME would outlive a dead supervisor), and it holds no database connection to
     hand down."""
     children = _children_by_name(supervisor_pid)
-    for name, title in (("web", b"launch web: granian"), ("controller", b"launch controller: manage.py controller")):
+    for name, title in (("web", b"launch web: uvicorn"), ("controller", b"launch controller: manage.py controller")):
         pid = children[name]
         assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title), name
         memory = _memory_kb(pid)
@@ -151,56 +151,58 @@ def _memory_kb(pid: int) -> dict[str, int]:
     return {name: int(value.split()[0]) for name, value in (line.split(":", 1) for line in lines)}
 
 
-def test_the_web_workers_share_the_app_that_granians_main_process_imported(tmp_path):
-    """`launch up` runs granian through launch_site.granian_server, which imports the app before
-    granian forks its workers: most of a worker's memory is then the main process's pages, shared
-    copy-on-write (under the plain `granian` command each worker imported its own copy: 4 MB
-    shared, 60 MB its own). The main process opened no database connection to hand down."""
-    port = _free_port()
+def _web_only(home: Path, port: int, **environ: str) -> subprocess.Popen:
+    """The web image's command (docker/web.Dockerfile): the supervisor with --web-only."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
-    env.update(LAUNCH_HOME=str(tmp_path))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "launch_site.granian_server", "--interface", "asgi", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2", "--log-level", "error", "launch_site.asgi:application"],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+    env.update(LAUNCH_HOME=str(home), **environ)
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch_site.supervisor", "--web-only", "--home", str(home), "--host", "127.0.0.1",
+         "--port", str(port), "--web-workers", "2"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )
+
+
+def test_the_web_image_serves_with_workers_that_share_the_app_and_stops_cleanly(tmp_path):
+    """--web-only: the web workers alone, forked from a supervisor that imported the app, so
+    most of a worker's memory is shared (each importing its own copy: 4 MB shared, 60 MB its
+    own). The supervisor opened no database connection to hand down; SIGTERM (docker stop)
+    stops them all, exit status 0."""
+    port = _free_port()
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True,
+                   env=dict({k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, LAUNCH_HOME=str(tmp_path)))
+    # A Redis that is not there: the web server starts without it (readyz says so).
+    process = _web_only(tmp_path, port, REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                # readyz queries the database (and answers 503: no Redis here)
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code:
-                    break
-            except requests.ConnectionError:
-                assert process.poll() is None and time.monotonic() < deadline, "the web server did not start"
-                time.sleep(0.2)
+        for line in process.stdout:
+            if "Press Ctrl-C" in line:
+                break
+        assert f"Launch's web server is at http://127.0.0.1:{port}/" in line or process.poll() is None
+        readyz = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert readyz.status_code == 503 and "redis" in readyz.text.lower(), readyz.text  # the database answered
         workers = _descendants(process.pid)
         assert len(workers) == 2, workers
         for pid in workers:
+            assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"launch web: uvicorn"), pid
             memory = _memory_kb(pid)
-            assert memory["Shared_Dirty"] > memory["Private_Dirty"], memory
+            assert memory["Shared_Clean"] + memory["Shared_Dirty"] > memory["Private_Dirty"], memory
         database = str(tmp_path / "launch.sqlite3")
         main_files = [os.readlink(fd) for fd in Path(f"/proc/{process.pid}/fd").iterdir()]
         assert database not in main_files, main_files
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(30)
-    assert process.returncode == 0
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, rest
+    assert "Launch's web server stopped." in rest and "Traceback" not in rest, rest
     time.sleep(0.5)
     assert [pid for pid in workers if _running(pid)] == []
 
 
-@pytest.mark.parametrize(("workers", "preloaded"), [("2", True), ("1", False)])
-def test_the_app_is_imported_before_the_fork_only_for_workers_to_share_it(tmp_path, workers, preloaded):
-    """A single worker shares with no other: the main process's copy would be memory twice."""
-    probe = ("import sys; from launch_site.granian_server import preload; preload(sys.argv[1:]); "
-             "print('launch_site.asgi' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
-    env.update(LAUNCH_HOME=str(tmp_path))
-    loaded = subprocess.run([sys.executable, "-c", probe, "--interface", "asgi", "--workers", workers,
-                             "launch_site.asgi:application"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            check=True).stdout
-    assert loaded.strip() == str(preloaded)
+def test_the_web_image_refuses_to_start_without_a_redis_to_serve_with(tmp_path):
+    process = _web_only(tmp_path, _free_port())
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 1, output
+    assert "--web-only serves with the Redis of a stack that runs elsewhere: set REDIS_URL" in output
 
 
 @pytest.mark.parametrize("value", ["yes", "2x"])
@@ -226,7 +228,7 @@ def _children_by_name(supervisor_pid: int) -> dict[str, int]:
             continue
         if "redis-server" in cmdline:
             found["redis"] = pid
-        elif "granian" in cmdline:
+        elif cmdline.startswith("launch web:"):
             found["web"] = pid
         elif "manage.py controller" in cmdline:
             found["controller"] = pid
@@ -375,10 +377,10 @@ def test_second_launch_up_on_the_same_home_refuses_and_the_first_keeps_serving(t
 
 def test_a_port_another_server_listens_on_is_refused_before_anything_starts(tmp_path):
     """Granian binds with SO_REUSEPORT, so a second server of the same user on the same port
-    (another `launch up` on another home, any granian) would silently take half the requests."""
+    (another `launch up` on another home, any server binding so) would silently take half the requests."""
     home = tmp_path / "home"
     with socket.socket() as other:
-        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as granian binds
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as the web workers bind
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
@@ -493,7 +495,7 @@ def _web_workers(supervisor_pid: int) -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if ppid == supervisor_pid and _running(pid) and cmdline.startswith(b"launch web: granian"):
+        if ppid == supervisor_pid and _running(pid) and cmdline.startswith(b"launch web: uvicorn"):
             found.append((cmdline, pid))
     return [pid for _, pid in sorted(found)]
 

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The web server's and the controller's imports, as the supervisor makes them before it forks.
 PROBE = """
 import json, sys
-from launch_site import granian_server
-granian_server.import_app("launch_site.asgi:application")
+from launch_site import web_server
+web_server.import_app()
 import launch_site.management.commands.controller
 import rest_framework.compat as compat
 loaded = {name: name in sys.modules for name in ("requests", "psycopg2", "django.contrib.postgres")}

@@ -58,7 +58,7 @@ def test_the_marked_blocks_are_found():
 
 
 def test_readme_shell_blocks_run_against_a_live_stack(asgi_server, owner, tmp_path):
-    # Through the web server `make run` starts (granian, ASGI), with the live stack's controller.
+    # Through the web server `make run` starts (uvicorn, ASGI), with the live stack's controller.
     blocks = marked_blocks((ROOT / "README.md").read_text())
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     run = subprocess.run(

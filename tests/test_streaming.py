@@ -198,7 +198,7 @@ def test_streaming_route_refuses_other_endpoints_and_pickled_results(live_stack,
 def test_under_the_asgi_server_items_arrive_as_produced_and_a_gone_client_stops_the_predict(
     streaming, asgi_server, owner, shared_dir
 ):
-    """What `launch up` serves (granian, ASGI): the stream is an async iterator there."""
+    """What `launch up` serves (uvicorn, ASGI): the stream is an async iterator there."""
     _, endpoint_id = streaming
     api = api_for(asgi_server, owner)
     gate = shared_dir / "gate"

@@ -1,0 +1,203 @@
+"""How a web worker of `launch up` stops (launch_site.web_server.serve): requests in flight are
+answered, new connections are not taken, and what is still in flight at the kill timeout is cut
+without a traceback."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVER = """
+import asyncio, sys
+from launch_site.web_server import listening_socket, serve
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    if scope["method"] == "POST":  # the body's length
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size, more = size + len(message.get("body", b"")), message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"read %d" % size})
+        return
+    await asyncio.sleep(float(scope["path"].strip("/")))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"slept " + scope["path"].encode()})
+
+serve(app, listening_socket("127.0.0.1", int(sys.argv[1])), kill_timeout=float(sys.argv[2]))
+print("stopped", flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve(port: int, kill_timeout: float) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(kill_timeout)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+
+
+def _get_in_background(port: int, path: str) -> list:
+    """GET path on a thread of its own: [(status, body)] once answered, [error] if cut."""
+    result = []
+
+    def get():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            result.append((response.status, response.read()))
+        except (OSError, http.client.HTTPException) as error:
+            result.append(error)
+
+    thread = threading.Thread(target=get)
+    thread.start()
+    result.append(thread)
+    return result
+
+
+def test_a_request_in_flight_at_the_stop_signal_is_answered_and_no_new_one_is_taken():
+    port = _free_port()
+    process = _serve(port, kill_timeout=20)
+    in_flight = _get_in_background(port, "/1.5")
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        refused = False
+    except OSError:
+        refused = True
+    out, err = process.communicate(timeout=20)
+    in_flight[0].join(5)
+    assert in_flight[1] == (200, b"slept /1.5"), in_flight
+    assert refused, "a new connection was taken after the stop signal"
+    assert process.returncode == 0 and out.strip() == "stopped", err
+    assert "Traceback" not in err, err
+
+
+def test_a_request_still_in_flight_at_the_kill_timeout_is_cut_without_a_traceback():
+    port = _free_port()
+    process = _serve(port, kill_timeout=1)
+    quick, slow = _get_in_background(port, "/0.5"), _get_in_background(port, "/30")
+    time.sleep(0.2)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=20)
+    took = time.monotonic() - stopped_at
+    for request in (quick, slow):
+        request[0].join(5)
+    assert quick[1] == (200, b"slept /0.5"), quick
+    assert isinstance(slow[1], Exception), slow  # its connection closed, no answer
+    assert 0.9 < took < 5, took
+    assert process.returncode == 0, err
+    assert "requests still in flight 1 s after the stop signal" in err and "Traceback" not in err, err
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """Send `data` on a connection of its own, then read the answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:  # closed while sending: the answer came before the rest was read
+            pass
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    return answer
+
+
+def test_a_request_head_past_64_kib_is_refused_with_431_and_a_large_body_is_not():
+    """Neither httptools nor uvicorn bounds a request's headers: a client sending them without
+    end made a worker hold them all (200 MB of headers, 219 MB of memory)."""
+    port = _free_port()
+    process = _serve(port, kill_timeout=1)
+    try:
+        many = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000) for i in range(200))
+        for head in (b"GET /0 HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n",
+                     b"GET /0 HTTP/1.1\r\nHost: x\r\nX-One: " + b"a" * 10_000_000 + b"\r\n\r\n",
+                     b"GET /0?" + b"q" * 300_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"):
+            answer = _raw(port, head)
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+            assert b"the request line and headers take more than 64 KiB" in answer
+        # Within the bound, with a 5 MB body sent in the same writes as its head: read whole.
+        body = b"x" * 5_000_000
+        answer = _raw(port, b"POST /0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n"
+                             b"X-Filler: %s\r\n\r\n%s" % (len(body), b"a" * 60_000, body))
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nread 5000000\r\n" in answer, answer[:200]
+        # And the worker still serves.
+        assert b"\r\nslept /0\r\n" in _raw(port, b"GET /0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_an_idle_keep_alive_connection_outlives_uvicorns_5_s_default():
+    """A pooling client (requests, the scale-launch clients) that sends its next request as
+    the server closes an idle connection gets an error on a POST, which it does not retry:
+    uvicorn closes idle connections after 5 s unless told otherwise."""
+    port = _free_port()
+    process = _serve(port, kill_timeout=1)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(2):
+            connection.request("POST", "/0", body=b"abc")
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, b"read 3")
+            time.sleep(6.5)
+        connection.close()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_worker_serves_at_most_its_limit_of_requests_at_once_and_the_rest_wait_their_turn():
+    import asyncio
+
+    from launch_site.web_server import with_request_limit
+
+    running, most_seen, done = 0, 0, []
+
+    async def app(scope, receive, send):
+        nonlocal running, most_seen
+        running += 1
+        most_seen = max(most_seen, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        done.append(scope["path"])
+
+    limited = with_request_limit(app, 3)
+
+    async def main():
+        await asyncio.gather(*(limited({"type": "http", "path": f"/{i}"}, None, None) for i in range(10)))
+
+    asyncio.run(main())
+    assert most_seen == 3 and sorted(done) == sorted(f"/{i}" for i in range(10))
