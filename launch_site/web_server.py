@@ -33,7 +33,6 @@ import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-WEB_APP = "launch_site.asgi:application"
 # Requests one web worker serves at once; past it, a request waits for one of them to end
 # before it is read. A waiting sync request costs a coroutine and a Redis connection, not a
 # thread, so replicas are the bound well before this; it keeps a burst from opening a Redis

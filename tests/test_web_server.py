@@ -1,6 +1,7 @@
-"""How a web worker of `launch up` stops (launch_site.web_server.serve): requests in flight are
+"""The web server (launch_site.web_server): how a web worker stops (requests in flight are
 answered, new connections are not taken, and what is still in flight at the kill timeout is cut
-without a traceback."""
+without a traceback), and the defaults of uvicorn and httptools it does not keep: no bound on a
+request's head, idle keep-alive connections closed after 5 s, no bound on requests at once."""
 
 from __future__ import annotations
 
