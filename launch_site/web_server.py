@@ -51,6 +51,11 @@ WEB_KEEP_ALIVE_SECONDS = 75
 # limit: a client sending headers without end made a worker hold them all (200 MB of headers,
 # 219 MB of memory). 64 KiB is twice what nginx takes by default (4 buffers of 8 KiB).
 WEB_MAX_HEAD_BYTES = 64 * 1024
+# How long a request's line and headers may take to arrive, from a new connection or from the
+# first byte of a request on a kept-alive one. uvicorn has no such limit: a client that opens
+# connections and sends a head slowly, or nothing, held each one for ever (slowloris), where
+# granian's hyper gave up after 30 s, the figure kept here.
+WEB_HEAD_TIMEOUT_SECONDS = 30.0
 ACCESS_LOG_FORMAT = '%s "%s %s" %d %.1fms'  # address, method, path, status, time; never the Authorization header
 
 
@@ -103,13 +108,40 @@ class _Server(uvicorn.Server):
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the request head bounded (WEB_MAX_HEAD_BYTES): past it,
-    431 and the connection closes. What is counted is what arrived while the head was
-    incomplete, checked before each read is parsed, so a head may pass the bound by one read
-    at most and a body that came in the same read as its head is never counted."""
+    """uvicorn's httptools protocol with the request head bounded in size (WEB_MAX_HEAD_BYTES:
+    past it, 431) and in time (WEB_HEAD_TIMEOUT_SECONDS: past it, 408); either way the
+    connection closes. What is counted is what arrived while the head was incomplete, checked
+    before each read is parsed, so a head may pass the bound by one read at most and a body
+    that came in the same read as its head is never counted."""
 
     in_head = True
     head_bytes = 0
+    head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.head_timer is None:  # the next request on a kept-alive connection
+            self._start_head_timer()
+
+    def _start_head_timer(self) -> None:
+        self.head_timer = self.loop.call_later(WEB_HEAD_TIMEOUT_SECONDS, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        self._refuse(408, f"the request line and headers did not arrive within {WEB_HEAD_TIMEOUT_SECONDS:g} s")
 
     def data_received(self, data: bytes) -> None:
         if self.in_head:
@@ -120,6 +152,7 @@ class HttpProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
+        self._stop_head_timer()
         self.in_head, self.head_bytes = False, 0
         super().on_headers_complete()
 
@@ -128,9 +161,13 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _refuse_head(self) -> None:
-        message = (f"the request line and headers take more than {WEB_MAX_HEAD_BYTES // 1024} KiB").encode()
+        self._refuse(431, f"the request line and headers take more than {WEB_MAX_HEAD_BYTES // 1024} KiB")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._stop_head_timer()
+        message = reason.encode()
         self.transport.write(
-            STATUS_LINE[431] + b"content-type: text/plain; charset=utf-8\r\ncontent-length: "
+            STATUS_LINE[status] + b"content-type: text/plain; charset=utf-8\r\ncontent-length: "
             + str(len(message)).encode() + b"\r\nconnection: close\r\n\r\n" + message
         )
         self.transport.close()

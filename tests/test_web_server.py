@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = """
 import asyncio, sys
+from launch_site import web_server
 from launch_site.web_server import listening_socket, serve
+
+web_server.WEB_HEAD_TIMEOUT_SECONDS = float(sys.argv[3])
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -50,8 +53,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(port: int, kill_timeout: float) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(kill_timeout)], cwd=ROOT,
+def _serve(port: int, kill_timeout: float, head_timeout: float = 30) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(kill_timeout), str(head_timeout)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while True:
@@ -156,6 +159,41 @@ def test_a_request_head_past_64_kib_is_refused_with_431_and_a_large_body_is_not(
         assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nread 5000000\r\n" in answer, answer[:200]
         # And the worker still serves.
         assert b"\r\nslept /0\r\n" in _raw(port, b"GET /0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_request_head_that_does_not_arrive_in_time_is_refused_with_408():
+    """Slowloris: uvicorn waits for a request's head for ever, so a client holding connections
+    open with nothing or a trickle held them all."""
+    port = _free_port()
+    process = _serve(port, kill_timeout=1, head_timeout=1)
+    try:
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        trickling = socket.create_connection(("127.0.0.1", port), timeout=10)
+        started = time.monotonic()
+        for byte in b"GET /0 HTTP/1.1\r\nHost: x\r\n":  # a byte every 0.1 s: 2.8 s in all
+            try:
+                trickling.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        for sock in (silent, trickling):
+            answer = sock.makefile("rb").read()
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert b"the request line and headers did not arrive within 1 s" in answer
+            sock.close()
+        assert time.monotonic() - started < 5
+        # A kept-alive connection may stay idle past the head timeout: it applies from the
+        # next request's first byte.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(2):
+            connection.request("GET", "/0")
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, b"slept /0")
+            time.sleep(1.5)
+        connection.close()
     finally:
         process.kill()
         process.wait()
