@@ -319,6 +319,14 @@ _OUTPUTS = [
     float("nan"), [float("inf"), -float("inf")], {"none": None}, {1: "int key"}, (1, 2), "null",
     [{"k": i} for i in range(20_000)], {"data": "x" * 1_000_000}, [i / 7 for i in range(10_000)],
     enum.IntEnum("Level", "LOW HIGH").HIGH, collections.OrderedDict(b=1, a=2), _deep(300),
+    # Large enough for the replica to look at the output rather than search its text for null:
+    # a NaN or an infinity wherever it may hide, and a None, which is not one.
+    {"data": "x" * 100_000, "nan": float("nan")}, {"data": "x" * 100_000, "none": None},
+    ("x" * 100_000, (1.0, float("-inf"))), [0.5] * 5_000 + [float("nan")] + [0.5] * 5_000,
+    [1.0, float("nan"), 2.0] * 3_000, [1.5, None, 2.5] * 3_000 + [float("inf")],
+    collections.OrderedDict(data="x" * 100_000, nan=float("nan")), [1e308] * 10_000,
+    [{"k": i} for i in range(2_000)] + [{"nan": float("nan")}], [10**400, 1.5] + ["x" * 100_000],
+    {"data": "x" * 100_000, "level": type("Ratio", (float,), {})("nan")},
 ]
 
 
