@@ -353,7 +353,7 @@ def _nonfinite_floats(value) -> bool | None:
     """Whether an output holds a NaN or an infinity; None past _WALK_BUDGET items or at a value
     of a type not in _PLAIN_LEAVES, float, dict, list or tuple. A list or tuple of numbers is
     checked by its sum (C speed; NaN and the infinities carry through a sum) and counts as one
-    item; a sum that overflows says True, and json.dumps writes the same text then anyway."""
+    item; a sum that overflows says True: json.dumps then writes it, which reads back the same."""
     budget = _WALK_BUDGET
     pending = [value]
     while pending:
