@@ -164,6 +164,23 @@ def test_a_request_head_past_64_kib_is_refused_with_431_and_a_large_body_is_not(
         process.wait()
 
 
+def _two_requests_on_one_connection(port: int, method: str, body: bytes | None, answer: bytes, *,
+                                    idle_between: float) -> None:
+    """Two requests to /0 on one keep-alive connection, idle for `idle_between` seconds between
+    them; each must be answered `answer` (http.client does not reconnect: a closed connection
+    fails the second)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for request in range(2):
+            if request:
+                time.sleep(idle_between)
+            connection.request(method, "/0", body=body)
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, answer)
+    finally:
+        connection.close()
+
+
 def test_a_request_head_that_does_not_arrive_in_time_is_refused_with_408():
     """Slowloris: uvicorn waits for a request's head for ever, so a client holding connections
     open with nothing or a trickle held them all."""
@@ -187,13 +204,7 @@ def test_a_request_head_that_does_not_arrive_in_time_is_refused_with_408():
         assert time.monotonic() - started < 5
         # A kept-alive connection may stay idle past the head timeout: it applies from the
         # next request's first byte.
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        for _ in range(2):
-            connection.request("GET", "/0")
-            response = connection.getresponse()
-            assert (response.status, response.read()) == (200, b"slept /0")
-            time.sleep(1.5)
-        connection.close()
+        _two_requests_on_one_connection(port, "GET", None, b"slept /0", idle_between=1.5)
     finally:
         process.kill()
         process.wait()
@@ -206,13 +217,7 @@ def test_an_idle_keep_alive_connection_outlives_uvicorns_5_s_default():
     port = _free_port()
     process = _serve(port, kill_timeout=1)
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        for _ in range(2):
-            connection.request("POST", "/0", body=b"abc")
-            response = connection.getresponse()
-            assert (response.status, response.read()) == (200, b"read 3")
-            time.sleep(6.5)
-        connection.close()
+        _two_requests_on_one_connection(port, "POST", b"abc", b"read 3", idle_between=6.5)
     finally:
         process.kill()
         process.wait()

@@ -239,45 +239,52 @@ def load_json(data: bytes | memoryview | str):
 
 
 def _floats_past_exact(value) -> bool | None:
-    """Whether a value orjson read holds a float of magnitude _ORJSON_EXACT_BELOW or more; None
-    past _WALK_BUDGET items (a Python loop costs ~100 ns an item, more than json.loads saves on
-    many small objects). A list of numbers is checked by min and max (C speed: 100,000 floats
-    in ~1 ms) and counts as one item."""
+    """Whether a value orjson read holds a float of magnitude _ORJSON_EXACT_BELOW or more (see
+    _holds_float; a list of numbers by its min and max: 100,000 floats in ~1 ms)."""
     limit = _ORJSON_EXACT_BELOW
+    return _holds_float(value, lambda number: not -limit < number < limit,
+                        lambda numbers: not (-limit < min(numbers) and max(numbers) < limit))
+
+
+def _holds_float(value, bad: Callable[[float], bool], bad_numbers: Callable[[list | tuple], bool]) -> bool | None:
+    """Whether `value`, made of what JSON is read into or written from (dict, list, tuple, str,
+    int, float, bool, None), holds a float that is `bad`; None past _WALK_BUDGET items (a Python
+    loop costs ~100 ns an item, more than json.loads saves on many small objects) or at a value
+    of any other type. A list or tuple of numbers is checked at once, at C speed, by
+    `bad_numbers` (which raises TypeError or OverflowError when they are not all numbers, to be
+    looked at one by one) and counts as one item."""
     budget = _WALK_BUDGET
     pending = [value]
     while pending:
         container = pending.pop()
         kind = type(container)
         if kind is float:
-            if not -limit < container < limit:
+            if bad(container):
                 return True
             continue
-        if kind is list:
-            if not container:
-                continue
-            if type(container[0]) in (float, int):
+        if kind in _PLAIN_LEAVES:
+            continue
+        if kind is list or kind is tuple:
+            if container and type(container[0]) in (float, int):
                 try:
-                    if not (-limit < min(container) and max(container) < limit):
+                    if bad_numbers(container):
                         return True
                     continue
-                except TypeError:  # not numbers only: item by item below
+                except (TypeError, OverflowError):  # not numbers only: item by item below
                     pass
         elif kind is dict:
             container = container.values()
         else:
-            continue
+            return None
         budget -= len(container)
         if budget < 0:
             return None
-        for item in container:
-            kind = type(item)
-            if kind is float:
-                if not -limit < item < limit:
-                    return True
-            elif kind is list or kind is dict:
-                pending.append(item)
+        pending.extend(container)
     return False
+
+
+# The types _holds_float passes over: JSON's own, which orjson writes as json.dumps does.
+_PLAIN_LEAVES = frozenset((str, int, bool, type(None)))
 
 
 def task_id_for(endpoint_id: str, unique: str) -> str:
@@ -344,44 +351,14 @@ def result_json(output) -> str:
 
 # From this size of a result's text, looking at the output costs less than searching the text.
 _LOOK_AT_OUTPUT_FROM_BYTES = 16 * 1024
-# The types _nonfinite_floats knows orjson writes as json.dumps does (a float unless NaN or
-# infinite); any other (a subclass, an Enum, a numpy value) makes it answer None.
-_PLAIN_LEAVES = frozenset((str, int, bool, type(None)))
 
 
 def _nonfinite_floats(value) -> bool | None:
-    """Whether an output holds a NaN or an infinity; None past _WALK_BUDGET items or at a value
-    of a type not in _PLAIN_LEAVES, float, dict, list or tuple. A list or tuple of numbers is
-    checked by its sum (C speed; NaN and the infinities carry through a sum) and counts as one
-    item; a sum that overflows says True: json.dumps then writes it, which reads back the same."""
-    budget = _WALK_BUDGET
-    pending = [value]
-    while pending:
-        container = pending.pop()
-        kind = type(container)
-        if kind is float:
-            if not math.isfinite(container):
-                return True
-            continue
-        if kind in _PLAIN_LEAVES:
-            continue
-        if kind is list or kind is tuple:
-            if container and type(container[0]) is float:
-                try:
-                    if not math.isfinite(sum(container)):
-                        return True
-                    continue
-                except (TypeError, OverflowError):  # not numbers only: item by item below
-                    pass
-        elif kind is dict:
-            container = container.values()
-        else:
-            return None
-        budget -= len(container)
-        if budget < 0:
-            return None
-        pending.extend(container)
-    return False
+    """Whether an output holds a NaN or an infinity (see _holds_float; a list of numbers by its
+    sum, which NaN and the infinities carry through). A sum that overflows says True: json.dumps
+    then writes the output, which reads back the same."""
+    return _holds_float(value, lambda number: not math.isfinite(number),
+                        lambda numbers: not math.isfinite(sum(numbers)))
 
 
 _PASS_TO_DEFAULT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
