@@ -9,9 +9,9 @@ same function (tests/stack.py).
 Why uvicorn with httptools, and not granian (what served here before): httptools parses HTTP in
 the event loop's thread, where the app runs, so a request costs no hand-over between threads.
 Granian parses in a Rust runtime thread and hands each request to the loop and each answer
-back; on our request path (a sync task: two Redis round trips) that was 0.72x the web CPU per
-request, 0.82x the sequential p50 and 1.2x-1.33x the requests/s at 8 and 32 connections
-(BENCHMARKS.md, "uvicorn in place of granian").
+back. On our request path (a sync task: two Redis round trips) uvicorn took 0.72x granian's web
+CPU per request, with 0.70x-0.79x the sequential p50 and 1.25x-1.42x the requests/s at 8 and 32
+connections (BENCHMARKS.md, "uvicorn in place of granian").
 
 Nothing opens a connection at import (the database connections and Redis pools open on first
 use, in a worker), so no socket is shared across a fork.
