@@ -31,6 +31,7 @@ from typing import Any
 
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 # Requests one web worker serves at once; past it, a request waits for one of them to end
@@ -56,6 +57,10 @@ WEB_MAX_HEAD_BYTES = 64 * 1024
 # connections and sends a head slowly, or nothing, held each one for ever (slowloris), where
 # granian's hyper gave up after 30 s, the figure kept here.
 WEB_HEAD_TIMEOUT_SECONDS = 30.0
+# How long a request's body may go without a byte while the server reads it. uvicorn has no such
+# limit either: a client sending a body a byte a minute held one of WEB_MAX_REQUESTS for as long
+# as it liked.
+WEB_BODY_IDLE_SECONDS = 30.0
 ACCESS_LOG_FORMAT = '%s "%s %s" %d %.1fms'  # address, method, path, status, time; never the Authorization header
 
 
@@ -107,24 +112,68 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _FlowControl(FlowControl):
+    """uvicorn's flow control, telling the protocol when it pauses or resumes reading (while
+    paused, a body that does not come is the server's doing, not the client's)."""
+
+    def __init__(self, transport, protocol: HttpProtocol):
+        super().__init__(transport)
+        self.protocol = protocol
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self.protocol.watch_body()
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self.protocol.watch_body()
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the request head bounded in size (WEB_MAX_HEAD_BYTES:
-    past it, 431) and in time (WEB_HEAD_TIMEOUT_SECONDS: past it, 408); either way the
-    connection closes. What is counted is what arrived while the head was incomplete, checked
-    before each read is parsed, so a head may pass the bound by one read at most and a body
-    that came in the same read as its head is never counted."""
+    past it, 431) and in time (WEB_HEAD_TIMEOUT_SECONDS: past it, 408), and a body that stops
+    coming while it is read refused (WEB_BODY_IDLE_SECONDS: 408); either way the connection
+    closes. What is counted of a head is what arrived while it was incomplete, checked before
+    each read is parsed, so a head may pass the bound by one read at most and a body that came
+    in the same read as its head is never counted. A request that came whole in one read, the
+    usual one, starts no body timer."""
 
     in_head = True
     head_bytes = 0
     head_timer: asyncio.TimerHandle | None = None
+    body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.flow = _FlowControl(transport, self)
         self._start_head_timer()
 
     def connection_lost(self, exc) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
+
+    def watch_body(self) -> None:
+        """Start the body's timer afresh while a body is being read (its head in, its end not,
+        reading not paused), stop it otherwise: called after each read and each pause or
+        resume of reading."""
+        self._stop_body_timer()
+        if (not self.in_head and self.cycle is not None and self.cycle.more_body and not self.flow.read_paused
+                and not self.transport.is_closing()):
+            self.body_timer = self.loop.call_later(WEB_BODY_IDLE_SECONDS, self._body_timed_out)
+
+    def _stop_body_timer(self) -> None:
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self.body_timer = None
+        # The app reading it is told the client went away (the connection closes).
+        if self.cycle is not None and not self.cycle.response_started:
+            self._refuse(408, f"no byte of the request body came for {WEB_BODY_IDLE_SECONDS:g} s")
+        else:
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -150,6 +199,8 @@ class HttpProtocol(HttpToolsProtocol):
                 return
             self.head_bytes += len(data)
         super().data_received(data)
+        if self.body_timer is not None or not self.in_head:
+            self.watch_body()
 
     def on_headers_complete(self) -> None:
         self._stop_head_timer()

@@ -22,6 +22,7 @@ from launch_site import web_server
 from launch_site.web_server import listening_socket, serve
 
 web_server.WEB_HEAD_TIMEOUT_SECONDS = float(sys.argv[3])
+web_server.WEB_BODY_IDLE_SECONDS = float(sys.argv[4])
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -34,6 +35,8 @@ async def app(scope, receive, send):
         size, more = 0, True
         while more:
             message = await receive()
+            if message["type"] == "http.disconnect":  # gone (or told so): no answer, as Django
+                return
             size, more = size + len(message.get("body", b"")), message.get("more_body", False)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"read %d" % size})
@@ -53,8 +56,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(port: int, kill_timeout: float, head_timeout: float = 30) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(kill_timeout), str(head_timeout)], cwd=ROOT,
+def _serve(port: int, kill_timeout: float, head_timeout: float = 30, body_timeout: float = 30) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(kill_timeout), str(head_timeout),
+                                str(body_timeout)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while True:
@@ -205,6 +209,34 @@ def test_a_request_head_that_does_not_arrive_in_time_is_refused_with_408():
         # A kept-alive connection may stay idle past the head timeout: it applies from the
         # next request's first byte.
         _two_requests_on_one_connection(port, "GET", None, b"slept /0", idle_between=1.5)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_body_that_stops_coming_is_refused_with_408_and_a_slow_steady_one_is_read():
+    """A client sending its body a byte a minute would hold one of the worker's request slots
+    for as long as it liked. A body larger than uvicorn buffers before the app reads it (64 KiB)
+    is read in pieces: the pauses between them are the server's, and do not count."""
+    port = _free_port()
+    process = _serve(port, kill_timeout=1, body_timeout=1)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            started = time.monotonic()
+            stalled.sendall(b"POST /0 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            answer = stalled.makefile("rb").read()
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert answer.endswith(b"no byte of the request body came for 1 s") and 0.9 < time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as steady:
+            steady.sendall(b"POST /0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 8\r\n\r\n")
+            for _ in range(8):  # 2.4 s in all, never 1 s without a byte
+                time.sleep(0.3)
+                steady.sendall(b"x")
+            answer = steady.makefile("rb").read()
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nread 8\r\n" in answer, answer
+        answer = _raw(port, b"POST /0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 20000000\r\n\r\n"
+                            + b"x" * 20_000_000)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nread 20000000\r\n" in answer, answer[:200]
     finally:
         process.kill()
         process.wait()
