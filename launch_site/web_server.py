@@ -149,23 +149,18 @@ class HttpProtocol(HttpToolsProtocol):
         self._start_head_timer()
 
     def connection_lost(self, exc) -> None:
-        self._stop_head_timer()
-        self._stop_body_timer()
+        self.head_timer = _cancelled(self.head_timer)
+        self.body_timer = _cancelled(self.body_timer)
         super().connection_lost(exc)
 
     def watch_body(self) -> None:
         """Start the body's timer afresh while a body is being read (its head in, its end not,
         reading not paused), stop it otherwise: called after each read and each pause or
         resume of reading."""
-        self._stop_body_timer()
+        self.body_timer = _cancelled(self.body_timer)
         if (not self.in_head and self.cycle is not None and self.cycle.more_body and not self.flow.read_paused
                 and not self.transport.is_closing()):
             self.body_timer = self.loop.call_later(WEB_BODY_IDLE_SECONDS, self._body_timed_out)
-
-    def _stop_body_timer(self) -> None:
-        if self.body_timer is not None:
-            self.body_timer.cancel()
-            self.body_timer = None
 
     def _body_timed_out(self) -> None:
         self.body_timer = None
@@ -183,11 +178,6 @@ class HttpProtocol(HttpToolsProtocol):
     def _start_head_timer(self) -> None:
         self.head_timer = self.loop.call_later(WEB_HEAD_TIMEOUT_SECONDS, self._head_timed_out)
 
-    def _stop_head_timer(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
-
     def _head_timed_out(self) -> None:
         self.head_timer = None
         self._refuse(408, f"the request line and headers did not arrive within {WEB_HEAD_TIMEOUT_SECONDS:g} s")
@@ -203,7 +193,7 @@ class HttpProtocol(HttpToolsProtocol):
             self.watch_body()
 
     def on_headers_complete(self) -> None:
-        self._stop_head_timer()
+        self.head_timer = _cancelled(self.head_timer)
         self.in_head, self.head_bytes = False, 0
         super().on_headers_complete()
 
@@ -215,7 +205,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._refuse(431, f"the request line and headers take more than {WEB_MAX_HEAD_BYTES // 1024} KiB")
 
     def _refuse(self, status: int, reason: str) -> None:
-        self._stop_head_timer()
+        self.head_timer = _cancelled(self.head_timer)
         message = reason.encode()
         self.transport.write(
             STATUS_LINE[status] + b"content-type: text/plain; charset=utf-8\r\ncontent-length: "
@@ -223,6 +213,12 @@ class HttpProtocol(HttpToolsProtocol):
         )
         self.transport.close()
         self.in_head, self.head_bytes = False, 0  # nothing more is read
+
+
+def _cancelled(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel `timer` if there is one; returns None, to put in its place."""
+    if timer is not None:
+        timer.cancel()
 
 
 def serve(app: Any, sock: socket.socket, *, kill_timeout: float) -> None:
