@@ -69,13 +69,11 @@ def import_app() -> None:
     supervisor's preload, launch_site/supervisor.py), and the server's modules."""
     import uvicorn.lifespan.on  # noqa: F401 - what serve() loads, imported once for every worker
     import uvicorn.protocols.http.httptools_impl  # noqa: F401
+    from django.urls import get_resolver
 
-    import launch_site.asgi  # noqa: F401
+    import launch_site.asgi  # noqa: F401 - sets Django up
 
-    if "django" in sys.modules:
-        from django.urls import get_resolver
-
-        get_resolver().url_patterns  # noqa: B018 - imports the URLconf and every view module
+    get_resolver().url_patterns  # noqa: B018 - imports the URLconf and every view module
 
 
 def serve_web_worker(host: str, port: int, *, access_log: bool = False) -> None:
@@ -260,14 +258,11 @@ def serve(app: Any, sock: socket.socket, *, kill_timeout: float) -> None:
 
 def with_request_limit(app: Any, most: int) -> Any:
     """`app` serving at most `most` HTTP requests at once; the others wait their turn, unread."""
-    slots: asyncio.Semaphore | None = None
+    slots = asyncio.Semaphore(most)  # bound to the loop that first waits on it
 
     async def limited(scope, receive, send):
-        nonlocal slots
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        if slots is None:
-            slots = asyncio.Semaphore(most)  # made in the worker's loop
         async with slots:
             await app(scope, receive, send)
 
